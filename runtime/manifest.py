@@ -1,0 +1,133 @@
+"""The bundle manifest: one typed description of everything inside a bundle.
+
+The builder fills it, the runtime reads it, `info` and `verify` print from it.
+Serialised as JSON; unknown keys are rejected so that a manifest written by a
+newer builder fails loudly instead of being half understood.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Entry:
+    """One stored file of the payload (offsets are absolute in the bundle file)."""
+
+    name: str
+    offset: int
+    size: int
+    sha256: str
+
+
+@dataclass
+class QualityReport:
+    """Perplexity of the bundled model against its source model on one text."""
+
+    text: str
+    tokens: int
+    source_ppl: float
+    bundle_ppl: float
+    ratio: float
+    max_ratio: float
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    source: str
+    architecture: str
+    graph: str
+    quantization: str
+    parameters: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    context_length: int
+    license: str = "unknown"
+    source_sha256: str = ""
+    quality: Optional[QualityReport] = None
+
+
+@dataclass
+class IndexInfo:
+    documents: int
+    chunks: int
+    modes: list[str] = field(default_factory=list)
+    embedding_model: Optional[str] = None
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildInfo:
+    created: str
+    builder_version: str
+    host: str
+    python: str
+
+
+@dataclass
+class PackageLicense:
+    name: str
+    version: str
+    license: str
+
+
+@dataclass
+class Manifest:
+    model: ModelInfo
+    index: IndexInfo
+    build: BuildInfo
+    target: str
+    licenses: list[PackageLicense] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Manifest":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("manifest is not a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"manifest format {version!r} is not supported (expected {FORMAT_VERSION})")
+        return _build(cls, data)
+
+    def entry(self, name: str) -> Entry:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+
+def _build(kind: Any, value: Any) -> Any:
+    """Rebuild nested dataclasses from plain JSON values, checking keys."""
+    if value is None:
+        return None
+    origin = typing.get_origin(kind)
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _build(inner[0], value)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return [_build(item, v) for v in value]
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind, vars(sys.modules[kind.__module__]))
+        names = {f.name for f in dataclasses.fields(kind)}
+        unknown = set(value) - names
+        if unknown:
+            raise ValueError(f"{kind.__name__}: unknown keys {sorted(unknown)}")
+        return kind(**{k: _build(hints[k], v) for k, v in value.items()})
+    return value

@@ -64,8 +64,9 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
         staging = Path(tmp)
-        model_info, model_cached = _stage_model(source, config, staging / "model", progress)
+        # Documents first: their errors are found in seconds, a model export takes minutes.
         index = build_index(config.docs, staging / "index", config.cache_dir / "index", progress, strict=config.strict)
+        model_info, model_cached = _stage_model(source, config, staging / "model", progress)
         manifest = Manifest(
             model=model_info,
             index=index.info,

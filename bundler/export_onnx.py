@@ -6,7 +6,6 @@ optimum exports the fp32 decoder (task text-generation-with-past: one graph taki
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -50,24 +49,6 @@ def _quiet():
         hf_logging.enable_progress_bar()
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def source_sha256(source: ModelSource) -> str:
-    """Hash of the GGUF file, or of the HF folder's config, tokenizer and weight files."""
-    if source.kind == "gguf":
-        return file_sha256(source.path)
-    digest = hashlib.sha256()
-    for path in sorted(source.path.glob("*.json")) + sorted(source.path.glob("*.safetensors")):
-        digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
-    return digest.hexdigest()
 
 
 def save_onnx(model, path: Path) -> None:
@@ -129,7 +110,7 @@ def model_info(source: ModelSource, hf_dir: Path, quantization: str) -> ModelInf
         vocab_size=config["vocab_size"],
         context_length=config["max_position_embeddings"],
         license=source.license,
-        source_sha256=source_sha256(source),
+        source_sha256=source.fingerprint(),
     )
 
 

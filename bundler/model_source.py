@@ -1,6 +1,7 @@
 """Where a model comes from: a GGUF file or a local Hugging Face folder, checked before any work."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -22,6 +23,23 @@ class ModelSource:
     architecture: str
     name: str
     license: str = "unknown"
+
+    def fingerprint(self) -> str:
+        """sha256 of the content: the GGUF file, or the folder's JSON and safetensors files."""
+        if self.kind == "gguf":
+            return file_sha256(self.path)
+        digest = hashlib.sha256()
+        for path in sorted(self.path.glob("*.json")) + sorted(self.path.glob("*.safetensors")):
+            digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
+        return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def default_model_path() -> Path:

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, Optional
 
 from runtime.openai_request import RequestError, parse_chat_request, parse_search_request
+from runtime.prompt import ContextOverflow
 from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
 from runtime.source_json import source_record
 
@@ -38,7 +39,7 @@ class ServerConfig:
     queue_size: int = 8              # requests allowed to wait while one generates
     queue_timeout_s: float = 120.0
     k: int = 4
-    mode: str = "hybrid"
+    mode: Optional[str] = None       # retrieval mode; None: the assistant's best
 
 
 def exposure_warning(host: str, api_key: Optional[str]) -> Optional[str]:
@@ -76,6 +77,7 @@ class QueryServer(ThreadingHTTPServer):
         # Retrieval is fast; its own lock keeps searches from waiting behind a generation.
         self.search_lock = threading.Lock()
         self.created = int(time.time())
+        self.mode = config.mode or assistant.default_mode
         self.page = web_page()
         super().__init__((config.host, config.port), _Handler)
 
@@ -88,6 +90,7 @@ class QueryServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: QueryServer
+    _streaming = False          # headers of an event stream are out: errors must go in-band
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: library code never prints."""
@@ -197,6 +200,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(400, str(exc), "invalid_request_error", param=exc.param)
         except _ClientGone:
             self.close_connection = True
+        except Exception as exc:  # a bug or a broken model file: answer, don't drop the connection
+            self.close_connection = True
+            if not self._streaming:
+                self._send_error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
     def _model_card(self) -> dict:
         return {"id": self.server.model_id, "object": "model", "created": self.server.created,
@@ -204,22 +211,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _search(self, body: Any) -> None:
         server = self.server
-        retriever = server.assistant.retriever
-        request = parse_search_request(body, server.config.k, server.config.mode, retriever.modes)
+        request = parse_search_request(body, server.config.k, server.mode, server.assistant.retriever.modes)
         with server.search_lock:
-            hits = retriever.search(request.query, k=request.k, mode=request.mode)
+            hits = server.assistant.search(request.query, k=request.k, mode=request.mode)
         self._send_json(200, {"object": "list", "query": request.query, "mode": request.mode,
                               "data": [source_record(h) for h in hits]})
 
     def _chat(self, body: Any) -> None:
         server = self.server
-        request = parse_chat_request(body, server.generation_defaults, server.config.k, server.config.mode,
+        request = parse_chat_request(body, server.generation_defaults, server.config.k, server.mode,
                                      server.assistant.retriever.modes, server.config.max_tokens_cap)
         try:
             with server.queue.turn():
                 answer = server.assistant.ask(request.question, k=request.k, mode=request.mode,
                                               config=request.generation, history=request.history,
-                                              system=request.system, stop=request.stop)
+                                              use_documents=request.k > 0, instructions=request.system,
+                                              stop=request.stop)
                 try:
                     if request.stream:
                         self._stream(request, answer)
@@ -227,6 +234,9 @@ class _Handler(BaseHTTPRequestHandler):
                         self._complete(answer)
                 finally:
                     answer.close()
+        except ContextOverflow as exc:
+            self._send_error(400, str(exc), "invalid_request_error", param="messages",
+                             code="context_length_exceeded")
         except QueueFull as exc:
             self._send_error(429, f"server busy: {exc}", "rate_limit_exceeded", headers={"Retry-After": "1"})
         except QueueTimeout as exc:
@@ -251,15 +261,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self._streaming = True
         base = self._envelope(f"chatcmpl-{uuid.uuid4().hex}", "chat.completion.chunk")
 
         def chunk(delta: dict, finish: Optional[str] = None, **extra: Any) -> dict:
             return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
 
         self._event(chunk({"role": "assistant", "content": ""}))
-        for delta in answer:
-            if delta:
-                self._event(chunk({"content": delta}))
+        try:
+            for delta in answer:
+                if delta:
+                    self._event(chunk({"content": delta}))
+        except _ClientGone:
+            raise
+        except Exception as exc:
+            self._event({"error": {"message": f"generation failed: {type(exc).__name__}: {exc}",
+                                   "type": "server_error", "param": None, "code": None}})
+            self._write_chunk(b"data: [DONE]\n\n")
+            self._write_chunk(b"")
+            return
         self._event(chunk({}, answer.stats.finish_reason, sources=[source_record(h) for h in answer.sources]))
         if request.include_usage:
             self._event({**base, "choices": [], "usage": _usage(answer)})

@@ -85,7 +85,7 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     source = resolve_model(config.model or default_model_path())
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
-    index = build_index(config.docs, staging / "index", config.cache_dir / "index", progress, strict=config.strict)
+    index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
     model_info, model_cached = _stage_model(source, config, staging / "model", progress)
     manifest = Manifest(
         model=model_info,
@@ -99,7 +99,8 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
         target=target.name,
     )
     (staging / MANIFEST_NAME).write_text(manifest.to_json())
-    return StagedBuild(manifest=manifest, skipped=index.skipped, warnings=index.warnings, model_cached=model_cached)
+    return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
+                       model_cached=model_cached)
 
 
 def _stage_model(source, config: BuildConfig, dest: Path, progress: ProgressCallback) -> tuple[ModelInfo, bool]:

@@ -131,7 +131,7 @@ def time_parts(retriever: Retriever, queries: list[str]) -> str:
         t4 = time.perf_counter()
         for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             parts[name].append(seconds)
-    return "  p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
+    return f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
 
 
 def index_bytes(staging: Path) -> tuple[int, int]:

@@ -29,6 +29,7 @@ import ir_measures  # noqa: E402
 from ir_measures import R, nDCG  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from bundler.chunking import ChunkingConfig  # noqa: E402
 from bundler.dense_scorer import write_scorer  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
@@ -142,7 +143,7 @@ def index_bytes(staging: Path) -> tuple[int, int]:
     return data, sum((staging / name).stat().st_size for name in fixed)
 
 
-def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[str]:
+def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking: ChunkingConfig) -> list[str]:
     docs, queries, qrels = cranfield(data)
     docs_dir = work / "cranfield"
     docs_dir.mkdir()
@@ -159,10 +160,10 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[s
     (build_cache / "embedder" / embedder.key).symlink_to(embedder.folder.resolve())
     staging = work / "staging"
     start, cpu = time.perf_counter(), time.process_time()
-    result = build_index(docs_dir, staging, build_cache)
+    result = build_index(docs_dir, staging, build_cache, chunking=chunking)
     build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
-    rebuild = build_index(docs_dir, staging, build_cache)
+    rebuild = build_index(docs_dir, staging, build_cache, chunking=chunking)
     rebuild_s = time.perf_counter() - start
     write_manifest(staging, result.info)
 
@@ -247,13 +248,16 @@ def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding cranfield/")
-    parser.add_argument("--cache", type=Path, default=ROOT / ".cache", help="builder cache (the exported embedder is reused)")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "build" / "index", help="builder cache (the exported embedder is reused)")
     parser.add_argument("--synthetic", type=int, default=100_000, help="chunks in the synthetic latency index (0: skip)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for query encoding")
+    parser.add_argument("--max-tokens", type=int, default=ChunkingConfig.max_tokens, help="chunk budget")
+    parser.add_argument("--overlap-tokens", type=int, default=ChunkingConfig.overlap_tokens, help="chunk overlap")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads):
+        chunking = ChunkingConfig(args.max_tokens, args.overlap_tokens)
+        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads, chunking):
             print(line, flush=True)
         if args.synthetic:
             for line in bench_synthetic(args.data / "cranfield", args.cache, work, args.synthetic, args.threads):

@@ -173,6 +173,18 @@ def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_
         retriever.search("anything", mode="dense")
 
 
+def test_search_options_limit_hits_and_bm25_needs_a_matching_term(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    result = build_index(docs, tmp_path / "staging", index_cache)
+    retriever = open_retriever(tmp_path / "staging", result.info)
+    assert retriever.search("zebra xylophone", k=3, mode="bm25") == []
+    hits = retriever.search("pump antenna solar", k=2, mode="hybrid")
+    assert [h.rank for h in hits] == [1, 2] and hits[0].score >= hits[1].score
+    assert len(retriever.search("pump", k=50, mode="dense")) == result.info.chunks
+    with pytest.raises(RetrievalError, match="'fuzzy' is not in this index"):
+        retriever.search("pump", mode="fuzzy")
+
+
 def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     staging = tmp_path / "staging"

@@ -51,10 +51,32 @@ class BuildResult:
     model_cached: bool = False
 
 
+@dataclass
+class StagedBuild:
+    manifest: Manifest
+    skipped: list[str]
+    warnings: list[str]
+    model_cached: bool
+
+
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
+    from bundler.package import package
+    from targets import load_target
+
+    config.cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
+        staging = Path(tmp)
+        staged = stage(config, staging, progress)
+        executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
+                             progress)
+    return BuildResult(executable=executable, manifest=staged.manifest, skipped=staged.skipped,
+                       warnings=staged.warnings, model_cached=staged.model_cached)
+
+
+def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_progress) -> StagedBuild:
+    """Write the staging folder (index, model, manifest): what `python -m runtime --bundle DIR` opens."""
     from bundler.index import build_index
     from bundler.model_source import default_model_path, resolve_model
-    from bundler.package import package
     from targets import load_target
 
     if config.quantization not in QUANTIZATIONS:
@@ -62,26 +84,22 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
     target = load_target(config.target)
     source = resolve_model(config.model or default_model_path())
     config.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
-        staging = Path(tmp)
-        # Documents first: their errors are found in seconds, a model export takes minutes.
-        index = build_index(config.docs, staging / "index", config.cache_dir / "index", progress, strict=config.strict)
-        model_info, model_cached = _stage_model(source, config, staging / "model", progress)
-        manifest = Manifest(
-            model=model_info,
-            index=index.info,
-            build=BuildInfo(
-                created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-                builder_version=__version__,
-                host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
-                python=platform.python_version(),
-            ),
-            target=target.name,
-        )
-        (staging / MANIFEST_NAME).write_text(manifest.to_json())
-        executable = package(staging, target, config.output_path(), config.cache_dir / "stubs", progress)
-    return BuildResult(executable=executable, manifest=manifest, skipped=index.skipped,
-                       warnings=index.warnings, model_cached=model_cached)
+    # Documents first: their errors are found in seconds, a model export takes minutes.
+    index = build_index(config.docs, staging / "index", config.cache_dir / "index", progress, strict=config.strict)
+    model_info, model_cached = _stage_model(source, config, staging / "model", progress)
+    manifest = Manifest(
+        model=model_info,
+        index=index.info,
+        build=BuildInfo(
+            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            builder_version=__version__,
+            host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
+            python=platform.python_version(),
+        ),
+        target=target.name,
+    )
+    (staging / MANIFEST_NAME).write_text(manifest.to_json())
+    return StagedBuild(manifest=manifest, skipped=index.skipped, warnings=index.warnings, model_cached=model_cached)
 
 
 def _stage_model(source, config: BuildConfig, dest: Path, progress: ProgressCallback) -> tuple[ModelInfo, bool]:

@@ -71,7 +71,8 @@ def build_index(
     chunking: ChunkingConfig = ChunkingConfig(),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> IndexResult:
-    """Writes out_dir/index/ (replacing any previous one only once the new one is complete)."""
+    """Writes the index into out_dir (the staging folder's `index/`), replacing any previous
+    index only once the new one is complete."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
@@ -87,8 +88,8 @@ def build_index(
     if not chunks:
         raise BuildError(docs_dir, f"no usable documents ({len(result.skipped)} file(s) skipped)")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".index-", dir=out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         settings = {
             "analyzer": ANALYZER,
@@ -107,7 +108,8 @@ def build_index(
             settings["dense"] = _write_dense(documents, texts, work, cache_dir, progress, result)
             result.info.embedding_model = settings["dense"]["model"]
         (work / index_files.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
-        _swap_in(work / "index", out_dir / "index")
+        # entry names start with "index/": the work folder mirrors the staging folder
+        _swap_in(work / "index", out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

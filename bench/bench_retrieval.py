@@ -29,13 +29,18 @@ import ir_measures  # noqa: E402
 from ir_measures import R, nDCG  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from bundler.dense_scorer import write_scorer  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
 from bundler.index_bm25 import build_bm25  # noqa: E402
 from runtime import index_files  # noqa: E402
 from runtime.bundle import DirectoryBundle  # noqa: E402
 from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
-from runtime.retrieval import Retriever  # noqa: E402
+from bundler.index import DENSE_WEIGHT  # noqa: E402
+from runtime.dense_search import quantize_vectors  # noqa: E402
+from runtime.manifest import IndexInfo  # noqa: E402
+from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
+from runtime.text_terms import ANALYZER  # noqa: E402
 
 MODES = ("bm25", "dense", "hybrid")
 MEASURES = [nDCG @ 10, R @ 10, R @ 100]
@@ -67,6 +72,25 @@ def cranfield(data: Path):
             grade = int(parts[2])
             qrels.append(ir_measures.Qrel(parts[0], parts[1], 5 - grade if 1 <= grade <= 4 else 0))
     return docs, queries, qrels
+
+
+def doc_run(qid: str, ranked_docs: np.ndarray) -> list:
+    """Chunk ranking to document ranking (a document ranks by its best chunk), top 100."""
+    seen: list[int] = []
+    for doc in ranked_docs:
+        if doc not in seen:
+            seen.append(int(doc))
+            if len(seen) == 100:
+                break
+    return [ir_measures.ScoredDoc(qid, str(doc), 100.0 - rank) for rank, doc in enumerate(seen)]
+
+
+def rrf(first: np.ndarray, second: np.ndarray, k: int, constant: int = 60) -> np.ndarray:
+    fused: dict[int, float] = {}
+    for ranking in (first, second):
+        for rank, chunk in enumerate(ranking):
+            fused[int(chunk)] = fused.get(int(chunk), 0.0) + 1.0 / (constant + rank + 1)
+    return np.array(sorted(fused, key=lambda c: (-fused[c], c))[:k])
 
 
 def write_manifest(staging: Path, info) -> None:
@@ -114,37 +138,43 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[s
     (build_cache / "embedder").mkdir(parents=True)
     (build_cache / "embedder" / embedder.key).symlink_to(embedder.folder.resolve())
     staging = work / "staging"
+    start, cpu = time.perf_counter(), time.process_time()
+    result = build_index(docs_dir, staging, build_cache)
+    build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
-    result = build_index(docs_dir, staging / "index", build_cache)
-    build_s = time.perf_counter() - start
-    start = time.perf_counter()
-    rebuild = build_index(docs_dir, staging / "index", build_cache)
+    rebuild = build_index(docs_dir, staging, build_cache)
     rebuild_s = time.perf_counter() - start
     write_manifest(staging, result.info)
 
     retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    chunk_doc = np.array([int(Path(retriever.chunks[i].source.path).stem) for i in range(len(retriever.chunks))])
     lines = [f"Cranfield: {len(docs)} documents, {result.info.chunks} chunks, {len(queries)} queries, {tokens} document tokens", ""]
-    lines.append(f"| mode | nDCG@10 | R@10 | R@100 |")
+    lines.append("| mode | nDCG@10 | R@10 | R@100 |")
     lines.append("|---|---|---|---|")
-    for mode in MODES:
-        run = []
-        for qid, query in queries.items():
-            seen = set()
-            for hit in retriever.search(query, 300, mode):
-                doc_id = str(int(Path(hit.chunk.source.path).stem))
-                if doc_id not in seen and len(seen) < 100:
-                    seen.add(doc_id)
-                    run.append(ir_measures.ScoredDoc(qid, doc_id, 1000.0 - len(seen)))
+    runs: dict[str, list] = {}
+    for qid, query in queries.items():
+        bm25, dense = retriever.bm25.scores(query), retriever.dense.scores(query)
+        rankings = {
+            "bm25": top_k(bm25, 300, positive_only=True),
+            "dense": top_k(dense, 300),
+            f"hybrid (weighted z-score, dense {DENSE_WEIGHT})": fuse(bm25, dense, DENSE_WEIGHT, 300)[0],
+            "hybrid, dense weight 0.5": fuse(bm25, dense, 0.5, 300)[0],
+            "hybrid, dense weight 0.8": fuse(bm25, dense, 0.8, 300)[0],
+            "reference: reciprocal rank fusion (k 60)": rrf(top_k(bm25, 1000, positive_only=True), top_k(dense, 1000), 300),
+        }
+        for name, ranking in rankings.items():
+            runs.setdefault(name, []).extend(doc_run(qid, chunk_doc[ranking]))
+    for name, run in runs.items():
         scores = ir_measures.calc_aggregate(MEASURES, qrels, run)
-        lines.append(f"| {mode} | " + " | ".join(f"{scores[m]:.3f}" for m in MEASURES) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.3f}" for m in MEASURES) + " |")
     lines.append("")
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {result.info.chunks} chunks, k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
     data_bytes, fixed = index_bytes(staging)
     lines += [
         "",
-        f"build (fresh cache, {threads or 'all'} threads): {build_s:.1f} s, {tokens / build_s:,.0f} document tokens/s "
-        f"(parsed {result.parsed}, embedded {result.chunks_embedded} chunks)",
+        f"build (fresh cache): {build_s:.1f} s wall, {tokens / build_s:,.0f} document tokens/s "
+        f"({build_cpu:.1f} CPU s; parsed {result.parsed}, embedded {result.chunks_embedded} chunks)",
         f"rebuild, nothing changed: {rebuild_s:.1f} s (parsed {rebuild.parsed}, embedded {rebuild.chunks_embedded} chunks)",
         f"index bytes per chunk: {data_bytes / result.info.chunks:,.0f} (plus {fixed / 1e6:.1f} MB embedder model + tokenizer, once)",
     ]
@@ -174,21 +204,16 @@ def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: i
     build_bm25(texts, staging)
     vectors = rng.standard_normal((chunks, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    from runtime.dense_search import quantize_vectors
-
     quantized, scales = quantize_vectors(vectors)
     np.save(staging / index_files.DENSE_VECTORS, quantized)
     np.save(staging / index_files.DENSE_SCALES, scales)
+    write_scorer(staging / index_files.DENSE_SCORER, vectors.shape[1])
     embedder = export_embedder(cache)
     shutil.copyfile(embedder.model, staging / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, staging / index_files.DENSE_TOKENIZER)
-    from runtime.text_terms import ANALYZER
-
     settings = {"analyzer": ANALYZER, "modes": ["bm25", "dense"], "dense": {"max_length": 256},
                 "fusion": {"dense_weight": 0.65}}
     (staging / index_files.SETTINGS).write_text(json.dumps(settings))
-    from runtime.manifest import IndexInfo
-
     write_manifest(staging, IndexInfo(documents=chunks // 100, chunks=chunks, modes=["bm25", "dense", "hybrid"]))
     retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
     lines = [""]

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from bundler.dense_scorer import write_scorer
 from bundler.embedder_export import export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
@@ -71,8 +72,8 @@ def build_index(
     chunking: ChunkingConfig = ChunkingConfig(),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> IndexResult:
-    """Writes the index into out_dir (the staging folder's `index/`), replacing any previous
-    index only once the new one is complete."""
+    """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
+    previous index only once the new one is complete."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
@@ -88,8 +89,8 @@ def build_index(
     if not chunks:
         raise BuildError(docs_dir, f"no usable documents ({len(result.skipped)} file(s) skipped)")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".index-", dir=out_dir))
     try:
         settings = {
             "analyzer": ANALYZER,
@@ -108,8 +109,7 @@ def build_index(
             settings["dense"] = _write_dense(documents, texts, work, cache_dir, progress, result)
             result.info.embedding_model = settings["dense"]["model"]
         (work / index_files.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
-        # entry names start with "index/": the work folder mirrors the staging folder
-        _swap_in(work / "index", out_dir)
+        _swap_in(work / "index", out_dir / "index")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -215,6 +215,7 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
     np.save(work / index_files.DENSE_VECTORS, quantized)
     np.save(work / index_files.DENSE_SCALES, scales)
+    write_scorer(work / index_files.DENSE_SCORER, matrix.shape[1])
     shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}

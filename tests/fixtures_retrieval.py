@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # The same builder cache the pipeline uses, so the embedder is exported once for all sessions.
-SHARED_CACHE = REPO / ".cache" / "index"
+SHARED_CACHE = REPO / ".cache" / "build" / "index"
 
 
 def write_pdf(path: Path, pages: list[list[str]], password: str | None = None) -> Path:

@@ -40,9 +40,8 @@ def write_docs(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def open_retriever(index_dir: Path, info) -> Retriever:
+def open_retriever(staging: Path, info) -> Retriever:
     """The runtime's view: a staging folder holding the index and a manifest."""
-    staging = index_dir.parent
     model = ModelInfo("m", "s", "llama", "plain", "int4", 1, 1, 1, 1, 1, 1, 1, 1)
     manifest = Manifest(model=model, index=info, build=BuildInfo("", "", "", ""), target="host")
     (staging / "manifest.json").write_text(manifest.to_json())
@@ -147,8 +146,8 @@ def test_long_paragraph_becomes_overlapping_windows_within_budget(tmp_path):
 @pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
 def test_known_question_retrieves_the_right_chunk_in_each_mode(tmp_path, index_cache, mode):
     docs = write_docs(tmp_path / "docs", STATION)
-    result = build_index(docs, tmp_path / "staging" / "index", index_cache)
-    retriever = open_retriever(tmp_path / "staging" / "index", result.info)
+    result = build_index(docs, tmp_path / "staging", index_cache)
+    retriever = open_retriever(tmp_path / "staging", result.info)
     assert retriever.modes == ["bm25", "dense", "hybrid"]
     questions = {
         "How do I prime the coolant pump?": ("pumps/coolant-pump.md", "bleed valve V12"),
@@ -162,9 +161,9 @@ def test_known_question_retrieves_the_right_chunk_in_each_mode(tmp_path, index_c
 
 
 def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_cache):
-    result = build_index(sample_formats, tmp_path / "staging" / "index", index_cache, modes=("bm25",))
+    result = build_index(sample_formats, tmp_path / "staging", index_cache, modes=("bm25",))
     assert result.skipped == [] and result.info.documents == 8
-    retriever = open_retriever(tmp_path / "staging" / "index", result.info)
+    retriever = open_retriever(tmp_path / "staging", result.info)
     assert retriever.modes == ["bm25"]
     hit = retriever.search("ceramic filter cartridge", k=1, mode="bm25")[0]
     assert hit.chunk.source.cite() == "handbook.pdf p.2:1-2"
@@ -176,35 +175,36 @@ def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_
 
 def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
-    index_dir = tmp_path / "staging" / "index"
-    first = build_index(docs, index_dir, index_cache)
+    staging = tmp_path / "staging"
+    first = build_index(docs, staging, index_cache)
     assert (first.parsed, first.embedded) == (3, 3)
     (docs / "power/solar-array.txt").write_text(
         "Solar array maintenance\n\nClean the panels monthly.\n\nCheck the charge controller fuses.\n")
-    second = build_index(docs, index_dir, index_cache)
+    second = build_index(docs, staging, index_cache)
     assert (second.parsed, second.embedded, second.chunks_embedded) == (1, 1, 1)
-    third = build_index(docs, index_dir, index_cache)
+    third = build_index(docs, staging, index_cache)
     assert (third.parsed, third.embedded) == (0, 0)
-    retriever = open_retriever(index_dir, third.info)
+    retriever = open_retriever(staging, third.info)
     hit = retriever.search("charge controller fuses", k=1, mode="hybrid")[0]
     assert hit.chunk.source.path == "power/solar-array.txt" and "fuses" in hit.chunk.text
 
 
 def test_index_is_plain_arrays_and_json_lines(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
-    index_dir = tmp_path / "staging" / "index"
-    build_index(docs, index_dir, index_cache)
+    staging = tmp_path / "staging"
+    build_index(docs, staging, index_cache)
+    index_dir = staging / "index"
     names = sorted(p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file())
     assert names == ["bm25/doc_ids.npy", "bm25/indptr.npy", "bm25/vocab.json", "bm25/weights.npy", "chunk_offsets.npy",
-                     "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/tokenizer.json", "dense/vectors.npy",
+                     "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/scorer.onnx", "dense/tokenizer.json", "dense/vectors.npy",
                      "index.json"]
     import numpy as np
 
     vectors = np.load(index_dir / "dense/vectors.npy", allow_pickle=False)
-    assert vectors.dtype == np.int8 and vectors.shape[1] == 384
+    assert vectors.dtype == np.int8 and vectors.shape[0] == 384 and np.abs(vectors).max() <= 63
     records = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == list(range(len(records)))
-    assert not any(p.name.startswith(".") for p in index_dir.parent.iterdir())  # no temp folder left
+    assert [p.name for p in staging.iterdir()] == ["index"]  # no temp folder left
 
 
 def test_runtime_retrieval_imports_no_builder_or_heavy_library():
@@ -222,7 +222,7 @@ def test_runtime_retrieval_imports_no_builder_or_heavy_library():
 
 def test_missing_documents_folder_is_a_build_error(tmp_path, index_cache):
     with pytest.raises(BuildError, match="does not exist") as error:
-        build_index(tmp_path / "nope", tmp_path / "out" / "index", index_cache)
+        build_index(tmp_path / "nope", tmp_path / "out", index_cache)
     assert error.value.path == str(tmp_path / "nope")
 
 
@@ -232,7 +232,7 @@ def test_folder_without_usable_documents_is_a_build_error(tmp_path, index_cache)
     (docs / "photo.jpg").write_bytes(b"\xff\xd8\xff")
     (docs / "empty.txt").write_text("")
     with pytest.raises(BuildError, match="no usable documents"):
-        build_index(docs, tmp_path / "out" / "index", index_cache)
+        build_index(docs, tmp_path / "out", index_cache)
     assert not (tmp_path / "out" / "index").exists()
 
 
@@ -259,7 +259,7 @@ def test_each_bad_file_is_skipped_with_its_reason_and_the_build_goes_on(tmp_path
         (docs / name).write_bytes(data)
     write_pdf(docs / "locked.pdf", [["secret text"]], password="hunter2")
     (docs / "latin1.txt").write_bytes("Caf\xe9 opening hours: nine to five.\n".encode("latin-1"))
-    result = build_index(docs, tmp_path / "staging" / "index", index_cache, modes=("bm25",))
+    result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",))
     reasons = {s.path: s.reason for s in result.skipped}
     assert set(reasons) == set(BAD_INPUTS) | {"locked.pdf"}
     for name, (_, reason) in BAD_INPUTS.items():
@@ -268,7 +268,7 @@ def test_each_bad_file_is_skipped_with_its_reason_and_the_build_goes_on(tmp_path
     assert result.info.documents == 4
     assert any(w.startswith("latin1.txt: not valid UTF-8") for w in result.warnings)
     assert f"bomb.docx: {reasons['bomb.docx']}" in result.info.skipped
-    retriever = open_retriever(tmp_path / "staging" / "index", result.info)
+    retriever = open_retriever(tmp_path / "staging", result.info)
     assert retriever.search("Caf opening hours", k=1, mode="bm25")[0].chunk.source.path == "latin1.txt"
 
 
@@ -276,7 +276,7 @@ def test_strict_build_fails_on_any_skipped_file(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     (docs / "empty.txt").write_bytes(b"")
     with pytest.raises(BuildError, match="empty file") as error:
-        build_index(docs, tmp_path / "staging" / "index", index_cache, strict=True)
+        build_index(docs, tmp_path / "staging", index_cache, strict=True)
     assert error.value.path == str(docs / "empty.txt")
     assert not (tmp_path / "staging" / "index").exists()
 
@@ -292,7 +292,7 @@ def test_hidden_files_unsupported_types_outside_symlinks_and_oversized_files(tmp
     os.symlink(outside, docs / "link.txt")
     os.symlink(docs / "radio/antenna.md", docs / "antenna-link.md")
     (docs / "huge.txt").write_text("big text\n" * 2000)
-    result = build_index(docs, tmp_path / "staging" / "index", index_cache, modes=("bm25",), max_file_bytes=10_000)
+    result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",), max_file_bytes=10_000)
     reasons = {s.path: s.reason for s in result.skipped}
     assert set(reasons) == {"diagram.png", "link.txt", "huge.txt"}
     assert reasons["diagram.png"] == "unsupported file type"

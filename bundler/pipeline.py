@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "build"
 QUANTIZATIONS = ("int4", "int8", "fp32")
+# The code a model export depends on: a change here invalidates cached exports, other changes do not.
+MODEL_CODE = ("model_source.py", "gguf_convert.py", "gguf_tokenizer.py", "export_onnx.py", "quantize.py")
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _stage_model(source, config: BuildConfig, dest: Path, progress: ProgressCall
     """Export the model once per (source, quantization, exporter code); later builds copy the cached result."""
     from bundler.export_onnx import export_model
 
-    key = _digest([source.fingerprint(), config.quantization, _source_digest(REPO_ROOT / "bundler")])
+    key = _digest([source.fingerprint(), config.quantization, _code_digest(MODEL_CODE)])
     cached = config.cache_dir / "models" / key
     hit = (cached / "model_info.json").is_file()
     if not hit:
@@ -129,9 +131,9 @@ def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
-def _source_digest(folder: Path) -> str:
+def _code_digest(modules: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(path.read_bytes())
+    for name in modules:
+        digest.update(name.encode())
+        digest.update((REPO_ROOT / "bundler" / name).read_bytes())
     return digest.hexdigest()

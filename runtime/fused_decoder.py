@@ -6,6 +6,7 @@ valid length: stale slots beyond it are overwritten by the next step.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -53,6 +54,15 @@ class FusedDecoder:
         session = bundle.onnx_session(MODEL_ENTRY, session_options(threads))
         length = min(max_length or info.context_length, info.context_length)
         return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, length)
+
+    @classmethod
+    def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
+        """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
+        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
+        _, kv_heads, _, head_dim = keys[0].shape
+        return cls(session, len(keys), kv_heads, head_dim, max_length)
 
     def reset(self) -> None:
         self.length = 0

@@ -83,6 +83,20 @@ class PackageLicense:
 
 
 @dataclass
+class TargetInfo:
+    """The target profile the bundle was built and budget-checked for."""
+
+    name: str
+    arch: str
+    glibc_floor: str
+    onnxruntime: str
+    python: str
+    ram_mb: int
+    threads: int
+    context: int
+
+
+@dataclass
 class Manifest:
     model: ModelInfo
     index: IndexInfo
@@ -90,6 +104,8 @@ class Manifest:
     target: str
     licenses: list[PackageLicense] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    target_profile: Optional[TargetInfo] = None
+    stub_sha256: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -103,7 +119,7 @@ class Manifest:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"manifest format {version!r} is not supported (expected {FORMAT_VERSION})")
-        return _build(cls, data)
+        return from_plain(cls, data)
 
     def entry(self, name: str) -> Entry:
         for entry in self.entries:
@@ -112,22 +128,22 @@ class Manifest:
         raise KeyError(name)
 
 
-def _build(kind: Any, value: Any) -> Any:
-    """Rebuild nested dataclasses from plain JSON values, checking keys."""
+def from_plain(kind: Any, value: Any) -> Any:
+    """Rebuild a (nested) dataclass of this module from plain JSON values, checking keys."""
     if value is None:
         return None
     origin = typing.get_origin(kind)
     if origin is typing.Union:
         inner = [a for a in typing.get_args(kind) if a is not type(None)]
-        return _build(inner[0], value)
+        return from_plain(inner[0], value)
     if origin is list:
         (item,) = typing.get_args(kind)
-        return [_build(item, v) for v in value]
+        return [from_plain(item, v) for v in value]
     if dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind, vars(sys.modules[kind.__module__]))
         names = {f.name for f in dataclasses.fields(kind)}
         unknown = set(value) - names
         if unknown:
             raise ValueError(f"{kind.__name__}: unknown keys {sorted(unknown)}")
-        return kind(**{k: _build(hints[k], v) for k, v in value.items()})
+        return kind(**{k: from_plain(hints[k], v) for k, v in value.items()})
     return value

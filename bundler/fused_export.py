@@ -1,8 +1,8 @@
 """Build step: a model source -> the fused graph in the staging folder's `model/`."""
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,36 +11,59 @@ import onnx
 from bundler.errors import BuildError
 from bundler.fused_graph import GRAPH_NAME, QuantizationPlan, build_graph
 from bundler.llama_weights import MAX_ROPE_POSITIONS, LlamaWeights, load_llama
+from bundler.model_source import ModelSource, resolve_model
 from bundler.progress import ProgressCallback, no_progress
 from runtime.manifest import ModelInfo
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                      "special_tokens_map.json")
+STEP = "fused graph"
 
 
-def build_fused_model(source: str | Path, quantization: str | QuantizationPlan, out_dir: str | Path,
+def default_quantization(source: ModelSource) -> str:
+    """GGUF blocks are carried over as they are; float weights become int4."""
+    return "gguf-exact" if source.kind == "gguf" else "int4"
+
+
+def build_fused_model(source: str | Path | ModelSource, quantization: str | QuantizationPlan, out_dir: str | Path,
                       progress: ProgressCallback = no_progress) -> ModelInfo:
-    """Write `out_dir/model/model.onnx(+.data)` (+ tokenizer files of an HF folder)."""
+    """Write `out_dir/model/`: model.onnx, model.onnx.data and the tokenizer files."""
+    source = source if isinstance(source, ModelSource) else resolve_model(source)
     plan = quantization if isinstance(quantization, QuantizationPlan) else QuantizationPlan(quantization)
     try:
         plan.check()
     except ValueError as exc:
-        raise BuildError(source, str(exc)) from None
-    weights = load_llama(source)
+        raise BuildError(source.path, str(exc)) from None
+    weights = load_llama(source.path)
     try:
-        model = build_graph(weights, plan, progress)
+        model = build_graph(weights, plan, lambda step, done, total: progress(STEP, done, total))
     except ValueError as exc:
-        raise BuildError(source, str(exc)) from None
+        raise BuildError(source.path, str(exc)) from None
     model_dir = Path(out_dir) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, model_dir)
-    if weights.kind == "hf":
-        for name in HF_TOKENIZER_FILES:
-            if (weights.source / name).is_file():
-                shutil.copyfile(weights.source / name, model_dir / name)
-    return model_info(weights, plan)
+    del model
+    _write_tokenizer(source, model_dir)
+    info = model_info(weights, plan)
+    info.name, info.license, info.source_sha256 = source.name, source.license, source.fingerprint()
+    return info
+
+
+def _write_tokenizer(source: ModelSource, model_dir: Path) -> None:
+    """The model room's tokenizer files: rebuilt and checked from a GGUF, copied from a folder."""
+    if source.kind == "gguf":
+        import gguf
+
+        from bundler.gguf_convert import check_tokenizer
+        from bundler.gguf_tokenizer import read_vocabulary, write_tokenizer_files
+
+        vocab = read_vocabulary(source.path, gguf.GGUFReader(str(source.path)))
+        check_tokenizer(source.path, vocab)
+        write_tokenizer_files(vocab, model_dir)
+    else:
+        from bundler.export_onnx import _copy_tokenizer
+
+        _copy_tokenizer(source.path, model_dir, json.loads((source.path / "config.json").read_text(encoding="utf-8")))
 
 
 def save_model(model: onnx.ModelProto, model_dir: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
-MODEL_ENTRY = "model/model.onnx"
+from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 
 
 def session_options(threads: Optional[int]) -> ort.SessionOptions:
@@ -28,7 +28,7 @@ def session_options(threads: Optional[int]) -> ort.SessionOptions:
     return options
 
 
-class FusedDecoder:
+class FusedDecoder(Decoder):
     """See runtime.decoder.Decoder; adds `forward(ids, rows=...)` to skip unneeded logits."""
 
     def __init__(self, session: ort.InferenceSession, num_layers: int, num_kv_heads: int,
@@ -51,9 +51,8 @@ class FusedDecoder:
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
         info = bundle.manifest.model
-        session = bundle.onnx_session(MODEL_ENTRY, session_options(threads))
-        length = min(max_length or info.context_length, info.context_length)
-        return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, length)
+        session = bundle.onnx_session(MODEL_ONNX, session_options(threads))
+        return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 
     @classmethod
     def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
@@ -75,11 +74,8 @@ class FusedDecoder:
     def forward(self, ids: list[int], rows: int | None = None) -> np.ndarray:
         """Logits [rows, vocab] for the last `rows` of `ids` (all of them by default)."""
         count = len(ids)
-        if count == 0:
-            raise ValueError("forward needs at least one token")
+        self._check_room(count)
         total = self.length + count
-        if total > self.max_length:
-            raise ValueError(f"context full: {total} tokens exceed the maximum of {self.max_length}")
         rows = count if rows is None else max(1, min(rows, count))
         binding = self._binding
         binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))

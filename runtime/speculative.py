@@ -62,29 +62,33 @@ def _rows_forward(decoder):
     return lambda ids, rows: decoder.forward(ids)[-rows:]
 
 
-def speculative_greedy(decoder, prompt_ids: list[int], max_new_tokens: int, stop_token_ids=frozenset(),
-                       max_ngram: int = 3, max_draft: int = 3,
+def generate_speculative(decoder, prompt_ids: list[int], config, first_logits: np.ndarray) -> Iterator[int]:
+    """runtime.generation's hook: greedy `config` after a prefilled prompt."""
+    limit = max(0, min(config.max_new_tokens, decoder.max_length - len(prompt_ids)))
+    return speculative_greedy(decoder, prompt_ids, int(np.argmax(first_logits)), limit, config.stop_token_ids)
+
+
+def speculative_greedy(decoder, prompt_ids: list[int], first_token: int, limit: int,
+                       stop_token_ids=frozenset(), max_ngram: int = 3, max_draft: int = 3,
                        stats: SpeculationStats | None = None) -> Iterator[int]:
-    """Greedy tokens after `prompt_ids` (the decoder's cache must be empty or hold a prefix
-    of the prompt: everything past `decoder.length` is fed)."""
+    """Up to `limit` greedy tokens, starting with `first_token`; the cache holds the prompt."""
     forward = _rows_forward(decoder)
+    limit = min(limit, decoder.max_length - decoder.length)
     stats = stats if stats is not None else SpeculationStats()
     index = NgramIndex(max_ngram)
     index.extend(prompt_ids)
-    token = int(np.argmax(forward(list(prompt_ids[decoder.length:]), 1)[-1]))
+    token = first_token
     produced = 0
-    while True:
+    while produced < limit:
         yield token
         produced += 1
-        if token in stop_token_ids or produced >= max_new_tokens:
+        if token in stop_token_ids or produced >= limit:
             return
         index.extend([token])
         room = decoder.max_length - decoder.length - 1
-        if room < 1:
-            return
-        draft = index.draft(min(max_draft, room))
+        draft = index.draft(min(max_draft, room, limit - produced))
         guessed = bool(draft)
-        if not draft:
+        if not draft and room > 0:
             draft = [token]  # keeps the step on the multi-token path; right now and then
         before = decoder.length
         choices = np.argmax(forward([token] + draft, len(draft) + 1), axis=-1)
@@ -99,23 +103,25 @@ def speculative_greedy(decoder, prompt_ids: list[int], max_new_tokens: int, stop
         for drafted in draft[:accepted]:
             yield drafted
             produced += 1
-            if drafted in stop_token_ids or produced >= max_new_tokens:
+            if drafted in stop_token_ids or produced >= limit:
                 return
         index.extend(draft[:accepted])
         token = int(choices[accepted])
 
 
-def reference_greedy(decoder, prompt_ids: list[int], max_new_tokens: int,
-                     stop_token_ids=frozenset()) -> Iterator[int]:
-    """Plain greedy decoding on the multi-token numeric path: each step feeds the new token
-    and a filler, keeps the first row's logits and drops the filler from the cache."""
+def reference_greedy(decoder, first_token: int, limit: int, stop_token_ids=frozenset()) -> Iterator[int]:
+    """Plain greedy decoding on the same numeric path as `speculative_greedy`: each step
+    feeds the new token and a filler, keeps the first row and drops the filler from the
+    cache (one row only when the context has room for no more)."""
     forward = _rows_forward(decoder)
-    token = int(np.argmax(forward(list(prompt_ids[decoder.length:]), 1)[-1]))
-    for produced in range(1, max_new_tokens + 1):
+    limit = min(limit, decoder.max_length - decoder.length)
+    token = first_token
+    for produced in range(1, limit + 1):
         yield token
-        if token in stop_token_ids or produced == max_new_tokens or decoder.length + 2 > decoder.max_length:
+        if token in stop_token_ids or produced == limit:
             return
         before = decoder.length
-        logits = forward([token, token], 2)
+        fed = [token, token] if decoder.max_length - before >= 2 else [token]
+        logits = forward(fed, len(fed))
         decoder.truncate(before + 1)
         token = int(np.argmax(logits[0]))

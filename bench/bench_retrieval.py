@@ -37,7 +37,7 @@ from runtime import index_files  # noqa: E402
 from runtime.bundle import DirectoryBundle  # noqa: E402
 from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
 from bundler.index import DENSE_WEIGHT  # noqa: E402
-from runtime.dense_search import quantize_vectors  # noqa: E402
+from runtime.dense_search import quantize_query, quantize_vectors  # noqa: E402
 from runtime.manifest import IndexInfo  # noqa: E402
 from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
 from runtime.text_terms import ANALYZER  # noqa: E402
@@ -114,6 +114,26 @@ def time_queries(retriever: Retriever, queries: list[str], mode: str, k: int = 1
     return times
 
 
+def time_parts(retriever: Retriever, queries: list[str]) -> str:
+    """p50 of each step of a hybrid query, to show where the time goes on a loaded machine."""
+    encoder, dense = retriever.dense.encoder, retriever.dense
+    parts: dict[str, list[float]] = {"encode query": [], "bm25 scores": [], "dense scores": [], "fusion": []}
+    for query in queries:
+        t0 = time.perf_counter()
+        vector = encoder.encode([query])[0]
+        t1 = time.perf_counter()
+        bm25 = retriever.bm25.scores(query)
+        t2 = time.perf_counter()
+        query_u8, scale = quantize_query(vector)
+        scores = dense.scorer.run(None, {"query": query_u8, "vectors": dense.vectors, "scales": dense.scales})[0][0] * scale
+        t3 = time.perf_counter()
+        fuse(bm25, scores, retriever.dense_weight, 10)
+        t4 = time.perf_counter()
+        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            parts[name].append(seconds)
+    return "  p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
+
+
 def index_bytes(staging: Path) -> tuple[int, int]:
     """(per-chunk data bytes, fixed bytes of the embedder model and tokenizer)."""
     fixed = {index_files.DENSE_MODEL, index_files.DENSE_TOKENIZER, index_files.SETTINGS}
@@ -170,6 +190,7 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[s
     lines.append("")
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {result.info.chunks} chunks, k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
+    lines.append(time_parts(retriever, list(queries.values())))
     data_bytes, fixed = index_bytes(staging)
     lines += [
         "",
@@ -219,6 +240,7 @@ def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: i
     lines = [""]
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {chunks} chunks (synthetic), k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
+    lines.append(time_parts(retriever, list(queries.values())))
     return lines
 
 

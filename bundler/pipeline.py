@@ -39,6 +39,8 @@ class BuildConfig:
     target: str = "host"
     cache_dir: Path = DEFAULT_CACHE
     strict: bool = False
+    sign_key: Optional[Path] = None        # ed25519 secret key file: sign the manifest
+    runtime_stub: Optional[Path] = None    # a stub built elsewhere (e.g. natively on Windows) instead of the cache
 
     def output_path(self) -> Path:
         return self.output or REPO_ROOT / "dist" / self.docs.resolve().name
@@ -63,14 +65,16 @@ class StagedBuild:
 
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
     from bundler.package import package
+    from bundler.signing import load_signer
     from targets import load_target
 
+    signer = load_signer(config.sign_key) if config.sign_key is not None else None
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
         staging = Path(tmp)
         staged = stage(config, staging, progress)
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
-                             progress)
+                             progress, runtime_stub=config.runtime_stub, signer=signer)
     return BuildResult(executable=executable, manifest=staged.manifest, skipped=staged.skipped,
                        warnings=staged.warnings, model_cached=staged.model_cached)
 

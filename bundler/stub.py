@@ -50,16 +50,19 @@ def pyinstaller_arguments(work: Path, src_root: Path) -> list[str]:
         f"--distpath={work / 'dist'}", f"--workpath={work / 'build'}", f"--specpath={work}",
         "--hidden-import=runtime.cli",
         "--collect-submodules=runtime",
+        f"--add-data={src_root / 'runtime' / 'web'}:runtime/web",
     ]
     args += [f"--exclude-module={name}" for name in EXCLUDED_MODULES]
     return args + [str(work / "entry.py")]
 
 
-def runtime_source_digest(runtime_dir: Path = RUNTIME_DIR) -> str:
+def runtime_source_digest() -> str:
+    """Every file of runtime/ (sources and web assets), by name and content."""
     digest = hashlib.sha256()
-    for path in sorted(runtime_dir.rglob("*.py")):
-        digest.update(path.relative_to(runtime_dir).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
+    for path in sorted(RUNTIME_DIR.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(RUNTIME_DIR).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

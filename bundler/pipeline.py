@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "build"
 QUANTIZATIONS = ("int4", "int8", "fp32")
+# The code a model export depends on: a change here invalidates cached exports, other changes do not.
+MODEL_CODE = ("model_source.py", "gguf_convert.py", "gguf_tokenizer.py", "export_onnx.py", "quantize.py")
 
 
 @dataclass
@@ -85,7 +87,7 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     source = resolve_model(config.model or default_model_path())
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
-    index = build_index(config.docs, staging / "index", config.cache_dir / "index", progress, strict=config.strict)
+    index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
     model_info, model_cached = _stage_model(source, config, staging / "model", progress)
     manifest = Manifest(
         model=model_info,
@@ -99,14 +101,15 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
         target=target.name,
     )
     (staging / MANIFEST_NAME).write_text(manifest.to_json())
-    return StagedBuild(manifest=manifest, skipped=index.skipped, warnings=index.warnings, model_cached=model_cached)
+    return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
+                       model_cached=model_cached)
 
 
 def _stage_model(source, config: BuildConfig, dest: Path, progress: ProgressCallback) -> tuple[ModelInfo, bool]:
     """Export the model once per (source, quantization, exporter code); later builds copy the cached result."""
     from bundler.export_onnx import export_model
 
-    key = _digest([source.fingerprint(), config.quantization, _source_digest(REPO_ROOT / "bundler")])
+    key = _digest([source.fingerprint(), config.quantization, _code_digest(MODEL_CODE)])
     cached = config.cache_dir / "models" / key
     hit = (cached / "model_info.json").is_file()
     if not hit:
@@ -128,9 +131,9 @@ def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
-def _source_digest(folder: Path) -> str:
+def _code_digest(modules: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(path.read_bytes())
+    for name in modules:
+        digest.update(name.encode())
+        digest.update((REPO_ROOT / "bundler" / name).read_bytes())
     return digest.hexdigest()

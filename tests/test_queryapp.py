@@ -295,7 +295,7 @@ def test_ctrl_c_stops_the_answer_but_not_the_chat(query_staging):
     try:
         chat.expect("> ")
         chat.sendline("Tell me a long story.")
-        chat.expect(r"\S{3}")   # the answer has begun
+        chat.expect(r"story\.\r\n[\s\S]")   # past the echo of the question: the answer has begun
         chat.sendintr()
         chat.expect(r"\(stopped\)")
         chat.expect("> ")
@@ -384,3 +384,14 @@ def test_server_answers_an_overlong_conversation_by_dropping_old_turns(query_ser
     status, _, payload = raw(query_server, "POST", "/v1/chat/completions", json.dumps(
         {"messages": [{"role": "user", "content": "why " * 5000}], "max_tokens": 4}).encode())
     assert status == 400 and json.loads(payload)["error"]["code"] == "context_length_exceeded"
+
+
+def test_stop_string_split_across_deltas_is_held_back_and_never_shown():
+    from runtime.stop_strings import StopStringFilter
+
+    stops = StopStringFilter(["END", "\n\n"])
+    shown = [stops.push(d) for d in ["abc E", "N", "xy E", "ND tail"]]
+    assert shown == ["abc ", "", "ENxy ", ""] and stops.stopped
+    assert "".join(shown) + stops.flush() == "abc ENxy "
+    open_ended = StopStringFilter(["END"])
+    assert open_ended.push("the E") == "the " and open_ended.flush() == "E"

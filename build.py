@@ -42,6 +42,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="where exported models, index parts and runtime stubs are kept between builds")
     parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
+    parser.add_argument("--sign-key", type=Path, default=None,
+                        help="ed25519 secret key file: sign the bundle (check with `BUNDLE verify --pubkey KEY.pub`)")
+    parser.add_argument("--new-sign-key", type=Path, default=None, metavar="KEY",
+                        help="write a new ed25519 key pair to KEY and KEY.pub, then exit")
+    parser.add_argument("--runtime-stub", type=Path, default=None,
+                        help="use this runtime stub (built natively elsewhere with the same recipe) instead of the cached one")
     parser.add_argument("--ask", metavar="QUESTION", default=None,
                         help="after building, ask the new executable this question")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
@@ -76,8 +82,19 @@ class ProgressBars:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.new_sign_key is not None:
+        from bundler.signing import generate_keypair
+
+        try:
+            public = generate_keypair(args.new_sign_key)
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote secret key {args.new_sign_key} (keep it private) and public key {public}")
+        return 0
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
-                         target=args.target, cache_dir=args.cache_dir, strict=args.strict)
+                         target=args.target, cache_dir=args.cache_dir, strict=args.strict,
+                         sign_key=args.sign_key, runtime_stub=args.runtime_stub)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
     started = time.perf_counter()
     try:

@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "build"
 QUANTIZATIONS = ("int4", "int8", "fp32")
+# The code a model export depends on: a change here invalidates cached exports, other changes do not.
+MODEL_CODE = ("model_source.py", "gguf_convert.py", "gguf_tokenizer.py", "export_onnx.py", "quantize.py")
 
 
 @dataclass
@@ -37,6 +39,8 @@ class BuildConfig:
     target: str = "host"
     cache_dir: Path = DEFAULT_CACHE
     strict: bool = False
+    sign_key: Optional[Path] = None        # ed25519 secret key file: sign the manifest
+    runtime_stub: Optional[Path] = None    # a stub built elsewhere (e.g. natively on Windows) instead of the cache
 
     def output_path(self) -> Path:
         return self.output or REPO_ROOT / "dist" / self.docs.resolve().name
@@ -61,14 +65,16 @@ class StagedBuild:
 
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
     from bundler.package import package
+    from bundler.signing import load_signer
     from targets import load_target
 
+    signer = load_signer(config.sign_key) if config.sign_key is not None else None
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
         staging = Path(tmp)
         staged = stage(config, staging, progress)
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
-                             progress)
+                             progress, runtime_stub=config.runtime_stub, signer=signer)
     return BuildResult(executable=executable, manifest=staged.manifest, skipped=staged.skipped,
                        warnings=staged.warnings, model_cached=staged.model_cached)
 
@@ -107,7 +113,7 @@ def _stage_model(source, config: BuildConfig, dest: Path, progress: ProgressCall
     """Export the model once per (source, quantization, exporter code); later builds copy the cached result."""
     from bundler.export_onnx import export_model
 
-    key = _digest([source.fingerprint(), config.quantization, _source_digest(REPO_ROOT / "bundler")])
+    key = _digest([source.fingerprint(), config.quantization, _code_digest(MODEL_CODE)])
     cached = config.cache_dir / "models" / key
     hit = (cached / "model_info.json").is_file()
     if not hit:
@@ -129,9 +135,9 @@ def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
-def _source_digest(folder: Path) -> str:
+def _code_digest(modules: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(path.read_bytes())
+    for name in modules:
+        digest.update(name.encode())
+        digest.update((REPO_ROOT / "bundler" / name).read_bytes())
     return digest.hexdigest()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from runtime.bundle import Bundle, BundleError
+from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
 
 PROG = "bundle"
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    add_verify_parser(commands)
     return parser
 
 
@@ -235,4 +238,5 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve}
+COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve,
+            "verify": run_verify}

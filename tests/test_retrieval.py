@@ -75,6 +75,15 @@ def test_markdown_chunk_keeps_heading_path_lines_and_exact_text(sample_formats):
     assert chunk.span.cite() == "guide.md:5-7"
 
 
+def test_markdown_setext_titles_and_fenced_code(tmp_path):
+    path = tmp_path / "readme.md"
+    path.write_text("Station\n=======\n\nIntro.\n\nSetup\n-----\n\n```\n# not a heading\n```\n\nText\n---\n")
+    drafts = chunks_of(path, tmp_path)
+    code = find(drafts, "# not a heading")
+    assert code.span.heading == "Station > Setup" and (code.span.line_start, code.span.line_end) == (6, 11)
+    assert find(drafts, "Text").span.heading == "Station > Text"
+
+
 def test_plain_text_paragraphs_of_one_section_share_a_chunk_with_their_lines(sample_formats):
     chunk = find(chunks_of(sample_formats / "notes.txt", sample_formats), "Diesel tank")
     assert "Fuel log" in chunk.text and chunk.span.line_start == 1 and chunk.span.line_end == 4

@@ -30,7 +30,7 @@ PARSERS: dict[str, Parser] = {
 }
 
 # Bump when any parser's output changes, so cached parses are not reused.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 
 
 def parser_for(name: str) -> Parser | None:

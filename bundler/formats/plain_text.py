@@ -12,17 +12,6 @@ _SETEXT = re.compile(r"^ {0,3}(=+|-+)\s*$")
 _RST_UNDERLINE = re.compile(r"^([=\-~^\"'`*+#:.])\1{2,}\s*$")
 
 
-def parse_txt(data: bytes, warn) -> list[Block]:
-    writer = BlockWriter()
-    for number, offset, line in numbered_lines(decode_text(data, warn)):
-        if line.strip():
-            writer.text(line, number, offset, offset + len(line))
-        else:
-            writer.end_paragraph()
-    writer.end_paragraph()
-    return writer.blocks
-
-
 def parse_markdown(data: bytes, warn) -> list[Block]:
     """ATX (`## Title`) and setext (`Title` over `===`/`---`) headings; fenced code kept whole."""
     lines = list(numbered_lines(decode_text(data, warn)))
@@ -62,9 +51,10 @@ def parse_markdown(data: bytes, warn) -> list[Block]:
     return writer.blocks
 
 
-def parse_rst(data: bytes, warn) -> list[Block]:
-    """Section titles are lines underlined (optionally overlined) by a punctuation run; levels
-    follow the order in which underline styles first appear, as docutils assigns them."""
+def parse_underlined(data: bytes, warn) -> list[Block]:
+    """reStructuredText, and plain text, which uses the same convention for titles: a line
+    underlined (optionally overlined) by a punctuation run at least as long. Levels follow the
+    order in which underline styles first appear, as docutils assigns them."""
     lines = list(numbered_lines(decode_text(data, warn)))
     styles: list[tuple[str, bool]] = []
     writer = BlockWriter()

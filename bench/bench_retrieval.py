@@ -145,11 +145,11 @@ def embedder_reference(retriever: Retriever, tokenizer: Tokenizer) -> tuple[floa
     return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
 
 
-def index_bytes(staging: Path) -> tuple[int, int]:
-    """(per-chunk data bytes, fixed bytes of the embedder model and tokenizer)."""
-    fixed = {index_files.DENSE_MODEL, index_files.DENSE_TOKENIZER, index_files.SETTINGS}
-    data = sum(p.stat().st_size for p in (staging / "index").rglob("*") if p.is_file()
-               and p.relative_to(staging).as_posix() not in fixed)
+def index_bytes(staging: Path) -> tuple[dict[str, int], int]:
+    """(bytes of each per-chunk entry, fixed bytes of the embedder, its tokenizer and the settings)."""
+    fixed = {index_files.DENSE_MODEL, index_files.DENSE_TOKENIZER, index_files.SETTINGS, index_files.DENSE_SCORER}
+    data = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted((staging / "index").rglob("*"))
+            if p.is_file() and p.relative_to(staging).as_posix() not in fixed}
     return data, sum((staging / name).stat().st_size for name in fixed)
 
 
@@ -211,7 +211,9 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking:
         f"  reference, the embedder alone on every 5th chunk: {reference[0]:,.0f} tokens/s wall, {reference[1]:,.0f} per CPU s; "
         f"build per CPU s: {tokens / build_cpu:,.0f} ({tokens / build_cpu / reference[1]:.2f}x the embedder alone)",
         f"rebuild, nothing changed: {rebuild_s:.1f} s (parsed {rebuild.parsed}, embedded {rebuild.chunks_embedded} chunks)",
-        f"index bytes per chunk: {data_bytes / result.info.chunks:,.0f} (plus {fixed / 1e6:.1f} MB embedder model + tokenizer, once)",
+        f"index bytes per chunk: {sum(data_bytes.values()) / result.info.chunks:,.0f} "
+        f"(plus {fixed / 1e6:.1f} MB embedder model + tokenizer, once): "
+        + ", ".join(f"{name.removeprefix('index/')} {size / result.info.chunks:,.0f}" for name, size in data_bytes.items()),
     ]
     return lines
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bundler.errors import BuildError
 from bundler.gguf_tokenizer import GgufVocabulary, ReferenceBpe, build_tokenizer, read_vocabulary, write_tokenizer_files
+from bundler.silence import silence_third_party
 from bundler.progress import ProgressCallback, no_progress
 
 # Digits, punctuation, accents, CJK, emoji, whitespace runs, contractions, a control string as text.
@@ -49,9 +50,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no
     work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=torch.float32, local_files_only=True
-            )
+            with silence_third_party():
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
+                )
         except Exception as exc:  # transformers raises many kinds on files it cannot map
             raise BuildError(gguf_path, f"transformers cannot load the GGUF weights: {exc}") from None
         progress("convert gguf", 2, 3)

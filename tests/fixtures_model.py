@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = REPO_ROOT / ".cache" / "test-models"
-BUILDER_SOURCES = ("gguf_tokenizer.py", "gguf_convert.py", "export_onnx.py", "quantize.py", "model_source.py")
+BUILDER_SOURCES = ("gguf_tokenizer.py", "gguf_convert.py", "export_onnx.py", "quantize.py", "model_source.py", "silence.py")
 DONE_MARK = ".complete"
 
 # Llama 3.2's shape in miniature: llama3 rope scaling, tied embeddings, grouped-query attention.

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bundler.errors import BuildError
-from bundler.gguf_tokenizer import GgufVocabulary, ReferenceBpe, build_tokenizer, read_vocabulary, write_tokenizer_files
+from bundler.gguf_tokenizer import GgufVocabulary, build_tokenizer, read_vocabulary, reference_tokenizer, write_tokenizer_files
 from bundler.silence import silence_third_party
 from bundler.progress import ProgressCallback, no_progress
 
@@ -28,7 +28,7 @@ def check_tokenizer(path: Path, vocab: GgufVocabulary, text: str = TOKENIZER_CHE
     tokenizer = build_tokenizer(vocab)
     tokenizer.encode_special_tokens = True
     built = tokenizer.encode(text, add_special_tokens=False).ids
-    expected = ReferenceBpe(vocab).encode(text)
+    expected = reference_tokenizer(vocab).encode(text)
     if built != expected:
         at = next((i for i, (a, b) in enumerate(zip(built, expected)) if a != b), min(len(built), len(expected)))
         raise BuildError(path, f"converted tokenizer disagrees with the GGUF vocabulary at token {at}")

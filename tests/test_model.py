@@ -333,3 +333,57 @@ def test_default_model_resolves_to_the_packaged_gguf():
     source = resolve_model(default_model_path())
     assert source.kind == "gguf" and source.architecture == "llama"
     assert source.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# --- SentencePiece GGUF vocabularies (TinyLlama-style) ------------------------------------------
+
+SPM_TRAINING_TEXT = "the pump primes the valve then the pumps prime valves at 37.5 degrees, twice: it's done"
+SPM_SAMPLE_TEXT = "The pump primed valves twice at 37.5 degrees;  it's done\n\u6771\u4eac \U0001f680 caf\u00e9"
+
+
+def write_spm_gguf(path: Path) -> None:
+    """A toy SentencePiece vocabulary: byte tokens plus every piece (up to 6 chars) of the training words."""
+    import random
+
+    import gguf
+
+    rng = random.Random(0)
+    pieces = set()
+    for word in SPM_TRAINING_TEXT.split(" "):
+        word = "\u2581" + word
+        pieces.update(word[i:j] for i in range(len(word)) for j in range(i + 1, min(len(word), i + 6) + 1))
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + sorted(pieces)
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0] * 259 + [-rng.random() * 100 for _ in pieces]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(512)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores(scores)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_sentencepiece_gguf_tokenizer_gives_the_gguf_vocabulary_ids(tmp_path):
+    import gguf
+
+    from bundler.gguf_convert import check_tokenizer
+    from bundler.gguf_tokenizer import ReferenceSpm, read_vocabulary, write_tokenizer_files
+
+    path = tmp_path / "spm.gguf"
+    write_spm_gguf(path)
+    vocab = read_vocabulary(path, gguf.GGUFReader(str(path)))
+    assert vocab.model == "llama" and vocab.add_bos and vocab.add_space_prefix
+    check_tokenizer(path, vocab, SPM_SAMPLE_TEXT)
+    write_tokenizer_files(vocab, tmp_path)
+    tokenizer = ChatTokenizer.from_folder(tmp_path)
+    expected = ReferenceSpm(vocab).encode(SPM_SAMPLE_TEXT)
+    assert tokenizer.encode(SPM_SAMPLE_TEXT) == expected
+    assert tokenizer.decode(expected) == SPM_SAMPLE_TEXT
+    assert tokenizer.eos_token_ids == frozenset({2})

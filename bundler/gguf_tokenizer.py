@@ -192,7 +192,10 @@ def build_tokenizer(vocab: GgufVocabulary) -> Tokenizer:
 def write_tokenizer_files(vocab: GgufVocabulary, out_dir: Path) -> None:
     """tokenizer.json, tokenizer_config.json and generation_config.json in Hugging Face layout."""
     tokenizer = build_tokenizer(vocab)
-    name = lambda i: None if i is None else vocab.tokens[i]  # noqa: E731
+
+    def name(token_id: Optional[int]) -> Optional[str]:
+        return None if token_id is None else vocab.tokens[token_id]
+
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": name(vocab.bos_id),

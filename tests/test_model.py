@@ -387,3 +387,17 @@ def test_sentencepiece_gguf_tokenizer_gives_the_gguf_vocabulary_ids(tmp_path):
     assert tokenizer.encode(SPM_SAMPLE_TEXT) == expected
     assert tokenizer.decode(expected) == SPM_SAMPLE_TEXT
     assert tokenizer.eos_token_ids == frozenset({2})
+
+
+def test_runtime_model_modules_import_no_builder_dependencies():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import runtime.tokenizer, runtime.decoder, runtime.generation; "
+        "heavy = {'torch', 'transformers', 'optimum', 'onnx', 'bundler', 'gguf'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

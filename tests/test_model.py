@@ -401,3 +401,17 @@ def test_runtime_model_modules_import_no_builder_dependencies():
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_llama3_gguf_converts_to_the_same_model(tiny_llama_gguf, tiny_llama_dir, tiny_prompt, tiny_reference, tmp_path):
+    """q/k un-permuted, tied embeddings, and llama3 rope scaling recovered from rope_freqs."""
+    from bundler.gguf_convert import convert_gguf
+
+    source = resolve_model(tiny_llama_gguf)
+    assert source.kind == "gguf" and source.name == "tiny-llama-3.2-shaped"
+    converted = convert_gguf(tiny_llama_gguf, tmp_path / "hf")
+    config = json.loads((converted / "config.json").read_text())
+    assert config["rope_scaling"]["rope_type"] == "llama3"
+    assert config["tie_word_embeddings"] is True
+    assert ChatTokenizer.from_folder(converted).encode(PROMPT) == tiny_prompt
+    assert np.abs(torch_logits(converted, tiny_prompt) - tiny_reference).max() < 1e-5

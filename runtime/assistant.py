@@ -8,8 +8,9 @@ from typing import Iterator, Optional, Sequence
 from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
-from runtime.prompt import Prompt, build_prompt, cited_sources
+from runtime.prompt import Prompt, cited_sources, fit_prompt
 from runtime.retrieval import Hit, Retriever
+from runtime.stop_strings import StopStringFilter
 from runtime.tokenizer import ChatTokenizer
 
 # Tokens kept free for the answer when the caller does not say how long it may be.
@@ -23,6 +24,7 @@ class AnswerStats:
     retrieval_s: float = 0.0
     first_token_s: float = 0.0
     total_s: float = 0.0
+    finish_reason: str = ""         # "stop" (end token or stop string) or "length" (max_new_tokens)
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -58,6 +60,12 @@ class Answer:
             pass
         return self
 
+    def close(self) -> None:
+        """Stop generating (an abandoned stream, Ctrl-C); the text so far stays."""
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()
+
 
 class Assistant:
     def __init__(self, tokenizer: ChatTokenizer, decoder: Decoder, retriever: Retriever):
@@ -89,37 +97,55 @@ class Assistant:
         config: Optional[GenerationConfig] = None,
         history: Sequence[dict] = (),
         use_documents: bool = True,
+        instructions: Optional[str] = None,
+        stop: Sequence[str] = (),
     ) -> Answer:
+        """Raises runtime.prompt.ContextOverflow when the question cannot fit the context window.
+
+        instructions: added to the system prompt (an API client's own system message).
+        stop: strings that end the answer; they are not part of it.
+        """
         config = config or GenerationConfig(max_new_tokens=DEFAULT_ANSWER_TOKENS)
         started = time.perf_counter()
-        hits = self.search(question, k=k, mode=mode) if use_documents else []
+        hits = self.search(question, k=k, mode=mode) if use_documents and k > 0 else []
         retrieval_s = time.perf_counter() - started
-        # Passages get what the context leaves after the answer and the question's frame.
-        frame = len(self.tokenizer.encode_chat(build_prompt(question, [], self._count, 0, history).messages))
-        budget = max(0, self.decoder.max_length - config.max_new_tokens - frame - 16)
-        prompt = build_prompt(question, hits, self._count, budget, history)
+        # The answer's room is what it asks for, but at most half the window: a long --max-tokens
+        # should not starve the passages; generation then simply stops at the window's end.
+        budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)
+        prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions)
         prompt_ids = self.tokenizer.encode_chat(prompt.messages)
-        stop = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids
-        config = GenerationConfig(**{**vars(config), "stop_token_ids": stop})
+        stop_ids = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids
+        config = GenerationConfig(**{**vars(config), "stop_token_ids": stop_ids})
         answer = Answer(prompt=prompt, _deltas=iter(()))
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
-        answer._deltas = self._stream(prompt_ids, config, answer.stats, started)
+        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started)
         return answer
 
-    def _count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
-
-    def _stream(self, prompt_ids: list[int], config: GenerationConfig, stats: AnswerStats, started: float) -> Iterator[str]:
+    def _stream(self, prompt_ids: list[int], config: GenerationConfig, stops: StopStringFilter,
+                stats: AnswerStats, started: float) -> Iterator[str]:
         self.decoder.reset()
         stream = self.tokenizer.StreamDecoder(self.tokenizer)
-        for token in generate(self.decoder, prompt_ids, config):
-            if token in config.stop_token_ids:
-                break
-            stats.new_tokens += 1
-            if stats.new_tokens == 1:
-                stats.first_token_s = time.perf_counter() - started
-            text = stream.push(token)
-            if text:
-                yield text
-        stats.total_s = time.perf_counter() - started
+        stats.finish_reason = "length"
+        try:
+            for token in generate(self.decoder, prompt_ids, config):
+                if token in config.stop_token_ids:
+                    stats.finish_reason = "stop"
+                    break
+                stats.new_tokens += 1
+                if stats.new_tokens == 1:
+                    stats.first_token_s = time.perf_counter() - started
+                text = stops.push(stream.push(token))
+                if text:
+                    yield text
+                if stops.stopped:
+                    stats.finish_reason = "stop"
+                    break
+            else:
+                if stats.new_tokens < config.max_new_tokens:
+                    stats.finish_reason = "stop"
+            tail = stops.push(stream.flush()) + stops.flush()
+            if tail:
+                yield tail
+        finally:
+            stats.total_s = time.perf_counter() - started

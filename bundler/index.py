@@ -1,0 +1,258 @@
+"""Building the retrieval index of a documents folder into the staging folder's `index/`.
+
+Incremental: each document's chunks (and embeddings) are cached under the builder cache,
+keyed by a hash of its bytes and of everything that shapes the result, so an unchanged
+document is neither parsed nor embedded again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from bundler.dense_scorer import write_scorer
+from bundler.embedder_export import export_embedder
+from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
+from bundler.errors import BuildError
+from bundler.formats import PARSER_VERSION, SkipFile, suffix_of
+from bundler.index_bm25 import Bm25Config, build_bm25
+from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
+from bundler.progress import ProgressCallback, no_progress
+from runtime import index_files
+from runtime.dense_search import SentenceEncoder, quantize_vectors
+from runtime.manifest import IndexInfo
+from runtime.retrieval import Chunk, SourceSpan
+from runtime.text_terms import ANALYZER
+
+# Weight of the dense z-score in hybrid fusion (FINDINGS: 0.6-0.7 best on Cranfield and a second collection).
+DENSE_WEIGHT = 0.65
+_EMBED_BATCH = 32
+
+
+@dataclass
+class IndexResult:
+    info: IndexInfo
+    skipped: list[SkippedFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # "path: message", for the CLI to print
+    parsed: int = 0            # documents parsed in this build (the rest came from the cache)
+    embedded: int = 0          # documents whose chunks were embedded in this build
+    chunks_embedded: int = 0
+
+
+@dataclass
+class _Document:
+    relative: str
+    key: str
+    drafts: list[ChunkDraft]
+
+
+def index_text(chunk: ChunkDraft | Chunk) -> str:
+    """What BM25 and the embedder read: the heading path gives a chunk its context."""
+    span = chunk.span if isinstance(chunk, ChunkDraft) else chunk.source
+    return f"{span.heading}\n{chunk.text}" if span.heading else chunk.text
+
+
+def build_index(
+    docs_dir: Path,
+    out_dir: Path,
+    cache_dir: Path,
+    progress: ProgressCallback = no_progress,
+    strict: bool = False,
+    modes: tuple[str, ...] = ("bm25", "dense"),
+    chunking: ChunkingConfig = ChunkingConfig(),
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> IndexResult:
+    """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
+    previous index only once the new one is complete."""
+    docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
+    unknown = set(modes) - {"bm25", "dense"}
+    if unknown or not modes:
+        raise BuildError(None, f"index modes must be among bm25, dense (got {', '.join(modes) or 'none'})")
+    sources, skipped = find_documents(docs_dir, max_file_bytes)
+    result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=skipped)
+    documents = _load_documents(sources, cache_dir, chunking, max_file_bytes, progress, result)
+    if strict and result.skipped:
+        first = result.skipped[0]
+        raise BuildError(docs_dir / first.path, f"{first.reason} (--strict: {len(result.skipped)} file(s) skipped)")
+    drafts = [d for doc in documents for d in doc.drafts]
+    chunks = [Chunk(i, d.text, d.span) for i, d in enumerate(drafts)]
+    if not chunks:
+        raise BuildError(docs_dir, f"no usable documents ({len(result.skipped)} file(s) skipped)")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".index-", dir=out_dir))
+    try:
+        settings = {
+            "analyzer": ANALYZER,
+            "modes": list(modes),
+            "chunking": dataclasses.asdict(chunking),
+            "fusion": {"method": "weighted z-score", "dense_weight": DENSE_WEIGHT},
+        }
+        texts = [index_text(c) for c in chunks]
+        _write_chunks(chunks, work)
+        if "bm25" in modes:
+            bm25 = Bm25Config()
+            progress("bm25 index", 0, 1)
+            settings["bm25"] = {**dataclasses.asdict(bm25), "terms": build_bm25(texts, work, bm25)}
+            progress("bm25 index", 1, 1)
+        if "dense" in modes:
+            settings["dense"] = _write_dense(documents, texts, work, cache_dir, progress, result)
+            result.info.embedding_model = settings["dense"]["model"]
+        (work / index_files.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
+        _swap_in(work / "index", out_dir / "index")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result.info.documents = len(documents)
+    result.info.chunks = len(chunks)
+    result.info.modes = list(modes) + (["hybrid"] if len(modes) == 2 else [])
+    result.info.skipped = [f"{s.path}: {s.reason}" for s in result.skipped]
+    return result
+
+
+def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig) -> str:
+    digest = hashlib.sha256()
+    recipe = {"parser": PARSER_VERSION, "suffix": suffix_of(source.relative), "gz": source.relative.lower().endswith(".gz"),
+              "chunking": dataclasses.asdict(chunking)}
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def _load_documents(sources, cache_dir, chunking, max_file_bytes, progress, result) -> list[_Document]:
+    documents = []
+    for done, source in enumerate(sources):
+        progress("parse documents", done, len(sources))
+        raw = source.path.read_bytes()
+        key = _document_key(source, raw, chunking)
+        cached = cache_dir / "documents" / key[:2] / f"{key}.json"
+        if cached.is_file():
+            entry = json.loads(cached.read_text(encoding="utf-8"))
+        else:
+            entry = _parse(source, chunking, max_file_bytes)
+            result.parsed += 1
+            _write_atomic(cached, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+        result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
+        if "skip" in entry:
+            result.skipped.append(SkippedFile(source.relative, entry["skip"]))
+            continue
+        drafts = [ChunkDraft(c.pop("text"), SourceSpan(path=source.relative, **c)) for c in entry["chunks"]]
+        documents.append(_Document(source.relative, key, drafts))
+    progress("parse documents", len(sources), len(sources))
+    result.skipped.sort(key=lambda s: s.path)
+    return documents
+
+
+def _parse(source: SourceFile, chunking: ChunkingConfig, max_file_bytes: int) -> dict:
+    """Chunks of one file as cacheable JSON, or the reason it is skipped."""
+    try:
+        parsed = parse_source(source, read_source(source, max_file_bytes))
+    except SkipFile as exc:
+        return {"skip": str(exc), "warnings": []}
+    except Exception as exc:  # a parser library choking on a malformed file must not end the build
+        return {"skip": f"cannot be parsed ({type(exc).__name__}: {exc})", "warnings": []}
+    drafts = chunk_blocks(source.relative, parsed.blocks, chunking)
+    records = []
+    for draft in drafts:
+        span = vars(draft.span).copy()
+        del span["path"]
+        records.append({"text": draft.text, **span})
+    return {"chunks": records, "warnings": parsed.warnings}
+
+
+def _write_chunks(chunks: list[Chunk], work: Path) -> None:
+    (work / "index").mkdir(parents=True)
+    lines = [json.dumps(c.to_record(), ensure_ascii=False).encode("utf-8") + b"\n" for c in chunks]
+    offsets = np.zeros(len(lines) + 1, dtype=np.int64)
+    np.cumsum([len(line) for line in lines], out=offsets[1:])
+    (work / index_files.CHUNKS).write_bytes(b"".join(lines))
+    np.save(work / index_files.CHUNK_OFFSETS, offsets)
+
+
+def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
+    embedder = export_embedder(cache_dir, progress)
+    encoder = SentenceEncoder(
+        ort.InferenceSession(str(embedder.model), providers=["CPUExecutionProvider"]),
+        Tokenizer.from_file(str(embedder.tokenizer)),
+        embedder.max_length,
+    )
+    folder = cache_dir / "embeddings" / embedder.key
+    vectors: list[np.ndarray | None] = []
+    pending: list[int] = []  # documents to embed now
+    start = 0
+    spans = []
+    for index, doc in enumerate(documents):
+        spans.append((start, start + len(doc.drafts)))
+        start += len(doc.drafts)
+        cached = folder / f"{doc.key}.npy"
+        if cached.is_file():
+            vectors.append(np.load(cached, allow_pickle=False))
+        else:
+            vectors.append(None)
+            pending.append(index)
+    todo = [i for d in pending for i in range(*spans[d])]
+    embedded = _embed(encoder, [texts[i] for i in todo], progress)
+    fresh = dict(zip(todo, embedded))
+    for d in pending:
+        doc_vectors = np.stack([fresh[i] for i in range(*spans[d])]).astype(np.float32)
+        vectors[d] = doc_vectors
+        _write_atomic(folder / f"{documents[d].key}.npy", _npy_bytes(doc_vectors))
+    result.embedded = len(pending)
+    result.chunks_embedded = len(todo)
+
+    matrix = np.concatenate(vectors)
+    quantized, scales = quantize_vectors(matrix)
+    (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
+    np.save(work / index_files.DENSE_VECTORS, quantized)
+    np.save(work / index_files.DENSE_SCALES, scales)
+    write_scorer(work / index_files.DENSE_SCORER, matrix.shape[1])
+    shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
+    shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
+    return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}
+
+
+def _embed(encoder, texts: list[str], progress) -> list[np.ndarray]:
+    """Embeds in batches of similar length (little padding), returns vectors in input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[np.ndarray | None] = [None] * len(texts)
+    for start in range(0, len(order), _EMBED_BATCH):
+        progress("embed chunks", start, len(texts))
+        batch = order[start : start + _EMBED_BATCH]
+        for i, vector in zip(batch, encoder.encode([texts[i] for i in batch])):
+            out[i] = vector
+    progress("embed chunks", len(texts), len(texts))
+    return out
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(handle, "wb") as stream:
+        stream.write(data)
+    os.replace(temp, path)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".{final.name}-old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, final)

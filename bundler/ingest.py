@@ -1,0 +1,90 @@
+"""Finding the documents under a folder and reading each into Blocks (or a reason to skip it)."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundler.errors import BuildError
+from bundler.formats import Block, SkipFile, parser_for
+
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+
+
+@dataclass
+class SkippedFile:
+    path: str     # relative to the documents folder, posix
+    reason: str
+
+
+@dataclass
+class SourceFile:
+    path: Path
+    relative: str  # posix, relative to the documents folder
+
+
+@dataclass
+class ParsedDocument:
+    relative: str
+    blocks: list[Block]
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_documents(docs_dir: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[SourceFile], list[SkippedFile]]:
+    """Supported files under docs_dir in path order, and the files passed over with reasons.
+
+    Hidden files and folders are passed over silently (version control, editor state);
+    symlinks are followed only when they stay inside the folder.
+    """
+    if not docs_dir.exists():
+        raise BuildError(docs_dir, "documents folder does not exist")
+    if not docs_dir.is_dir():
+        raise BuildError(docs_dir, "not a folder")
+    root = docs_dir.resolve()
+    found: list[SourceFile] = []
+    skipped: list[SkippedFile] = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            target = path.resolve()
+            if root not in target.parents:
+                skipped.append(SkippedFile(relative, "symlink to a file outside the documents folder"))
+            elif not target.is_file():
+                skipped.append(SkippedFile(relative, "not a regular file"))
+            elif parser_for(name) is None:
+                skipped.append(SkippedFile(relative, "unsupported file type"))
+            elif target.stat().st_size > max_file_bytes:
+                skipped.append(SkippedFile(relative, f"larger than the {max_file_bytes} byte limit ({target.stat().st_size} bytes)"))
+            else:
+                found.append(SourceFile(target, relative))
+    found.sort(key=lambda f: f.relative)
+    return found, skipped
+
+
+def read_source(source: SourceFile, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The file's bytes, gunzipped if it is gzipped (bounded, against gzip bombs)."""
+    data = source.path.read_bytes()
+    if source.relative.lower().endswith(".gz"):
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(max_file_bytes + 1)
+        except (OSError, EOFError) as exc:
+            raise SkipFile(f"not a valid gzip file ({exc})") from None
+        if len(data) > max_file_bytes:
+            raise SkipFile(f"decompresses to more than the {max_file_bytes} byte limit")
+    return data
+
+
+def parse_source(source: SourceFile, data: bytes) -> ParsedDocument:
+    """Blocks of one file; raises SkipFile when nothing usable is in it."""
+    warnings: list[str] = []
+    blocks = parser_for(source.relative)(data, warnings.append)
+    if not any(b.text.strip() for b in blocks):
+        raise SkipFile("no text found")
+    return ParsedDocument(source.relative, blocks, warnings)

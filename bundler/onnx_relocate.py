@@ -1,0 +1,80 @@
+"""Point an ONNX model's external weights into the bundle file itself.
+
+Every external tensor gets `location` = SELF_PLACEHOLDER and an absolute `offset` in the bundle;
+the runtime swaps the placeholder for the executable's own (padded) name, and onnxruntime then
+memory-maps the weights straight out of the executable.
+"""
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+from onnx import TensorProto
+
+from bundler.errors import BuildError
+from runtime.payload import SELF_PLACEHOLDER
+
+
+def external_data_files(model_path: Path, staging: Path) -> set[str]:
+    """Staging names of the files `model_path` keeps its weights in."""
+    model = _load(model_path)
+    folder = model_path.parent.relative_to(staging).as_posix()
+    return {_staging_name(folder, _external(t)["location"], model_path) for t in _external_tensors(model)}
+
+
+def relocate(model_path: Path, staging: Path, offsets: dict[str, int], sizes: dict[str, int]) -> bytes:
+    """The model's bytes with every external tensor pointing at (placeholder, absolute offset)."""
+    model = _load(model_path)
+    folder = model_path.parent.relative_to(staging).as_posix()
+    for tensor in _external_tensors(model):
+        info = _external(tensor)
+        name = _staging_name(folder, info["location"], model_path)
+        if name not in offsets:
+            raise BuildError(model_path, f"tensor {tensor.name!r}: external data file {name} is not in the staging folder")
+        start = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else sizes[name] - start
+        if start + length > sizes[name]:
+            raise BuildError(model_path, f"tensor {tensor.name!r}: external data runs past the end of {name}")
+        del tensor.external_data[:]
+        for key, value in (("location", SELF_PLACEHOLDER.decode()), ("offset", str(offsets[name] + start)),
+                           ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return model.SerializeToString()
+
+
+def _load(model_path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a bad file
+        raise BuildError(model_path, f"not a readable ONNX model ({exc})") from None
+
+
+def _external(tensor: TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def _staging_name(folder: str, location: str, model_path: Path) -> str:
+    name = posixpath.normpath(posixpath.join(folder, location))
+    if name.startswith("../") or posixpath.isabs(location):
+        raise BuildError(model_path, f"external data {location!r} lies outside the staging folder")
+    return name
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Initializers and constant tensors of the graph and all subgraphs that keep data outside."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    tensors.append(attribute.t)
+                tensors.extend(attribute.tensors)
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+        yield from (t for t in tensors if t.data_location == TensorProto.EXTERNAL)

@@ -1,0 +1,154 @@
+"""Finding the passages that answer a question: BM25, dense embeddings, or both fused.
+
+Everything is read from the bundle lazily: arrays are memory-mapped, chunk records are
+decoded only for the hits returned.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from runtime import index_files
+from runtime.bm25_search import Bm25Search
+from runtime.dense_search import DenseSearch
+from runtime.text_terms import ANALYZER
+
+# Weighted fusion normalises each method's scores over this many of its best candidates.
+FUSION_CANDIDATES = 100
+
+
+class RetrievalError(Exception):
+    """The index cannot be used or the query options are wrong; the message says which."""
+
+
+@dataclass
+class SourceSpan:
+    path: str             # relative to the documents folder, posix
+    line_start: int       # 1-based, inclusive (within the page for paged formats)
+    line_end: int
+    page: Optional[int]   # 1-based, for paged formats
+    heading: str          # heading path, " > " between levels
+    char_start: int       # offsets into the decoded text of the file (of the page for paged formats)
+    char_end: int
+
+    def cite(self) -> str:
+        lines = str(self.line_start) if self.line_start == self.line_end else f"{self.line_start}-{self.line_end}"
+        page = f" p.{self.page}" if self.page is not None else ""
+        return f"{self.path}{page}:{lines}"
+
+
+@dataclass
+class Chunk:
+    id: int
+    text: str
+    source: SourceSpan
+
+    def to_record(self) -> dict:
+        return {"id": self.id, "text": self.text, **vars(self.source)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Chunk":
+        record = dict(record)
+        return cls(id=record.pop("id"), text=record.pop("text"), source=SourceSpan(**record))
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    chunk: Chunk
+
+
+class ChunkStore:
+    """Chunk records as JSON lines with a byte-offset array: one record decoded per hit."""
+
+    def __init__(self, records: bytes | memoryview, offsets: np.ndarray):
+        self.records = records
+        self.offsets = offsets
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "ChunkStore":
+        return cls(bundle.read(index_files.CHUNKS), bundle.array(index_files.CHUNK_OFFSETS))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, chunk_id: int) -> Chunk:
+        start, end = int(self.offsets[chunk_id]), int(self.offsets[chunk_id + 1])
+        return Chunk.from_record(json.loads(bytes(self.records[start:end])))
+
+
+def top_k(scores: np.ndarray, k: int, positive_only: bool = False) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties by lower index)."""
+    candidates = np.flatnonzero(scores > 0) if positive_only else np.arange(len(scores))
+    if len(candidates) > k:
+        part = np.argpartition(-scores[candidates], k - 1)[:k]
+        candidates = candidates[part]
+    order = np.lexsort((candidates, -scores[candidates]))
+    return candidates[order]
+
+
+def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sum of z-normalised scores over the union of both methods' best candidates.
+
+    Normalising over each method's own top candidates (not the whole collection, where BM25 is
+    mostly zeros) puts the two score scales on a comparable footing.
+    """
+    depth = max(FUSION_CANDIDATES, k)
+    pool = np.union1d(top_k(bm25, depth, positive_only=True), top_k(dense, depth))
+    fused = np.zeros(len(pool), dtype=np.float64)
+    for scores, weight in ((bm25, 1.0 - dense_weight), (dense, dense_weight)):
+        head = scores[top_k(scores, FUSION_CANDIDATES)].astype(np.float64)
+        spread = head.std()
+        if spread > 0:
+            fused += weight * (scores[pool] - head.mean()) / spread
+    best = top_k(fused, min(k, len(pool)))
+    return pool[best], fused[best]
+
+
+class Retriever:
+    def __init__(self, chunks: ChunkStore, bm25: Bm25Search | None, dense: DenseSearch | None, dense_weight: float):
+        self.chunks = chunks
+        self.bm25 = bm25
+        self.dense = dense
+        self.dense_weight = dense_weight
+        self.modes = [m for m, ok in (("bm25", bm25), ("dense", dense)) if ok is not None]
+        if bm25 is not None and dense is not None:
+            self.modes.append("hybrid")
+
+    @classmethod
+    def from_bundle(cls, bundle, threads: int | None = None) -> "Retriever":
+        settings = json.loads(bytes(bundle.read(index_files.SETTINGS)))
+        if settings["analyzer"] != ANALYZER:
+            raise RetrievalError(
+                f"{index_files.SETTINGS}: index built with analyzer {settings['analyzer']!r}, runtime has {ANALYZER!r}"
+            )
+        chunks = ChunkStore.from_bundle(bundle)
+        modes = settings["modes"]
+        bm25 = Bm25Search.from_bundle(bundle, len(chunks)) if "bm25" in modes else None
+        dense = None
+        if "dense" in modes:
+            dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], threads)
+        return cls(chunks, bm25, dense, settings["fusion"]["dense_weight"])
+
+    def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:
+        if mode not in self.modes:
+            raise RetrievalError(f"search mode {mode!r} is not in this index (available: {', '.join(self.modes)})")
+        if k < 1:
+            raise RetrievalError(f"number of passages must be at least 1, got {k}")
+        if len(self.chunks) == 0 or not query.strip():
+            return []
+        if mode == "bm25":
+            scores = self.bm25.scores(query)
+            ids = top_k(scores, k, positive_only=True)
+            values = scores[ids]
+        elif mode == "dense":
+            scores = self.dense.scores(query)
+            ids = top_k(scores, k)
+            values = scores[ids]
+        else:
+            ids, values = fuse(self.bm25.scores(query), self.dense.scores(query), self.dense_weight, k)
+        return [Hit(rank=r + 1, score=float(v), chunk=self.chunks[int(i)]) for r, (i, v) in enumerate(zip(ids, values))]

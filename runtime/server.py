@@ -1,0 +1,308 @@
+"""An OpenAI-compatible HTTP server on the standard library, plus the offline web page.
+
+Routes (documented in docs/QUERY_APP.md):
+  GET  /                      the web page (one self-contained HTML file)
+  GET  /health                liveness and queue state
+  GET  /v1/models             the one bundled model
+  POST /v1/chat/completions   OpenAI chat completions, streaming (SSE) or not; `sources` extension
+  POST /v1/search             retrieval only
+
+No framework: every megabyte ends up inside the one-file executable.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Optional
+
+from runtime.openai_request import RequestError, parse_chat_request, parse_search_request
+from runtime.prompt import ContextOverflow
+from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
+from runtime.source_json import source_record
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: Optional[str] = None
+    max_body_bytes: int = 1 << 20
+    max_tokens_cap: int = 1024
+    queue_size: int = 8              # requests allowed to wait while one generates
+    queue_timeout_s: float = 120.0
+    k: int = 4
+    mode: Optional[str] = None       # retrieval mode; None: the assistant's best
+
+
+def exposure_warning(host: str, api_key: Optional[str]) -> Optional[str]:
+    """A warning when the server is reachable from other machines without a key."""
+    if api_key:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return f"serving on {host} without --api-key: anyone who can reach this machine can use the model"
+
+
+def web_page() -> bytes:
+    return resources.files("runtime").joinpath("web/index.html").read_bytes()
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while we were writing to it."""
+
+
+class QueryServer(ThreadingHTTPServer):
+    """Serves one Assistant; generations are serialised through a bounded ModelQueue."""
+
+    daemon_threads = True
+
+    def __init__(self, assistant, config: ServerConfig, model_id: str, generation_defaults):
+        self.assistant = assistant
+        self.config = config
+        self.model_id = model_id
+        self.generation_defaults = generation_defaults
+        self.queue = ModelQueue(config.queue_size, config.queue_timeout_s)
+        # Retrieval is fast; its own lock keeps searches from waiting behind a generation.
+        self.search_lock = threading.Lock()
+        self.created = int(time.time())
+        self.mode = config.mode or assistant.default_mode
+        self.page = web_page()
+        super().__init__((config.host, config.port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: QueryServer
+    _streaming = False          # headers of an event stream are out: errors must go in-band
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: library code never prints."""
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _send_json(self, status: int, payload: Any, headers: Optional[dict] = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_error(self, status: int, message: str, kind: str, param: Optional[str] = None,
+                    code: Optional[str] = None, headers: Optional[dict] = None) -> None:
+        error = {"message": message, "type": kind, "param": param, "code": code}
+        self._send_json(status, {"error": error}, headers)
+
+    def _authorised(self) -> bool:
+        key = self.server.config.api_key
+        if not key:
+            return True
+        given = self.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
+            return True
+        self._send_error(401, "invalid or missing API key (Authorization: Bearer ...)",
+                         "invalid_request_error", code="invalid_api_key")
+        return False
+
+    def _read_json(self) -> Any:
+        """The request body as JSON, or None after an error response has been sent."""
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or length is None:
+            self.close_connection = True
+            self._send_error(411, "a Content-Length header is required", "invalid_request_error")
+            return None
+        try:
+            size = int(length)
+        except ValueError:
+            size = -1
+        if size < 0:
+            self.close_connection = True
+            self._send_error(400, "bad Content-Length", "invalid_request_error")
+            return None
+        if size > self.server.config.max_body_bytes:
+            # The body stays unread, so this connection cannot carry another request.
+            self.close_connection = True
+            self._send_error(413, f"request body of {size} bytes exceeds the limit of "
+                             f"{self.server.config.max_body_bytes} bytes", "invalid_request_error")
+            return None
+        raw = self.rfile.read(size)
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self._send_error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
+            return None
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            page = self.server.page
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            # The page may talk only to this server: a stray link must not reach out.
+            self.send_header("Content-Security-Policy",
+                             "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+            self.end_headers()
+            self.wfile.write(page)
+        elif path == "/health":
+            queue = self.server.queue
+            self._send_json(200, {"status": "ok", "model": self.server.model_id,
+                                  "busy": queue.busy, "waiting": queue.waiting})
+        elif path == "/v1/models":
+            if self._authorised():
+                self._send_json(200, {"object": "list", "data": [self._model_card()]})
+        elif path == f"/v1/models/{self.server.model_id}":
+            if self._authorised():
+                self._send_json(200, self._model_card())
+        else:
+            self._send_error(404, f"no route GET {path}", "invalid_request_error", code="not_found")
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path not in ("/v1/chat/completions", "/v1/search"):
+            self.close_connection = True
+            self._send_error(404, f"no route POST {path}", "invalid_request_error", code="not_found")
+            return
+        if not self._authorised():
+            self.close_connection = True
+            return
+        body = self._read_json()
+        if body is None:
+            return
+        try:
+            if path == "/v1/search":
+                self._search(body)
+            else:
+                self._chat(body)
+        except RequestError as exc:
+            self._send_error(400, str(exc), "invalid_request_error", param=exc.param)
+        except _ClientGone:
+            self.close_connection = True
+        except Exception as exc:  # a bug or a broken model file: answer, don't drop the connection
+            self.close_connection = True
+            if not self._streaming:
+                self._send_error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+    def _model_card(self) -> dict:
+        return {"id": self.server.model_id, "object": "model", "created": self.server.created,
+                "owned_by": "edgebundle"}
+
+    def _search(self, body: Any) -> None:
+        server = self.server
+        request = parse_search_request(body, server.config.k, server.mode, server.assistant.retriever.modes)
+        with server.search_lock:
+            hits = server.assistant.search(request.query, k=request.k, mode=request.mode)
+        self._send_json(200, {"object": "list", "query": request.query, "mode": request.mode,
+                              "data": [source_record(h) for h in hits]})
+
+    def _chat(self, body: Any) -> None:
+        server = self.server
+        request = parse_chat_request(body, server.generation_defaults, server.config.k, server.mode,
+                                     server.assistant.retriever.modes, server.config.max_tokens_cap)
+        try:
+            with server.queue.turn():
+                answer = server.assistant.ask(request.question, k=request.k, mode=request.mode,
+                                              config=request.generation, history=request.history,
+                                              use_documents=request.k > 0, instructions=request.system,
+                                              stop=request.stop)
+                try:
+                    if request.stream:
+                        self._stream(request, answer)
+                    else:
+                        self._complete(answer)
+                finally:
+                    answer.close()
+        except ContextOverflow as exc:
+            self._send_error(400, str(exc), "invalid_request_error", param="messages",
+                             code="context_length_exceeded")
+        except QueueFull as exc:
+            self._send_error(429, f"server busy: {exc}", "rate_limit_exceeded", headers={"Retry-After": "1"})
+        except QueueTimeout as exc:
+            self._send_error(503, f"server busy: {exc}", "server_error", headers={"Retry-After": "5"})
+
+    def _envelope(self, completion_id: str, kind: str) -> dict:
+        return {"id": completion_id, "object": kind, "created": int(time.time()), "model": self.server.model_id}
+
+    def _complete(self, answer) -> None:
+        for _ in answer:
+            pass
+        payload = self._envelope(f"chatcmpl-{uuid.uuid4().hex}", "chat.completion")
+        payload["choices"] = [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                               "finish_reason": answer.stats.finish_reason}]
+        payload["usage"] = _usage(answer)
+        payload["sources"] = [source_record(h) for h in answer.sources]
+        self._send_json(200, payload)
+
+    def _stream(self, request, answer) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._streaming = True
+        base = self._envelope(f"chatcmpl-{uuid.uuid4().hex}", "chat.completion.chunk")
+
+        def chunk(delta: dict, finish: Optional[str] = None, **extra: Any) -> dict:
+            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+        self._event(chunk({"role": "assistant", "content": ""}))
+        try:
+            for delta in answer:
+                if delta:
+                    self._event(chunk({"content": delta}))
+        except _ClientGone:
+            raise
+        except Exception as exc:
+            self._event({"error": {"message": f"generation failed: {type(exc).__name__}: {exc}",
+                                   "type": "server_error", "param": None, "code": None}})
+            self._write_chunk(b"data: [DONE]\n\n")
+            self._write_chunk(b"")
+            return
+        self._event(chunk({}, answer.stats.finish_reason, sources=[source_record(h) for h in answer.sources]))
+        if request.include_usage:
+            self._event({**base, "choices": [], "usage": _usage(answer)})
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+
+    def _event(self, payload: dict) -> None:
+        self._write_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+            raise _ClientGone() from exc
+
+
+def _usage(answer) -> dict:
+    stats = answer.stats
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
+            "total_tokens": stats.prompt_tokens + stats.new_tokens}
+
+
+def make_server(assistant, config: ServerConfig, model_id: str, generation_defaults) -> QueryServer:
+    """Bind (port 0 picks a free port) without serving yet; call serve_forever() on the result."""
+    return QueryServer(assistant, config, model_id, generation_defaults)

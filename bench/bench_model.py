@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -67,6 +69,15 @@ def agreement(a: list[int], b: list[int]) -> str:
     return f"{prefix}/{len(b)} identical before the first difference"
 
 
+def forced_agreement(decoder, prompt: list[int], reference: list[int]) -> float:
+    """Share of positions where the decoder's top-1, fed the reference's own text, is the reference's token."""
+    decoder.reset()
+    logits = [decoder.forward(prompt[start : start + 64]) for start in range(0, len(prompt), 64)][-1][-1:]
+    rows = [logits] + [decoder.forward(reference[start : start + 64]) for start in range(0, len(reference) - 1, 64)]
+    predicted = np.concatenate(rows)[: len(reference)].argmax(-1)
+    return float((predicted == np.asarray(reference)).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="GGUF file or HF folder (default: SmolLM2-135M)")
@@ -75,6 +86,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=300)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="keep exports here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the exports already in --work (no export timing)")
     args = parser.parse_args()
 
     import torch
@@ -83,27 +96,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     source = resolve_model(args.model or default_model_path())
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         stagings = {}
         for quantization in ("fp32", "int4"):
-            started = time.perf_counter()
-            info = export_model(source, quantization, work / quantization / "model")
-            seconds = time.perf_counter() - started
-            write_model_manifest(work / quantization, info)
             stagings[quantization] = work / quantization
+            if not args.reuse:
+                started = time.perf_counter()
+                info = export_model(source, quantization, work / quantization / "model")
+                print(f"export {quantization}: {time.perf_counter() - started:.1f} s")
+                write_model_manifest(work / quantization, info)
             sizes = {p.name: p.stat().st_size / 1e6 for p in (work / quantization / "model").glob("model.onnx*")}
-            total = sum(sizes.values())
-            print(f"export {quantization}: {seconds:.1f} s; model.onnx {sizes['model.onnx']:.1f} MB + "
-                  f"model.onnx.data {sizes['model.onnx.data']:.1f} MB = {total:.1f} MB")
+            print(f"size {quantization}: model.onnx {sizes['model.onnx']:.1f} MB + "
+                  f"model.onnx.data {sizes['model.onnx.data']:.1f} MB = {sum(sizes.values()):.1f} MB")
 
-        hf_dir = source.path if source.kind == "hf" else convert_gguf(source.path, work / "hf")
+        hf_dir = source.path
+        if source.kind == "gguf":
+            hf_dir = work / "hf" if args.reuse else convert_gguf(source.path, work / "hf")
         tokenizer = ChatTokenizer.from_folder(hf_dir)
         prompt = prompt_ids(tokenizer, args.data, args.prompt_tokens)
         model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
         print(f"prompt {len(prompt)} tokens (WikiText-2 test), {args.new_tokens} new tokens, {args.threads} threads, "
               f"median of {args.repeats}")
 
-        results = {}
+        results, forced = {}, {"torch": 1.0}
         for name in ("torch", "fp32", "int4"):
             runs = []
             if name == "torch":
@@ -113,6 +128,7 @@ def main() -> None:
                 decoder = load_decoder(Bundle.open(stagings[name]), threads=args.threads)
                 for _ in range(args.repeats):
                     runs.append(time_ort(decoder, prompt, args.new_tokens))
+                forced[name] = forced_agreement(decoder, prompt, results["torch"][0])
                 del decoder
             prefill = statistics.median(r[1] for r in runs)
             decode = statistics.median(r[2] for r in runs)
@@ -122,7 +138,8 @@ def main() -> None:
             label = "PyTorch fp32 (reference)" if name == "torch" else f"ORT {name} via runtime.generation"
             print(f"{label:34s} prefill {prefill_rate:7.1f} tok/s ({prefill_rate / reference[1]:.2f}x)  "
                   f"decode {decode_rate:6.1f} tok/s ({decode_rate / reference[2]:.2f}x)  "
-                  f"greedy vs PyTorch: {agreement(tokens, reference[0])}")
+                  f"greedy vs PyTorch: {agreement(tokens, reference[0])}, "
+                  f"top-1 on PyTorch's text {forced[name]:.1%}")
 
 
 if __name__ == "__main__":

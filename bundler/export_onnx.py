@@ -52,7 +52,7 @@ def _count_parameters(hf_dir: Path) -> int:
     return total
 
 
-def _copy_tokenizer(hf_dir: Path, out_dir: Path, config: dict) -> None:
+def copy_tokenizer_files(hf_dir: Path, out_dir: Path, config: dict) -> None:
     for name in TOKENIZER_FILES:
         if not (hf_dir / name).is_file():
             raise BuildError(hf_dir, f"missing {name}")
@@ -130,7 +130,7 @@ def export_model(
         save_onnx(model, staged / MODEL_FILE)
         del model
         config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-        _copy_tokenizer(hf_dir, staged, config)
+        copy_tokenizer_files(hf_dir, staged, config)
         info = model_info(source, hf_dir, quantization)
         if out_dir.exists():
             shutil.rmtree(out_dir)

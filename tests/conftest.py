@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures_model", "tests.fixtures_retrieval"]
+pytest_plugins = ["tests.fixtures_model", "tests.fixtures_retrieval", "tests.fixtures_fused"]

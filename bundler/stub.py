@@ -29,13 +29,18 @@ STUB_NAME = "edgebundle-runtime"
 RUNTIME_DISTRIBUTIONS = ("onnxruntime", "numpy", "tokenizers", "jinja2", "MarkupSafe", "PyNaCl", "cffi", "PyStemmer")
 
 # Modules PyInstaller's analysis might reach that the runtime never uses: builder-only libraries,
-# GUI toolkits, and the parts of onnxruntime for training, quantization and model tooling.
+# GUI toolkits, the parts of onnxruntime for training, quantization and model tooling, and
+# standard modules whose shared libraries every start would unpack for nothing (TLS and OpenSSL:
+# hashlib falls back to its built-in sha256; decimal; CJK codecs; readline).
 EXCLUDED_MODULES = (
     "bundler", "torch", "transformers", "optimum", "onnx", "onnxscript", "onnx_ir", "scipy", "sklearn",
     "pandas", "matplotlib", "sympy", "IPython", "PIL", "pytest", "tkinter", "_tkinter", "unittest",
     "pydoc", "xmlrpc", "lib2to3", "distutils", "setuptools", "pip", "sqlite3", "curses",
     "onnxruntime.training", "onnxruntime.tools", "onnxruntime.transformers", "onnxruntime.quantization",
-    "onnxruntime.backend", "onnxruntime.datasets", "coloredlogs", "humanfriendly",
+    "onnxruntime.backend", "onnxruntime.datasets", "coloredlogs", "humanfriendly", "huggingface_hub",
+    "requests", "urllib3", "charset_normalizer", "yaml", "ssl", "_ssl", "_hashlib", "decimal", "_decimal",
+    "readline", "pdb", "bz2", "_bz2", "lzma", "_lzma", "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw",
+    "_codecs_hk", "_codecs_iso2022",
 )
 
 ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"

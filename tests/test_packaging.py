@@ -335,3 +335,24 @@ def test_cookie_copy_keeps_the_archive_start(host_bundle, host_stub):
         new_length = struct.unpack("!8sIIII64s", handle.read())[1]
         end = handle.tell()
     assert end - new_length == offset + PYI_COOKIE.size - length
+
+
+# --- aarch64, built on this x86_64 host and run under qemu user emulation -------------------------
+
+def test_aarch64_bundle_answers_under_emulation_citing_the_right_file(aarch64_bundle):
+    from bundler.stub_chroot import rootfs_command, rootfs_path
+
+    with open(aarch64_bundle, "rb") as handle:
+        header = handle.read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    root = rootfs_path(load_target("linux-aarch64"), STUB_CACHE)
+    folder = aarch64_bundle.parent
+    command = rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", str(aarch64_bundle), "ask",
+                                    "How is the coolant pump P-7 primed?", "--max-tokens", "4"], binds=(folder,))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    answer, _, sources = done.stdout.partition("Sources:")
+    assert answer.strip()
+    assert "pumps/coolant-pump.md:" in sources
+    manifest = Bundle.open(aarch64_bundle).manifest
+    assert manifest.target_profile.arch == "aarch64" and manifest.target_profile.glibc_floor == "2.31"

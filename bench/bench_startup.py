@@ -48,12 +48,14 @@ for line in open("/proc/self/status"):
     key, _, value = line.partition(":")
     if key in ("VmRSS", "RssAnon", "RssFile"):
         fields[key] = int(value.split()[0]) * 1024
+import os
+file_size = os.path.getsize(sys.argv[1])
 mapped = 0
-lines = open("/proc/self/smaps").read().splitlines()
-for index, line in enumerate(lines):
+for line in open("/proc/self/smaps"):
     if sys.argv[1] in line:
         start, end = (int(x, 16) for x in line.split()[0].split("-"))
-        mapped = max(mapped, end - start)
+        if end - start < file_size:  # onnxruntime's mapping of the weights, not Bundle's of the whole file
+            mapped = max(mapped, end - start)
 print(fields["VmRSS"], fields["RssAnon"], fields["RssFile"], mapped)
 """
 

@@ -10,9 +10,9 @@ from typing import Optional
 from bundler.errors import BuildError
 from bundler.payload_writer import Signer, write_bundle
 from bundler.progress import ProgressCallback, no_progress
-from bundler.stub import build_stub
+from bundler.stub import build_stub, stub_licenses
 from runtime.bundle import MANIFEST_NAME
-from runtime.manifest import Manifest, TargetInfo
+from runtime.manifest import Manifest, PackageLicense, TargetInfo
 from targets import TargetProfile
 
 # e_machine of ELF headers, Machine of PE headers, for the architectures targets name
@@ -50,6 +50,7 @@ def package(
         python=target.python, ram_mb=target.ram_mb, threads=target.threads, context=target.context,
     )
     manifest.stub_sha256 = _sha256(stub)
+    manifest.licenses = [PackageLicense(name, version, text) for name, version, text in stub_licenses(stub)]
     dest.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False)
     try:

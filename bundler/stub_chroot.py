@@ -22,7 +22,7 @@ from targets import TargetProfile
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_ARCH = {"aarch64": "arm64", "x86_64": "amd64"}
 QEMU_BINFMT = {"aarch64": "qemu-aarch64"}
-BASE_PACKAGES = "python3,python3-venv,python3-pip,binutils,ca-certificates"
+BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "binutils", "ca-certificates")
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CHROOT_CA_BUNDLE = "/etc/edgebundle-host-ca.crt"
 CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
@@ -75,11 +75,26 @@ def build_in_chroot(target: TargetProfile, work: Path, cache_dir: Path, progress
     return work / STUB_NAME
 
 
+def chroot_python_command(target: TargetProfile, cache_dir: Path) -> list[str]:
+    """Command prefix running the stub environment's python inside the target's root."""
+    root = rootfs_path(target, cache_dir)
+    return rootfs_command(root, [_venv_path(target) + "/bin/python"])
+
+
+def _venv_path(target: TargetProfile) -> str:
+    pins = sorted(f"{name}=={version}" for name, version in chroot_locked_dependencies(target).items()
+                  if name != "debian")
+    return f"/opt/stubenv-{hashlib.sha256(chr(10).join(pins).encode()).hexdigest()[:12]}"
+
+
 def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCallback) -> Path:
     """The cached Debian root for the target, made with debootstrap on first use (minutes)."""
     root = rootfs_path(target, cache_dir)
+    # PyInstaller needs the shared libpython, which Debian ships apart from python3
+    packages = (*BASE_PACKAGES, f"libpython{target.python}")
     if (root / ".edgebundle-base").is_file():
         (root / "build").mkdir(exist_ok=True)
+        _ensure_packages(root, packages)
         return root
     _require_emulation(target)
     progress("debian root (once)", 0, 2)
@@ -87,11 +102,12 @@ def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCall
     staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     try:
         _run(["debootstrap", f"--arch={DEBIAN_ARCH[target.arch]}", "--foreign", "--variant=minbase",
-              f"--include={BASE_PACKAGES}", target.debian_suite, str(staging), DEBIAN_MIRROR], "debootstrap")
+              f"--include={','.join(packages)}", target.debian_suite, str(staging), DEBIAN_MIRROR], "debootstrap")
         progress("debian root (once)", 1, 2)
         _run(["chroot", str(staging), "/debootstrap/debootstrap", "--second-stage"], "debootstrap second stage")
         (staging / "build").mkdir(exist_ok=True)
         (staging / ".edgebundle-base").write_text(f"{target.debian_suite} {target.arch}\n")
+        (staging / ".edgebundle-packages").write_text("\n".join(packages) + "\n")
         if root.exists():
             shutil.rmtree(root)
         os.replace(staging, root)
@@ -102,12 +118,25 @@ def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCall
     return root
 
 
+def _ensure_packages(root: Path, packages: tuple[str, ...]) -> None:
+    """Install into a cached root the packages a newer recipe added since it was made."""
+    record = root / ".edgebundle-packages"
+    present = set(record.read_text().split()) if record.is_file() else set()
+    missing = [p for p in packages if p not in present]
+    if not missing:
+        return
+    shutil.copyfile("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    _run(rootfs_command(root, ["apt-get", "update", "-qq"]), "apt-get update in the emulated root")
+    _run(rootfs_command(root, ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]),
+         "apt-get install in the emulated root")
+    record.write_text("\n".join(sorted(present | set(missing))) + "\n")
+
+
 def ensure_stub_environment(root: Path, target: TargetProfile, progress: ProgressCallback) -> str:
     """A venv inside the root with the pinned runtime dependencies and PyInstaller; its python."""
     pins = sorted(f"{name}=={version}" for name, version in chroot_locked_dependencies(target).items()
                   if name != "debian")
-    key = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:12]
-    venv = f"/opt/stubenv-{key}"
+    venv = _venv_path(target)
     if (root / venv.lstrip("/") / ".complete").is_file():
         return f"{venv}/bin/python"
     progress("stub environment (once)", 0, 1)

@@ -81,12 +81,14 @@ def test_model_weights_are_mapped_from_the_bundle_file_not_copied(synthetic_stag
     ids = [3, 0, 4000]
     assert np.array_equal(session.run(None, {"ids": np.array(ids)})[0], expected_rows(synthetic_staging, ids))
     weights = bundle.manifest.entry("model/model.onnx.data").size - 4096
+    file_size = payload_file.stat().st_size
+    # Bundle itself maps the whole file; onnxruntime's own mapping covers just the weights
     mapped = [line for line in Path("/proc/self/smaps").read_text().splitlines() if str(payload_file) in line]
     sizes = []
     for line in mapped:
         start, end = (int(x, 16) for x in line.split()[0].split("-"))
         sizes.append(end - start)
-    assert max(sizes) >= weights, f"no mapping of {payload_file} large enough for the weights: {mapped}"
+    assert any(weights <= size < file_size for size in sizes), f"no mapping of just the weights: {mapped}"
 
 
 def test_renamed_payload_file_still_finds_its_weights(synthetic_staging, payload_file, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback
-from bundler.stub import STUB_NAME, prepare_sources, pyinstaller_arguments
+from bundler.stub import STUB_NAME, prepare_sources, write_spec
 from targets import TargetProfile
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -67,8 +67,8 @@ def build_in_chroot(target: TargetProfile, work: Path, cache_dir: Path, progress
     python = ensure_stub_environment(root, target, progress)
     with tempfile.TemporaryDirectory(prefix="stub-", dir=root / "build") as tmp:
         inside = Path("/build") / Path(tmp).name
-        src = prepare_sources(Path(tmp))
-        args = pyinstaller_arguments(inside, inside / src.relative_to(tmp))
+        prepare_sources(Path(tmp))
+        args = write_spec(Path(tmp), inside)
         _run(rootfs_command(root, [python, "-m", "PyInstaller", *args]), "PyInstaller in the emulated root")
         built = Path(tmp) / "dist" / STUB_NAME
         shutil.move(str(built), work / STUB_NAME)

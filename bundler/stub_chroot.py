@@ -51,7 +51,8 @@ def rootfs_path(target: TargetProfile, cache_dir: Path) -> Path:
 def rootfs_command(root: Path, argv: list[str], binds: tuple[Path, ...] = ()) -> list[str]:
     """argv run inside `root` in a private mount namespace (proc, dev and `binds` mounted there).
 
-    The host's /sys stays out of sight: onnxruntime under qemu crashes reading the host's CPU topology.
+    The host's /sys stays out of sight: onnxruntime under qemu crashes reading the host's CPU
+    topology; the root carries plain files with CPU lists instead (_write_cpu_topology).
     """
     script = 'mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev"'
     for index, bind in enumerate(binds):
@@ -95,6 +96,7 @@ def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCall
     if (root / ".edgebundle-base").is_file():
         (root / "build").mkdir(exist_ok=True)
         _ensure_packages(root, packages)
+        _write_cpu_topology(root)
         return root
     _require_emulation(target)
     progress("debian root (once)", 0, 2)
@@ -108,6 +110,7 @@ def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCall
         (staging / "build").mkdir(exist_ok=True)
         (staging / ".edgebundle-base").write_text(f"{target.debian_suite} {target.arch}\n")
         (staging / ".edgebundle-packages").write_text("\n".join(packages) + "\n")
+        _write_cpu_topology(staging)
         if root.exists():
             shutil.rmtree(root)
         os.replace(staging, root)
@@ -116,6 +119,15 @@ def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCall
         raise
     progress("debian root (once)", 2, 2)
     return root
+
+
+def _write_cpu_topology(root: Path) -> None:
+    """Plain files where /sys would be: onnxruntime's cpuinfo aborts without the CPU lists, and
+    crashes under qemu on the host's real /sys (which describes x86 CPUs)."""
+    cpu = root / "sys" / "devices" / "system" / "cpu"
+    cpu.mkdir(parents=True, exist_ok=True)
+    for name in ("possible", "present", "online"):
+        (cpu / name).write_text(f"0-{(os.cpu_count() or 1) - 1}\n")
 
 
 def _ensure_packages(root: Path, packages: tuple[str, ...]) -> None:

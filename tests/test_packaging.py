@@ -358,3 +358,12 @@ def test_aarch64_bundle_answers_under_emulation_citing_the_right_file(aarch64_bu
     assert "pumps/coolant-pump.md:" in sources
     manifest = Bundle.open(aarch64_bundle).manifest
     assert manifest.target_profile.arch == "aarch64" and manifest.target_profile.glibc_floor == "2.31"
+
+
+@pytest.mark.parametrize("path", ["station", "st", "/tmp/a folder/station", "n" * 255, "n" * 254])
+def test_weight_locations_are_padded_to_the_placeholder_length(path):
+    from runtime.payload import SELF_PLACEHOLDER, padded_location
+
+    location = padded_location(path)
+    assert len(location) == len(SELF_PLACEHOLDER)
+    assert os.path.normpath(location.decode()) == os.path.normpath(path)

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from bundler.dense_scorer import write_scorer
 from bundler.embedder_export import export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
@@ -71,7 +72,8 @@ def build_index(
     chunking: ChunkingConfig = ChunkingConfig(),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> IndexResult:
-    """Writes out_dir/index/ (replacing any previous one only once the new one is complete)."""
+    """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
+    previous index only once the new one is complete."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
@@ -213,6 +215,7 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
     np.save(work / index_files.DENSE_VECTORS, quantized)
     np.save(work / index_files.DENSE_SCALES, scales)
+    write_scorer(work / index_files.DENSE_SCORER, matrix.shape[1])
     shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}

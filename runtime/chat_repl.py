@@ -90,19 +90,20 @@ class ChatRepl:
 
     def _answer(self, question: str) -> None:
         options = self.options
+        answer = None
         try:
             answer = self.assistant.ask(question, k=options.k, mode=options.mode, config=options.config,
                                         history=self.history, use_documents=options.use_documents,
                                         stop=options.stop)
-        except ContextOverflow as exc:
-            self._say(f"error: {exc}")
-            return
-        try:
             for delta in answer:
                 self.out.write(delta)
                 self.out.flush()
+        except ContextOverflow as exc:
+            self._say(f"error: {exc}")
+            return
         except KeyboardInterrupt:
-            answer.close()
+            if answer is not None:
+                answer.close()
             # A cut-off answer is left out of the history: the model should not build on it.
             self._say("\n(stopped)")
             return

@@ -17,6 +17,7 @@ MODEL_ONNX = "model/model.onnx"
 # graph kind (manifest.model.graph) -> "module:Class"; imported only when a bundle asks for it
 IMPLEMENTATIONS = {
     "optimum-kv": "runtime.decoder:OptimumDecoder",
+    "fused-gqa": "runtime.fused_decoder:FusedDecoder",
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -38,6 +39,9 @@ def prefill(decoder, prompt_ids: list[int]) -> np.ndarray:
     if len(prompt_ids) > decoder.max_length:
         raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the context of {decoder.max_length}")
     decoder.reset()
+    if "rows" in inspect.signature(decoder.forward).parameters:
+        # A decoder that can skip logits takes the whole prompt in one pass.
+        return decoder.forward(list(prompt_ids), rows=1)[-1]
     for start in range(0, len(prompt_ids), PREFILL_CHUNK):
         logits = decoder.forward(list(prompt_ids[start : start + PREFILL_CHUNK]))
     return logits[-1]

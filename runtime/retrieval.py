@@ -97,7 +97,8 @@ def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tu
     Normalising over each method's own top candidates (not the whole collection, where BM25 is
     mostly zeros) puts the two score scales on a comparable footing.
     """
-    pool = np.union1d(top_k(bm25, FUSION_CANDIDATES, positive_only=True), top_k(dense, FUSION_CANDIDATES))
+    depth = max(FUSION_CANDIDATES, k)
+    pool = np.union1d(top_k(bm25, depth, positive_only=True), top_k(dense, depth))
     fused = np.zeros(len(pool), dtype=np.float64)
     for scores, weight in ((bm25, 1.0 - dense_weight), (dense, dense_weight)):
         head = scores[top_k(scores, FUSION_CANDIDATES)].astype(np.float64)

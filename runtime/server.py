@@ -299,8 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _usage(answer) -> dict:
     stats = answer.stats
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
+            "total_tokens": stats.prompt_tokens + stats.new_tokens}
 
 
 def make_server(assistant, config: ServerConfig, model_id: str, generation_defaults) -> QueryServer:

@@ -8,6 +8,10 @@ from __future__ import annotations
 from typing import Callable
 
 from bundler.formats.blocks import Block, SkipFile
+from bundler.formats.docx import parse_docx
+from bundler.formats.html import parse_html
+from bundler.formats.man_page import parse_man
+from bundler.formats.pdf import parse_pdf
 from bundler.formats.plain_text import parse_markdown, parse_rst, parse_txt
 
 Parser = Callable[[bytes, Callable[[str], None]], list[Block]]
@@ -18,6 +22,11 @@ PARSERS: dict[str, Parser] = {
     ".md": parse_markdown,
     ".markdown": parse_markdown,
     ".rst": parse_rst,
+    ".html": parse_html,
+    ".htm": parse_html,
+    ".pdf": parse_pdf,
+    ".docx": parse_docx,
+    **{f".{section}": parse_man for section in range(1, 10)},
 }
 
 # Bump when any parser's output changes, so cached parses are not reused.

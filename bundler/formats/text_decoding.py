@@ -8,8 +8,10 @@ MAX_LINE_CHARS = 100_000
 _CONTROL = bytes(c for c in range(32) if c not in (9, 10, 12, 13))
 
 
-def decode_text(data: bytes, warn) -> str:
-    """UTF-8 text (BOM dropped); invalid bytes replaced with a warning; binary data refused."""
+def decode_text(data: bytes, warn, max_line_chars: int | None = MAX_LINE_CHARS) -> str:
+    """UTF-8 text (BOM dropped); invalid bytes replaced with a warning; binary data refused.
+
+    Markup formats pass max_line_chars=None: minified HTML is one long line and still fine."""
     if not data.strip():
         raise SkipFile("empty file")
     sample = data[:65536]
@@ -23,9 +25,10 @@ def decode_text(data: bytes, warn) -> str:
         if bad > len(text) // 10:
             raise SkipFile(f"not UTF-8 text ({bad} undecodable bytes)") from None
         warn(f"not valid UTF-8 (first bad byte at offset {exc.start}); {bad} characters replaced")
-    longest = max(len(line) for line in text.split("\n"))
-    if longest > MAX_LINE_CHARS:
-        raise SkipFile(f"a line of {longest} characters (limit {MAX_LINE_CHARS})")
+    if max_line_chars is not None:
+        longest = max(len(line) for line in text.split("\n"))
+        if longest > max_line_chars:
+            raise SkipFile(f"a line of {longest} characters (limit {max_line_chars})")
     return text
 
 

@@ -1,0 +1,264 @@
+"""Retrieval benchmark: Cranfield quality per mode, query latency, build throughput, index size.
+
+    python bench/bench_retrieval.py [--data ../shared/data] [--synthetic 100000] [--threads 2]
+
+Prints nDCG@10, R@10, R@100 for bm25 / dense / hybrid on Cranfield (graded gains 5 - grade),
+query latency p50/p95 at Cranfield size and on a synthetic index, build throughput in document
+tokens per second (parsing, chunking, BM25 and embeddings; the one-off embedder export excluded)
+and index bytes per chunk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import ir_measures  # noqa: E402
+from ir_measures import R, nDCG  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+from bundler.dense_scorer import write_scorer  # noqa: E402
+from bundler.embedder_export import export_embedder  # noqa: E402
+from bundler.index import build_index  # noqa: E402
+from bundler.index_bm25 import build_bm25  # noqa: E402
+from runtime import index_files  # noqa: E402
+from runtime.bundle import DirectoryBundle  # noqa: E402
+from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
+from bundler.index import DENSE_WEIGHT  # noqa: E402
+from runtime.dense_search import quantize_query, quantize_vectors  # noqa: E402
+from runtime.manifest import IndexInfo  # noqa: E402
+from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
+from runtime.text_terms import ANALYZER  # noqa: E402
+
+MODES = ("bm25", "dense", "hybrid")
+MEASURES = [nDCG @ 10, R @ 10, R @ 100]
+
+
+def read_fields(path: Path) -> list[dict[str, str]]:
+    records, field = [], None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        marker = re.match(r"^\.([ITABW])\b\s*(.*)$", line)
+        if marker:
+            field = marker.group(1)
+            if field == "I":
+                records.append({"I": marker.group(2).strip()})
+            else:
+                records[-1][field] = ""
+            continue
+        if field and field != "I":
+            records[-1][field] += line + "\n"
+    return records
+
+
+def cranfield(data: Path):
+    docs = {r["I"]: r.get("W", "") for r in read_fields(data / "cran.all.1400")}
+    queries = {str(n): r["W"].replace("\n", " ").strip() for n, r in enumerate(read_fields(data / "cran.qry"), start=1)}
+    qrels = []
+    for line in (data / "cranqrel").read_text().split("\n"):
+        parts = line.split()
+        if len(parts) == 3:
+            grade = int(parts[2])
+            qrels.append(ir_measures.Qrel(parts[0], parts[1], 5 - grade if 1 <= grade <= 4 else 0))
+    return docs, queries, qrels
+
+
+def doc_run(qid: str, ranked_docs: np.ndarray) -> list:
+    """Chunk ranking to document ranking (a document ranks by its best chunk), top 100."""
+    seen: list[int] = []
+    for doc in ranked_docs:
+        if doc not in seen:
+            seen.append(int(doc))
+            if len(seen) == 100:
+                break
+    return [ir_measures.ScoredDoc(qid, str(doc), 100.0 - rank) for rank, doc in enumerate(seen)]
+
+
+def rrf(first: np.ndarray, second: np.ndarray, k: int, constant: int = 60) -> np.ndarray:
+    fused: dict[int, float] = {}
+    for ranking in (first, second):
+        for rank, chunk in enumerate(ranking):
+            fused[int(chunk)] = fused.get(int(chunk), 0.0) + 1.0 / (constant + rank + 1)
+    return np.array(sorted(fused, key=lambda c: (-fused[c], c))[:k])
+
+
+def write_manifest(staging: Path, info) -> None:
+    model = ModelInfo("none", "none", "none", "none", "none", 0, 0, 0, 0, 0, 0, 0, 0)
+    manifest = Manifest(model=model, index=info, build=BuildInfo("", "bench", "", ""), target="host")
+    (staging / "manifest.json").write_text(manifest.to_json())
+
+
+def percentiles(samples: list[float]) -> str:
+    ms = np.array(samples) * 1000
+    return f"p50 {np.percentile(ms, 50):6.2f} ms  p95 {np.percentile(ms, 95):6.2f} ms"
+
+
+def time_queries(retriever: Retriever, queries: list[str], mode: str, k: int = 10) -> list[float]:
+    retriever.search(queries[0], k, mode)  # warm caches and the ONNX session
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        retriever.search(query, k, mode)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_parts(retriever: Retriever, queries: list[str]) -> str:
+    """p50 of each step of a hybrid query, to show where the time goes on a loaded machine."""
+    encoder, dense = retriever.dense.encoder, retriever.dense
+    parts: dict[str, list[float]] = {"encode query": [], "bm25 scores": [], "dense scores": [], "fusion": []}
+    for query in queries:
+        t0 = time.perf_counter()
+        vector = encoder.encode([query])[0]
+        t1 = time.perf_counter()
+        bm25 = retriever.bm25.scores(query)
+        t2 = time.perf_counter()
+        query_u8, scale = quantize_query(vector)
+        scores = dense.scorer.run(None, {"query": query_u8, "vectors": dense.vectors, "scales": dense.scales})[0][0] * scale
+        t3 = time.perf_counter()
+        fuse(bm25, scores, retriever.dense_weight, 10)
+        t4 = time.perf_counter()
+        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            parts[name].append(seconds)
+    return "  p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
+
+
+def index_bytes(staging: Path) -> tuple[int, int]:
+    """(per-chunk data bytes, fixed bytes of the embedder model and tokenizer)."""
+    fixed = {index_files.DENSE_MODEL, index_files.DENSE_TOKENIZER, index_files.SETTINGS}
+    data = sum(p.stat().st_size for p in (staging / "index").rglob("*") if p.is_file()
+               and p.relative_to(staging).as_posix() not in fixed)
+    return data, sum((staging / name).stat().st_size for name in fixed)
+
+
+def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[str]:
+    docs, queries, qrels = cranfield(data)
+    docs_dir = work / "cranfield"
+    docs_dir.mkdir()
+    for doc_id, text in docs.items():
+        (docs_dir / f"{int(doc_id):04d}.txt").write_text(text, encoding="utf-8")
+
+    embedder = export_embedder(cache)
+    tokenizer = Tokenizer.from_file(str(embedder.tokenizer))
+    tokenizer.no_truncation()
+    tokens = sum(len(e.ids) - 2 for e in tokenizer.encode_batch(list(docs.values())))
+
+    build_cache = work / "build-cache"
+    (build_cache / "embedder").mkdir(parents=True)
+    (build_cache / "embedder" / embedder.key).symlink_to(embedder.folder.resolve())
+    staging = work / "staging"
+    start, cpu = time.perf_counter(), time.process_time()
+    result = build_index(docs_dir, staging, build_cache)
+    build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu
+    start = time.perf_counter()
+    rebuild = build_index(docs_dir, staging, build_cache)
+    rebuild_s = time.perf_counter() - start
+    write_manifest(staging, result.info)
+
+    retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    chunk_doc = np.array([int(Path(retriever.chunks[i].source.path).stem) for i in range(len(retriever.chunks))])
+    lines = [f"Cranfield: {len(docs)} documents, {result.info.chunks} chunks, {len(queries)} queries, {tokens} document tokens", ""]
+    lines.append("| mode | nDCG@10 | R@10 | R@100 |")
+    lines.append("|---|---|---|---|")
+    runs: dict[str, list] = {}
+    for qid, query in queries.items():
+        bm25, dense = retriever.bm25.scores(query), retriever.dense.scores(query)
+        rankings = {
+            "bm25": top_k(bm25, 300, positive_only=True),
+            "dense": top_k(dense, 300),
+            f"hybrid (weighted z-score, dense {DENSE_WEIGHT})": fuse(bm25, dense, DENSE_WEIGHT, 300)[0],
+            "hybrid, dense weight 0.5": fuse(bm25, dense, 0.5, 300)[0],
+            "hybrid, dense weight 0.8": fuse(bm25, dense, 0.8, 300)[0],
+            "reference: reciprocal rank fusion (k 60)": rrf(top_k(bm25, 1000, positive_only=True), top_k(dense, 1000), 300),
+        }
+        for name, ranking in rankings.items():
+            runs.setdefault(name, []).extend(doc_run(qid, chunk_doc[ranking]))
+    for name, run in runs.items():
+        scores = ir_measures.calc_aggregate(MEASURES, qrels, run)
+        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.3f}" for m in MEASURES) + " |")
+    lines.append("")
+    for mode in MODES:
+        lines.append(f"latency {mode:6s} at {result.info.chunks} chunks, k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
+    lines.append(time_parts(retriever, list(queries.values())))
+    data_bytes, fixed = index_bytes(staging)
+    lines += [
+        "",
+        f"build (fresh cache): {build_s:.1f} s wall, {tokens / build_s:,.0f} document tokens/s "
+        f"({build_cpu:.1f} CPU s; parsed {result.parsed}, embedded {result.chunks_embedded} chunks)",
+        f"rebuild, nothing changed: {rebuild_s:.1f} s (parsed {rebuild.parsed}, embedded {rebuild.chunks_embedded} chunks)",
+        f"index bytes per chunk: {data_bytes / result.info.chunks:,.0f} (plus {fixed / 1e6:.1f} MB embedder model + tokenizer, once)",
+    ]
+    return lines
+
+
+def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: int) -> list[str]:
+    """A large index from Cranfield's own word distribution and random unit vectors."""
+    docs, queries, _ = cranfield(data)
+    words = np.array(" ".join(docs.values()).split())
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(60, 180, size=chunks)
+    picks = rng.integers(0, len(words), size=int(lengths.sum()))
+    texts = [" ".join(part) for part in np.split(words[picks], np.cumsum(lengths)[:-1])]
+
+    staging = work / "synthetic"
+    (staging / "index" / "dense").mkdir(parents=True)
+    offsets = [0]
+    with open(staging / index_files.CHUNKS, "wb") as out:
+        for i, text in enumerate(texts):
+            record = {"id": i, "text": text, "path": f"synthetic/{i // 100}.txt", "line_start": 1, "line_end": 1,
+                      "page": None, "heading": "", "char_start": 0, "char_end": len(text)}
+            line = json.dumps(record).encode() + b"\n"
+            out.write(line)
+            offsets.append(offsets[-1] + len(line))
+    np.save(staging / index_files.CHUNK_OFFSETS, np.array(offsets, dtype=np.int64))
+    build_bm25(texts, staging)
+    vectors = rng.standard_normal((chunks, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    quantized, scales = quantize_vectors(vectors)
+    np.save(staging / index_files.DENSE_VECTORS, quantized)
+    np.save(staging / index_files.DENSE_SCALES, scales)
+    write_scorer(staging / index_files.DENSE_SCORER, vectors.shape[1])
+    embedder = export_embedder(cache)
+    shutil.copyfile(embedder.model, staging / index_files.DENSE_MODEL)
+    shutil.copyfile(embedder.tokenizer, staging / index_files.DENSE_TOKENIZER)
+    settings = {"analyzer": ANALYZER, "modes": ["bm25", "dense"], "dense": {"max_length": 256},
+                "fusion": {"dense_weight": 0.65}}
+    (staging / index_files.SETTINGS).write_text(json.dumps(settings))
+    write_manifest(staging, IndexInfo(documents=chunks // 100, chunks=chunks, modes=["bm25", "dense", "hybrid"]))
+    retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    lines = [""]
+    for mode in MODES:
+        lines.append(f"latency {mode:6s} at {chunks} chunks (synthetic), k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
+    lines.append(time_parts(retriever, list(queries.values())))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding cranfield/")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache", help="builder cache (the exported embedder is reused)")
+    parser.add_argument("--synthetic", type=int, default=100_000, help="chunks in the synthetic latency index (0: skip)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for query encoding")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temp:
+        work = Path(temp)
+        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads):
+            print(line, flush=True)
+        if args.synthetic:
+            for line in bench_synthetic(args.data / "cranfield", args.cache, work, args.synthetic, args.threads):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

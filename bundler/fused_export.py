@@ -1,0 +1,103 @@
+"""Build step: a model source -> the fused graph in the staging folder's `model/`."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from bundler.errors import BuildError
+from bundler.fused_graph import GRAPH_NAME, QuantizationPlan, build_graph
+from bundler.llama_weights import MAX_ROPE_POSITIONS, LlamaWeights, load_llama
+from bundler.model_source import ModelSource, resolve_model
+from bundler.progress import ProgressCallback, no_progress
+from runtime.manifest import ModelInfo
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+STEP = "fused graph"
+
+
+def default_quantization(source: ModelSource) -> str:
+    """GGUF blocks are carried over as they are; float weights become int4."""
+    return "gguf-exact" if source.kind == "gguf" else "int4"
+
+
+def build_fused_model(source: str | Path | ModelSource, quantization: str | QuantizationPlan, out_dir: str | Path,
+                      progress: ProgressCallback = no_progress) -> ModelInfo:
+    """Write `out_dir/model/`: model.onnx, model.onnx.data and the tokenizer files."""
+    source = source if isinstance(source, ModelSource) else resolve_model(source)
+    plan = quantization if isinstance(quantization, QuantizationPlan) else QuantizationPlan(quantization)
+    try:
+        plan.check()
+    except ValueError as exc:
+        raise BuildError(source.path, str(exc)) from None
+    weights = load_llama(source.path)
+    try:
+        model = build_graph(weights, plan, lambda step, done, total: progress(STEP, done, total))
+    except ValueError as exc:
+        raise BuildError(source.path, str(exc)) from None
+    model_dir = Path(out_dir) / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, model_dir)
+    del model
+    _write_tokenizer(source, model_dir)
+    info = model_info(weights, plan)
+    info.name, info.license, info.source_sha256 = source.name, source.license, source.fingerprint()
+    return info
+
+
+def _write_tokenizer(source: ModelSource, model_dir: Path) -> None:
+    """The model room's tokenizer files: rebuilt and checked from a GGUF, copied from a folder."""
+    if source.kind == "gguf":
+        import gguf
+
+        from bundler.gguf_convert import check_tokenizer
+        from bundler.gguf_tokenizer import read_vocabulary, write_tokenizer_files
+
+        vocab = read_vocabulary(source.path, gguf.GGUFReader(str(source.path)))
+        check_tokenizer(source.path, vocab)
+        write_tokenizer_files(vocab, model_dir)
+    else:
+        from bundler.export_onnx import _copy_tokenizer
+
+        _copy_tokenizer(source.path, model_dir, json.loads((source.path / "config.json").read_text(encoding="utf-8")))
+
+
+def save_model(model: onnx.ModelProto, model_dir: Path) -> None:
+    """Write graph and external data side by side, replacing both only when both are complete."""
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".fused-") as tmp:
+        onnx.save_model(model, os.path.join(tmp, MODEL_FILE), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+        os.replace(os.path.join(tmp, DATA_FILE), model_dir / DATA_FILE)
+        os.replace(os.path.join(tmp, MODEL_FILE), model_dir / MODEL_FILE)
+
+
+def model_info(weights: LlamaWeights, plan: QuantizationPlan) -> ModelInfo:
+    spec = weights.spec
+    parameters = sum(int(_size(t)) for t in weights.tensors.values())
+    return ModelInfo(
+        name=weights.source.stem if weights.kind == "gguf" else weights.source.name,
+        source=str(weights.source),
+        architecture="llama",
+        graph=GRAPH_NAME,
+        quantization=plan.label,
+        parameters=parameters,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        hidden_size=spec.hidden_size,
+        vocab_size=spec.vocab_size,
+        context_length=min(spec.context_length, MAX_ROPE_POSITIONS),
+    )
+
+
+def _size(tensor) -> int:
+    shape = tensor.shape
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total

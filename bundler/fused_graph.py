@@ -1,0 +1,280 @@
+"""The fused decoder graph: ONNX Runtime contrib operators, one node per real job.
+
+Per layer: SkipSimplifiedLayerNormalization, one MatMulNBits for q/k/v, GroupQueryAttention
+(rotary inside, KV cache shared in place), MatMulNBits for the output projection, one for
+gate+up, SiLU, one for down. Inputs:
+
+  input_ids [1, S] int64, seqlens_k [1] int32 (cache length after this step - 1),
+  total_sequence_length [] int32, logits_rows [1] int64 (trailing rows that need logits),
+  past_key_values.{i}.key/value [1, kv_heads, max_length, head_dim] float32
+
+Outputs: logits [1, logits_rows, vocab], present.{i}.key/value (the same buffers when bound so).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from bundler.block_quant import INT4_METHODS, NBitsWeight, from_gguf, quantize_float, quantize_symmetric8
+from bundler.gguf_reader import GgufTensor
+from bundler.llama_weights import LlamaSpec, LlamaWeights
+
+GRAPH_NAME = "fused-gqa"
+QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
+MS = "com.microsoft"
+# MatMulNBits accuracy level 4: int8 activations, MLAS's fast kernels on x86 and ARM.
+ACCURACY_LEVEL = 4
+EXACT_BLOCK_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+
+
+@dataclass
+class QuantizationPlan:
+    mode: str = "gguf-exact"
+    block: int = 32
+    method: str = "rtn"  # int4 only: one of INT4_METHODS
+
+    def check(self) -> None:
+        if self.mode not in QUANTIZATIONS:
+            raise ValueError(f"quantization {self.mode!r} is not supported (supported: {', '.join(QUANTIZATIONS)})")
+        if self.mode == "int4":
+            if self.block < 16 or self.block > 256 or self.block & (self.block - 1):
+                raise ValueError(f"block size {self.block} is not a power of two in 16..256")
+            if self.method not in INT4_METHODS:
+                raise ValueError(f"int4 method {self.method!r} is not supported (supported: {', '.join(INT4_METHODS)})")
+
+    @property
+    def label(self) -> str:
+        return f"int4-{self.method}-b{self.block}" if self.mode == "int4" else self.mode
+
+
+Linear = Union[NBitsWeight, np.ndarray]  # float weights are [N, K]
+
+
+@dataclass
+class _Graph:
+    nodes: list = field(default_factory=list)
+    initializers: list = field(default_factory=list)
+    count: int = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, stem: str, value: np.ndarray) -> str:
+        name = self.name(stem)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
+        names = [self.name(op) for _ in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op, inputs, names, name=self.name(op + "_node"), domain=domain, **attrs))
+        return names
+
+
+def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) -> onnx.ModelProto:
+    plan.check()
+    spec = weights.spec
+    g = _Graph()
+    convert = _Converter(weights, plan)
+
+    cos, sin = spec.rotary_tables()
+    cos_name, sin_name = g.const("cos_cache", cos), g.const("sin_cache", sin)
+    hidden = _embedding(g, convert, spec)
+
+    residual = None
+    for layer in range(spec.num_layers):
+        prefix = f"model.layers.{layer}."
+        norm = g.const("attn_norm", weights.float(prefix + "input_layernorm.weight"))
+        if residual is None:
+            (x,) = g.node("SimplifiedLayerNormalization", [hidden, norm], axis=-1, epsilon=spec.rms_eps)
+            residual = hidden
+        else:
+            x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [hidden, residual, norm], 4,
+                                       domain=MS, epsilon=spec.rms_eps)
+        qkv = _linear(g, x, convert.fused([prefix + f"self_attn.{p}_proj.weight" for p in "qkv"]))
+        attn, _, _ = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
+             "seqlens_k", "total_sequence_length", cos_name, sin_name],
+            ["attn_out_%d" % layer, f"present.{layer}.key", f"present.{layer}.value"],
+            domain=MS, num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
+            do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5),
+        )
+        attn = _linear(g, attn, convert.fused([prefix + "self_attn.o_proj.weight"]))
+        norm = g.const("mlp_norm", weights.float(prefix + "post_attention_layernorm.weight"))
+        x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [attn, residual, norm], 4,
+                                   domain=MS, epsilon=spec.rms_eps)
+        gate_up = _linear(g, x, convert.fused([prefix + "mlp.gate_proj.weight", prefix + "mlp.up_proj.weight"]))
+        split = g.const("split", np.array([spec.intermediate_size] * 2, dtype=np.int64))
+        gate, up = g.node("Split", [gate_up, split], 2, axis=-1)
+        (sig,) = g.node("Sigmoid", [gate])
+        (act,) = g.node("Mul", [gate, sig])
+        (act,) = g.node("Mul", [act, up])
+        hidden = _linear(g, act, convert.fused([prefix + "mlp.down_proj.weight"]))
+        if progress:
+            progress("fused graph", layer + 1, spec.num_layers)
+
+    norm = g.const("final_norm", weights.float("model.norm.weight"))
+    final, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [hidden, residual, norm], 4,
+                            domain=MS, epsilon=spec.rms_eps)
+    (start,) = g.node("Neg", ["logits_rows"])
+    end = g.const("end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    axis = g.const("axis", np.array([1], dtype=np.int64))
+    (last,) = g.node("Slice", [final, start, end, axis])
+    _lm_head(g, convert, spec, last)
+    return _model(g, spec)
+
+
+class _Converter:
+    """Turns named source weights into the plan's representation."""
+
+    def __init__(self, weights: LlamaWeights, plan: QuantizationPlan):
+        self.weights = weights
+        self.plan = plan
+        self.embedding: Linear | None = None  # set by _embedding, read by _lm_head to share blocks
+        self.embedding_name = ""
+
+    def one(self, name: str) -> Linear:
+        tensor = self.weights.tensors[name]
+        mode = self.plan.mode
+        if mode == "gguf-exact":
+            if not isinstance(tensor, GgufTensor):
+                raise ValueError("gguf-exact needs a GGUF source (use int4, int8 or fp32 for float weights)")
+            if tensor.type in EXACT_BLOCK_TYPES:
+                return from_gguf(tensor)
+            return tensor.dequantize()
+        values = self.weights.float(name)
+        if mode == "fp32":
+            return values
+        if mode == "int8":
+            return quantize_symmetric8(values, 32)
+        return quantize_float(values, 4, self.plan.block, self.plan.method)
+
+    def fused(self, names: list[str]) -> list[Linear]:
+        """Concatenate along the outputs where the parts share one representation."""
+        parts = [self.one(n) for n in names]
+        if len(parts) == 1:
+            return parts
+        if all(isinstance(p, np.ndarray) for p in parts):
+            return [np.concatenate(parts, axis=0)]
+        if all(isinstance(p, NBitsWeight) for p in parts) and _same_layout(parts):
+            return [_concat_nbits(parts)]
+        return parts
+
+
+def _same_layout(parts: list[NBitsWeight]) -> bool:
+    first = parts[0]
+    return all(
+        p.bits == first.bits and p.block == first.block and p.k == first.k
+        and (p.zero_points is None) == (first.zero_points is None)
+        and (p.remainder is None) == (first.remainder is None)
+        for p in parts
+    )
+
+
+def _concat_nbits(parts: list[NBitsWeight]) -> NBitsWeight:
+    first = parts[0]
+    def cat(attr):
+        values = [getattr(p, attr) for p in parts]
+        return None if values[0] is None else np.concatenate(values, axis=0)
+    return NBitsWeight(first.bits, first.block, sum(p.n for p in parts), first.k, cat("packed"),
+                       cat("scales"), zero_points=cat("zero_points"), remainder=cat("remainder"))
+
+
+def _linear(g: _Graph, x: str, parts: list[Linear]) -> str:
+    outputs = [_one_linear(g, x, p) for p in parts]
+    if len(outputs) == 1:
+        return outputs[0]
+    return g.node("Concat", outputs, axis=-1)[0]
+
+
+def _one_linear(g: _Graph, x: str, weight: Linear) -> str:
+    if isinstance(weight, np.ndarray):
+        return g.node("MatMul", [x, g.const("w", weight.T.astype(np.float32))])[0]
+    inputs = [x, g.const("w_q", weight.packed), g.const("w_scale", weight.scales.reshape(-1))]
+    if weight.zero_points is not None:
+        inputs.append(g.const("w_zero", weight.zero_points.reshape(-1)))
+    (y,) = g.node("MatMulNBits", inputs, domain=MS, K=weight.k, N=weight.n, bits=weight.bits,
+                  block_size=weight.block, accuracy_level=ACCURACY_LEVEL)
+    if weight.remainder is None:
+        return y
+    # Q4_1 remainder: sum x over each block, times the per-block remainder of each output.
+    blocks = weight.k // weight.block
+    shape = g.const("block_shape", np.array([1, -1, blocks, weight.block], dtype=np.int64))
+    (xb,) = g.node("Reshape", [x, shape])
+    (sums,) = g.node("ReduceSum", [xb, g.const("last_axis", np.array([-1], dtype=np.int64))], keepdims=0)
+    (extra,) = g.node("MatMul", [sums, g.const("w_rem", weight.remainder.T.copy())])
+    return g.node("Add", [y, extra])[0]
+
+
+def _embedding_weight(convert: _Converter) -> Linear:
+    """8-bit blocks where possible (GGUF Q8_0 exactly); other exact types as float values."""
+    name = "model.embed_tokens.weight"
+    tensor = convert.weights.tensors[name]
+    if isinstance(tensor, GgufTensor):
+        if tensor.type == "Q8_0" and convert.plan.mode == "gguf-exact":
+            return from_gguf(tensor)
+        if convert.plan.mode in ("gguf-exact", "fp32"):
+            return tensor.dequantize()
+    values = convert.weights.float(name)
+    if convert.plan.mode == "fp32":
+        return values
+    return quantize_symmetric8(values, 32)
+
+
+def _embedding(g: _Graph, convert: _Converter, spec: LlamaSpec) -> str:
+    weight = _embedding_weight(convert)
+    convert.embedding = weight
+    if isinstance(weight, np.ndarray):
+        convert.embedding_name = g.const("embed", weight)
+        return g.node("Gather", [convert.embedding_name, "input_ids"], axis=0)[0]
+    blocks = weight.k // weight.block
+    convert.embedding_name = g.const("embed_q", weight.packed)
+    scales = g.const("embed_scale", weight.scales.reshape(weight.n, blocks, 1))
+    (rows,) = g.node("GatherBlockQuantized", [convert.embedding_name, "input_ids", scales], domain=MS,
+                     gather_axis=0, quantize_axis=2, block_size=weight.block, bits=8)
+    shape = g.const("hidden_shape", np.array([1, -1, spec.hidden_size], dtype=np.int64))
+    return g.node("Reshape", [rows, shape])[0]
+
+
+def _lm_head(g: _Graph, convert: _Converter, spec: LlamaSpec, x: str) -> None:
+    shared = convert.embedding
+    if not convert.weights.has("lm_head.weight") and isinstance(shared, NBitsWeight):
+        # Tied: the lm_head reads the embedding's own 8-bit blocks (one copy in the file).
+        g.nodes.append(helper.make_node(
+            "MatMulNBits", [x, convert.embedding_name, g.const("lm_scale", shared.scales.reshape(-1))],
+            ["logits"], name="lm_head", domain=MS, K=shared.k, N=shared.n, bits=8,
+            block_size=shared.block, accuracy_level=ACCURACY_LEVEL))
+        return
+    if convert.weights.has("lm_head.weight"):
+        weight = convert.one("lm_head.weight")
+    elif convert.plan.mode == "fp32":
+        weight = shared
+    else:
+        weight = quantize_symmetric8(convert.weights.float("model.embed_tokens.weight"), 32)
+    out = _one_linear(g, x, weight)
+    g.node("Identity", [out], ["logits"])
+
+
+def _model(g: _Graph, spec: LlamaSpec) -> onnx.ModelProto:
+    kv = [1, spec.num_kv_heads, "max_length", spec.head_dim]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence"]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        helper.make_tensor_value_info("logits_rows", TensorProto.INT64, [1]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "rows", spec.vocab_size])]
+    for layer in range(spec.num_layers):
+        for part in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{part}", TensorProto.FLOAT, kv))
+            outputs.append(helper.make_tensor_value_info(f"present.{layer}.{part}", TensorProto.FLOAT, kv))
+    graph = helper.make_graph(g.nodes, GRAPH_NAME, inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
+                              producer_name="edgebundle")
+    model.ir_version = 10
+    return model

@@ -1,0 +1,88 @@
+"""Decoder for the fused GroupQueryAttention graph (graph "fused-gqa").
+
+One preallocated KV buffer per layer is bound as both the past input and the present
+output, so a step writes in place and rolling back (speculative decoding) only moves the
+valid length: stale slots beyond it are overwritten by the next step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.decoder import MODEL_ONNX, Decoder, context_limit
+
+
+def session_options(threads: Optional[int]) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Decode steps are a few hundred microseconds of work per node: spinning threads keep
+    # up with them, sleeping ones pay a wake-up each time.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    return options
+
+
+class FusedDecoder(Decoder):
+    """See runtime.decoder.Decoder; adds `forward(ids, rows=...)` to skip unneeded logits."""
+
+    def __init__(self, session: ort.InferenceSession, num_layers: int, num_kv_heads: int,
+                 head_dim: int, max_length: int):
+        self.session = session
+        self.max_length = max_length
+        self.length = 0
+        shape = (1, num_kv_heads, max_length, head_dim)
+        self._cache = []
+        self._binding = session.io_binding()
+        # Bound first so that it stays output 0: IO binding returns outputs in binding order.
+        self._binding.bind_output("logits", "cpu")
+        for layer in range(num_layers):
+            for part in ("key", "value"):
+                buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32))
+                self._cache.append(buffer)
+                self._binding.bind_ortvalue_input(f"past_key_values.{layer}.{part}", buffer)
+                self._binding.bind_ortvalue_output(f"present.{layer}.{part}", buffer)
+
+    @classmethod
+    def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
+        info = bundle.manifest.model
+        session = bundle.onnx_session(MODEL_ONNX, session_options(threads))
+        return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
+
+    @classmethod
+    def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
+        """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
+        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
+        _, kv_heads, _, head_dim = keys[0].shape
+        return cls(session, len(keys), kv_heads, head_dim, max_length)
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        self.length = length
+
+    def forward(self, ids: list[int], rows: int | None = None) -> np.ndarray:
+        """Logits [rows, vocab] for the last `rows` of `ids` (all of them by default)."""
+        count = len(ids)
+        self._check_room(count)
+        total = self.length + count
+        rows = count if rows is None else max(1, min(rows, count))
+        binding = self._binding
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
+        binding.bind_cpu_input("logits_rows", np.array([rows], dtype=np.int64))
+        binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(binding)
+        self.length = total
+        return binding.get_outputs()[0].numpy()[0]

@@ -1,0 +1,86 @@
+"""Fixtures of the query app tests: a staged tiny-model bundle, its assistant, a running server."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT
+
+STATION_DOCS = {
+    "pumps/coolant-pump.md": (
+        "# Coolant pump P-7\n\n"
+        "The coolant pump P-7 is primed by opening bleed valve V12 for thirty seconds\n"
+        "while the pump runs at idle speed. Close V12 when coolant flows without bubbles.\n"
+    ),
+    "power/solar-array.txt": (
+        "Solar array maintenance\n\n"
+        "Clean the solar array panels every ninety days with deionised water.\n"
+        "Never clean panels while the array is connected to the battery bus.\n"
+    ),
+    "radio/antenna.md": (
+        "# Antenna alignment\n\n"
+        "Point the high-gain antenna at azimuth 212 degrees before the evening pass.\n"
+    ),
+}
+PUMP_QUESTION = "How is the coolant pump P-7 primed?"
+TEST_CTX = 1024
+MODEL_ID = "tiny-llama"
+# Kept after the run, so a person can look at the page the browser test saw.
+SCREENSHOT = REPO_ROOT / ".cache" / "screenshots" / "web-page.png"
+
+
+@pytest.fixture(scope="session")
+def query_staging(tiny_model_staging, tmp_path_factory) -> Path:
+    """A staging folder (tiny random Llama, int4, + an index of three documents), opened by the runtime."""
+    from bundler.index import build_index
+    from runtime.manifest import Manifest
+
+    docs = tmp_path_factory.mktemp("query-docs")
+    for name, text in STATION_DOCS.items():
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(text)
+    staging = tmp_path_factory.mktemp("query") / "staging"
+    shutil.copytree(tiny_model_staging("int4"), staging)
+    index = build_index(docs, staging, DEFAULT_CACHE / "index")
+    manifest = Manifest.from_json((staging / "manifest.json").read_text())
+    manifest = dataclasses.replace(manifest, index=index.info)
+    manifest.model.name = MODEL_ID
+    (staging / "manifest.json").write_text(manifest.to_json())
+    return staging
+
+
+@pytest.fixture(scope="session")
+def query_assistant(query_staging):
+    from runtime.assistant import Assistant
+    from runtime.bundle import Bundle
+
+    return Assistant.from_bundle(Bundle.open(query_staging), threads=1, ctx=TEST_CTX)
+
+
+@contextmanager
+def running_server(assistant, **settings) -> Iterator:
+    """A real server on a free loopback port, serving from a background thread."""
+    from runtime.generation import GenerationConfig
+    from runtime.server import ServerConfig, make_server
+
+    server = make_server(assistant, ServerConfig(port=0, **settings), MODEL_ID, GenerationConfig(max_new_tokens=16))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="session")
+def query_server(query_assistant):
+    with running_server(query_assistant, max_tokens_cap=24, max_body_bytes=64 * 1024) as server:
+        yield server

@@ -1,0 +1,301 @@
+"""Document ingestion, chunking, index building and retrieval, on generated sample files."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bundler.chunking import ChunkingConfig, chunk_blocks, token_cost
+from bundler.errors import BuildError
+from bundler.formats import parser_for
+from bundler.index import build_index
+from runtime.bundle import DirectoryBundle
+from runtime.manifest import BuildInfo, Manifest, ModelInfo
+from runtime.retrieval import Retriever, RetrievalError
+from tests.fixtures_retrieval import REPO, write_docx, write_pdf
+
+STATION = {
+    "pumps/coolant-pump.md": (
+        "# Coolant pump P-7\n\nGeneral description of the pump housing.\n\n"
+        "## Priming\n\nThe coolant pump P-7 is primed by opening bleed valve V12 for thirty seconds\n"
+        "while the pump runs at idle speed.\n"
+    ),
+    "power/solar-array.txt": "Solar array maintenance\n\nClean the solar panels every ninety days with deionised water.\n",
+    "radio/antenna.md": "# Antenna alignment\n\nPoint the high-gain antenna at azimuth 212 degrees before the evening pass.\n",
+}
+
+
+def write_docs(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def open_retriever(staging: Path, info) -> Retriever:
+    """The runtime's view: a staging folder holding the index and a manifest."""
+    model = ModelInfo("m", "s", "llama", "plain", "int4", 1, 1, 1, 1, 1, 1, 1, 1)
+    manifest = Manifest(model=model, index=info, build=BuildInfo("", "", "", ""), target="host")
+    (staging / "manifest.json").write_text(manifest.to_json())
+    return Retriever.from_bundle(DirectoryBundle(staging))
+
+
+def chunks_of(path: Path, root: Path, config: ChunkingConfig = ChunkingConfig()):
+    relative = path.relative_to(root).as_posix()
+    data = path.read_bytes()
+    if relative.endswith(".gz"):
+        data = gzip.decompress(data)
+    return chunk_blocks(relative, parser_for(relative)(data, lambda m: None), config)
+
+
+def find(drafts, phrase):
+    matches = [d for d in drafts if phrase in d.text]
+    assert matches, f"no chunk holds {phrase!r}: {[d.text for d in drafts]}"
+    return matches[0]
+
+
+# --- formats and spans -------------------------------------------------------------------
+
+
+def test_markdown_chunk_keeps_heading_path_lines_and_exact_text(sample_formats):
+    drafts = chunks_of(sample_formats / "guide.md", sample_formats)
+    chunk = find(drafts, "azimuth 212")
+    assert chunk.span.heading == "Guide > Antenna"
+    assert (chunk.span.line_start, chunk.span.line_end) == (5, 7)
+    source = (sample_formats / "guide.md").read_text()
+    assert source[chunk.span.char_start : chunk.span.char_end] == chunk.text
+    assert chunk.span.cite() == "guide.md:5-7"
+
+
+def test_plain_text_paragraphs_of_one_section_share_a_chunk_with_their_lines(sample_formats):
+    chunk = find(chunks_of(sample_formats / "notes.txt", sample_formats), "Diesel tank")
+    assert "Fuel log" in chunk.text and chunk.span.line_start == 1 and chunk.span.line_end == 4
+    assert chunk.span.page is None and chunk.span.heading == ""
+
+
+def test_rst_underlined_titles_become_heading_levels(sample_formats):
+    chunk = find(chunks_of(sample_formats / "manual.rst", sample_formats), "Charge the battery")
+    assert chunk.span.heading == "Manual > Battery"
+    assert (chunk.span.line_start, chunk.span.line_end) == (6, 9)
+
+
+def test_html_text_without_scripts_with_source_lines(sample_formats):
+    drafts = chunks_of(sample_formats / "page.html", sample_formats)
+    chunk = find(drafts, "channel 16")
+    assert "Tune the radio to channel 16 for distress calls." in chunk.text
+    assert chunk.span.heading == "Radio"
+    assert chunk.span.line_start == 2 and chunk.span.line_end == 4
+    assert not any("hidden" in d.text or "p{}" in d.text for d in drafts)
+
+
+def test_pdf_chunks_carry_page_numbers(sample_formats):
+    drafts = chunks_of(sample_formats / "handbook.pdf", sample_formats)
+    chunk = find(drafts, "ceramic filter")
+    assert chunk.span.page == 2
+    assert chunk.span.line_start == 1 and chunk.span.line_end == 2
+    assert chunk.span.cite() == "handbook.pdf p.2:1-2"
+    assert find(drafts, "Handbook cover").span.page == 1
+
+
+def test_docx_headings_and_paragraph_lines(sample_formats):
+    chunk = find(chunks_of(sample_formats / "procedures.docx", sample_formats), "foam extinguisher")
+    assert chunk.span.heading == "Procedures > Fire"
+    assert (chunk.span.line_start, chunk.span.line_end) == (3, 4)
+
+
+@pytest.mark.parametrize("name", ["man/pumpctl.8", "man/pumpctl-copy.8.gz"])
+def test_man_page_sections_and_escapes(sample_formats, name):
+    drafts = chunks_of(sample_formats / name, sample_formats)
+    assert find(drafts, "control the coolant pumps").span.heading == "PUMPCTL(8) > NAME"
+    chunk = find(drafts, "bleed valve")
+    assert chunk.span.heading == "PUMPCTL(8) > DESCRIPTION"
+    assert "pumpctl\nprimes, starts and stops coolant pumps." in chunk.text
+    assert chunk.span.line_start == 8 and chunk.span.line_end == 12
+    assert "[-p pump] prime" in find(drafts, "[-p").text
+
+
+def test_long_paragraph_becomes_overlapping_windows_within_budget(tmp_path):
+    words = [f"word{i}" for i in range(600)]
+    lines = [" ".join(words[i : i + 10]) for i in range(0, 600, 10)]
+    path = tmp_path / "long.txt"
+    path.write_text("\n".join(lines) + "\n")
+    config = ChunkingConfig(max_tokens=100, overlap_tokens=20)
+    drafts = chunks_of(path, tmp_path, config)
+    assert len(drafts) > 6
+    assert all(token_cost(d.text) <= 100 for d in drafts)
+    text = path.read_text()
+    for first, second in zip(drafts, drafts[1:]):
+        assert first.text.split()[-1] in second.text.split()  # overlap
+        assert second.span.line_start >= first.span.line_start
+        assert text[second.span.char_start : second.span.char_end] == second.text
+    joined = " ".join(d.text for d in drafts).split()
+    assert set(joined) == set(words)
+
+
+# --- building and searching -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
+def test_known_question_retrieves_the_right_chunk_in_each_mode(tmp_path, index_cache, mode):
+    docs = write_docs(tmp_path / "docs", STATION)
+    result = build_index(docs, tmp_path / "staging", index_cache)
+    retriever = open_retriever(tmp_path / "staging", result.info)
+    assert retriever.modes == ["bm25", "dense", "hybrid"]
+    questions = {
+        "How do I prime the coolant pump?": ("pumps/coolant-pump.md", "bleed valve V12"),
+        "How often should the solar panels be cleaned?": ("power/solar-array.txt", "ninety days"),
+        "Which direction must the antenna point?": ("radio/antenna.md", "azimuth 212"),
+    }
+    for question, (path, phrase) in questions.items():
+        best = retriever.search(question, k=2, mode=mode)[0]
+        assert best.chunk.source.path == path and phrase in best.chunk.text, (question, best)
+        assert best.rank == 1
+
+
+def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_cache):
+    result = build_index(sample_formats, tmp_path / "staging", index_cache, modes=("bm25",))
+    assert result.skipped == [] and result.info.documents == 8
+    retriever = open_retriever(tmp_path / "staging", result.info)
+    assert retriever.modes == ["bm25"]
+    hit = retriever.search("ceramic filter cartridge", k=1, mode="bm25")[0]
+    assert hit.chunk.source.cite() == "handbook.pdf p.2:1-2"
+    hit = retriever.search("foam extinguisher fuel fires", k=1, mode="bm25")[0]
+    assert hit.chunk.source.path == "procedures.docx"
+    with pytest.raises(RetrievalError, match="dense"):
+        retriever.search("anything", mode="dense")
+
+
+def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    staging = tmp_path / "staging"
+    first = build_index(docs, staging, index_cache)
+    assert (first.parsed, first.embedded) == (3, 3)
+    (docs / "power/solar-array.txt").write_text(
+        "Solar array maintenance\n\nClean the panels monthly.\n\nCheck the charge controller fuses.\n")
+    second = build_index(docs, staging, index_cache)
+    assert (second.parsed, second.embedded, second.chunks_embedded) == (1, 1, 1)
+    third = build_index(docs, staging, index_cache)
+    assert (third.parsed, third.embedded) == (0, 0)
+    retriever = open_retriever(staging, third.info)
+    hit = retriever.search("charge controller fuses", k=1, mode="hybrid")[0]
+    assert hit.chunk.source.path == "power/solar-array.txt" and "fuses" in hit.chunk.text
+
+
+def test_index_is_plain_arrays_and_json_lines(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    staging = tmp_path / "staging"
+    build_index(docs, staging, index_cache)
+    index_dir = staging / "index"
+    names = sorted(p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file())
+    assert names == ["bm25/doc_ids.npy", "bm25/indptr.npy", "bm25/vocab.json", "bm25/weights.npy", "chunk_offsets.npy",
+                     "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/scorer.onnx", "dense/tokenizer.json", "dense/vectors.npy",
+                     "index.json"]
+    import numpy as np
+
+    vectors = np.load(index_dir / "dense/vectors.npy", allow_pickle=False)
+    assert vectors.dtype == np.int8 and vectors.shape[0] == 384 and np.abs(vectors).max() <= 63
+    records = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == list(range(len(records)))
+    assert [p.name for p in staging.iterdir()] == ["index"]  # no temp folder left
+
+
+def test_runtime_retrieval_imports_no_builder_or_heavy_library():
+    code = (
+        "import sys, runtime.retrieval\n"
+        "bad = [m for m in ('scipy', 'bm25s', 'torch', 'transformers', 'onnx', 'bundler', 'pypdf', 'docx') if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_missing_documents_folder_is_a_build_error(tmp_path, index_cache):
+    with pytest.raises(BuildError, match="does not exist") as error:
+        build_index(tmp_path / "nope", tmp_path / "out", index_cache)
+    assert error.value.path == str(tmp_path / "nope")
+
+
+def test_folder_without_usable_documents_is_a_build_error(tmp_path, index_cache):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    (docs / "empty.txt").write_text("")
+    with pytest.raises(BuildError, match="no usable documents"):
+        build_index(docs, tmp_path / "out", index_cache)
+    assert not (tmp_path / "out" / "index").exists()
+
+
+def zip_bomb() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", b"\0" * (64 * 1024 * 1024))
+    return buffer.getvalue()
+
+
+BAD_INPUTS = {
+    "corrupt.pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R >>\ngarbage\n%%EOF\n", "PDF"),
+    "empty.txt": (b"", "empty file"),
+    "binary.txt": (bytes(range(256)) * 64, "binary data"),
+    "one-line.txt": (b"x " * 150_000, "a line of 300000 characters"),
+    "bomb.docx": (zip_bomb(), "zip bomb"),
+    "not-a-zip.docx": (b"this is not a zip archive", "not a zip archive"),
+}
+
+
+def test_each_bad_file_is_skipped_with_its_reason_and_the_build_goes_on(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    for name, (data, _) in BAD_INPUTS.items():
+        (docs / name).write_bytes(data)
+    write_pdf(docs / "locked.pdf", [["secret text"]], password="hunter2")
+    (docs / "latin1.txt").write_bytes("Caf\xe9 opening hours: nine to five.\n".encode("latin-1"))
+    result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",))
+    reasons = {s.path: s.reason for s in result.skipped}
+    assert set(reasons) == set(BAD_INPUTS) | {"locked.pdf"}
+    for name, (_, reason) in BAD_INPUTS.items():
+        assert reason in reasons[name], (name, reasons[name])
+    assert "encrypted" in reasons["locked.pdf"]
+    assert result.info.documents == 4
+    assert any(w.startswith("latin1.txt: not valid UTF-8") for w in result.warnings)
+    assert f"bomb.docx: {reasons['bomb.docx']}" in result.info.skipped
+    retriever = open_retriever(tmp_path / "staging", result.info)
+    assert retriever.search("Caf opening hours", k=1, mode="bm25")[0].chunk.source.path == "latin1.txt"
+
+
+def test_strict_build_fails_on_any_skipped_file(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    (docs / "empty.txt").write_bytes(b"")
+    with pytest.raises(BuildError, match="empty file") as error:
+        build_index(docs, tmp_path / "staging", index_cache, strict=True)
+    assert error.value.path == str(docs / "empty.txt")
+    assert not (tmp_path / "staging" / "index").exists()
+
+
+def test_hidden_files_unsupported_types_outside_symlinks_and_oversized_files(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    (docs / ".git").mkdir()
+    (docs / ".git" / "notes.txt").write_text("hidden folder text")
+    (docs / ".draft.md").write_text("hidden file text")
+    (docs / "diagram.png").write_bytes(b"\x89PNG")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret outside the documents folder")
+    os.symlink(outside, docs / "link.txt")
+    os.symlink(docs / "radio/antenna.md", docs / "antenna-link.md")
+    (docs / "huge.txt").write_text("big text\n" * 2000)
+    result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",), max_file_bytes=10_000)
+    reasons = {s.path: s.reason for s in result.skipped}
+    assert set(reasons) == {"diagram.png", "link.txt", "huge.txt"}
+    assert reasons["diagram.png"] == "unsupported file type"
+    assert "outside the documents folder" in reasons["link.txt"]
+    assert "10000 byte limit" in reasons["huge.txt"]
+    assert result.info.documents == 4  # three documents and the in-folder symlink

@@ -50,6 +50,8 @@ def pyinstaller_arguments(work: Path, src_root: Path) -> list[str]:
         f"--distpath={work / 'dist'}", f"--workpath={work / 'build'}", f"--specpath={work}",
         "--hidden-import=runtime.cli",
         "--collect-submodules=runtime",
+        # The web page the server hands out (read with importlib.resources).
+        f"--add-data={src_root / 'runtime' / 'web'}{os.pathsep}runtime/web",
     ]
     args += [f"--exclude-module={name}" for name in EXCLUDED_MODULES]
     return args + [str(work / "entry.py")]
@@ -57,7 +59,8 @@ def pyinstaller_arguments(work: Path, src_root: Path) -> list[str]:
 
 def runtime_source_digest(runtime_dir: Path = RUNTIME_DIR) -> str:
     digest = hashlib.sha256()
-    for path in sorted(runtime_dir.rglob("*.py")):
+    # Every file that goes into the stub: the sources and the web page.
+    for path in sorted(p for p in runtime_dir.rglob("*") if p.is_file() and p.suffix in (".py", ".html")):
         digest.update(path.relative_to(runtime_dir).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -6,6 +6,7 @@ streaming, sources, stopping, reproducibility and errors, never on meaning.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import re
@@ -433,3 +434,17 @@ def test_executable_serves_the_web_page_and_the_api(query_executable, tmp_path):
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 0
         server.stderr.close()
+
+
+def test_builder_help_explains_every_option():
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(repo / "build.py"), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert done.returncode == 0
+    spec = importlib.util.spec_from_file_location("build_cli", repo / "build.py")
+    build_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_cli)
+    parser_help = {a.dest: a.help for a in build_cli.build_parser()._actions}
+    assert all(parser_help.values()), [dest for dest, text in parser_help.items() if not text]
+    for option in ("--model", "--docs", "--output", "--quantization", "--target", "--json", "--ask"):
+        assert option in done.stdout

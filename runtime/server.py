@@ -91,6 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: QueryServer
     _streaming = False          # headers of an event stream are out: errors must go in-band
+    # Socket timeout: a client that stalls mid-request (or never reads its answer) frees its thread.
+    timeout = 60
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: library code never prints."""

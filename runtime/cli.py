@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from runtime.bundle import Bundle, BundleError
+from runtime.network_guard import install_network_guard
 from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    install_network_guard()
     args = build_parser().parse_args(argv)
     if args.bundle is None:
         print("error: no bundle given (use --bundle PATH)", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Optional
 from bundler.errors import BuildError
 from bundler.payload_writer import Signer, write_bundle
 from bundler.progress import ProgressCallback, no_progress
+from bundler.sbom import stub_licenses
 from bundler.stub import build_stub
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import Manifest, TargetInfo
@@ -50,6 +51,7 @@ def package(
         python=target.python, ram_mb=target.ram_mb, threads=target.threads, context=target.context,
     )
     manifest.stub_sha256 = _sha256(stub)
+    manifest.licenses = stub_licenses(stub)
     dest.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False)
     try:

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.manifest import Entry, Manifest
+from runtime.payload_coverage import CoverageError, check_uncovered_bytes
 from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, read_layout, self_location
 
 MANIFEST_NAME = "manifest.json"
@@ -184,6 +185,10 @@ class FileBundle(Bundle):
                 digest.update(view[start:start + (1 << 22)])
             if digest.hexdigest() != entry.sha256:
                 raise BundleError(f"{self.path}: entry {entry.name!r} does not match its sha256 (file altered)")
+        try:
+            check_uncovered_bytes(self._map, self.layout, self.manifest, str(self.path))
+        except CoverageError as exc:
+            raise BundleError(str(exc)) from None
 
 
 def _npy_header(head: bytes, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:

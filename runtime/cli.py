@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.add_argument("--licenses", action="store_true",
+                      help="list the model's licence and every Python package inside with version and licence")
 
     add_verify_parser(commands)
     return parser
@@ -217,6 +219,9 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     if args.json:
         print(manifest.to_json())
         return 0
+    if args.licenses:
+        print("\n".join(license_lines(manifest)))
+        return 0
     model, index, build = manifest.model, manifest.index, manifest.build
     size = Path(bundle.path).stat().st_size if Path(bundle.path).is_file() else sum(e.size for e in manifest.entries)
     lines = [
@@ -238,6 +243,15 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
         lines.append(f"  {entry.size / 1e6:9.2f} MB  {entry.name}")
     print("\n".join(lines))
     return 0
+
+
+def license_lines(manifest) -> list[str]:
+    lines = [f"model: {manifest.model.name}  licence: {manifest.model.license}", "packages:"]
+    if not manifest.licenses:
+        lines.append("  (none recorded: not a packaged executable)")
+    width = max((len(p.name) + len(p.version) for p in manifest.licenses), default=0) + 3
+    lines += [f"  {(p.name + ' ' + p.version).ljust(width)}{p.license}" for p in manifest.licenses]
+    return lines
 
 
 COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve,

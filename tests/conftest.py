@@ -4,4 +4,6 @@ pytest_plugins = [
     "tests.fixtures_packaging",
     "tests.fixtures_queryapp",
     "tests.fixtures_fused",
+    "tests.fixtures_station",
+    "tests.fixtures_hardening",
 ]

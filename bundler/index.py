@@ -26,6 +26,7 @@ from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
 from bundler.formats import PARSER_VERSION, SkipFile, suffix_of
 from bundler.index_bm25 import Bm25Config, build_bm25
+from bundler.isolated_parse import ParseLimitExceeded, ParseLimits, run_isolated
 from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
 from bundler.progress import ProgressCallback, no_progress
 from runtime import index_files
@@ -71,6 +72,7 @@ def build_index(
     modes: tuple[str, ...] = ("bm25", "dense"),
     chunking: ChunkingConfig = ChunkingConfig(),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    limits: ParseLimits = ParseLimits(),
 ) -> IndexResult:
     """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
     previous index only once the new one is complete."""
@@ -81,7 +83,7 @@ def build_index(
     modes = tuple(m for m in ("bm25", "dense") if m in modes)
     sources, skipped = find_documents(docs_dir, max_file_bytes)
     result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=skipped)
-    documents = _load_documents(sources, cache_dir, chunking, max_file_bytes, progress, result)
+    documents = _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result)
     if strict and result.skipped:
         first = result.skipped[0]
         raise BuildError(docs_dir / first.path, f"{first.reason} (--strict: {len(result.skipped)} file(s) skipped)")
@@ -131,7 +133,7 @@ def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max
     return digest.hexdigest()
 
 
-def _load_documents(sources, cache_dir, chunking, max_file_bytes, progress, result) -> list[_Document]:
+def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result) -> list[_Document]:
     documents = []
     for done, source in enumerate(sources):
         progress("parse documents", done, len(sources))
@@ -141,7 +143,12 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, progress, resu
         if cached.is_file():
             entry = json.loads(cached.read_text(encoding="utf-8"))
         else:
-            entry = _parse(source, chunking, max_file_bytes)
+            try:
+                entry = run_isolated(_parse, (source, chunking, max_file_bytes), limits)
+            except ParseLimitExceeded as exc:
+                # not cached: a limit hit on a busy machine should not stick to the file
+                result.skipped.append(SkippedFile(source.relative, str(exc)))
+                continue
             result.parsed += 1
             _write_atomic(cached, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])

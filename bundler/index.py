@@ -225,9 +225,7 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     matrix = np.concatenate(vectors)
     quantized, scales = quantize_vectors(matrix)
     (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
-    np.save(work / index_files.DENSE_VECTORS, quantized)
-    np.save(work / index_files.DENSE_SCALES, scales)
-    write_scorer(work / index_files.DENSE_SCORER, matrix.shape[1])
+    write_scorer(work / index_files.DENSE_SCORER, quantized, scales)
     shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}

@@ -210,20 +210,22 @@ def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cach
     assert hit.chunk.source.path == "power/solar-array.txt" and "fuses" in hit.chunk.text
 
 
-def test_index_is_plain_arrays_and_json_lines(tmp_path, index_cache):
+def test_index_is_plain_arrays_int8_vectors_and_json_lines(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     staging = tmp_path / "staging"
     build_index(docs, staging, index_cache)
     index_dir = staging / "index"
     names = sorted(p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file())
     assert names == ["bm25/doc_ids.npy", "bm25/indptr.npy", "bm25/vocab.json", "bm25/weights.npy", "chunk_offsets.npy",
-                     "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/scorer.onnx", "dense/tokenizer.json", "dense/vectors.npy",
-                     "index.json"]
+                     "chunks.jsonl", "dense/model.onnx", "dense/scorer.onnx", "dense/tokenizer.json", "index.json"]
     import numpy as np
+    import onnx
+    from onnx import numpy_helper
 
-    vectors = np.load(index_dir / "dense/vectors.npy", allow_pickle=False)
-    assert vectors.dtype == np.int8 and vectors.shape[0] == 384 and np.abs(vectors).max() <= 63
+    scorer = onnx.load(str(index_dir / "dense/scorer.onnx"))
+    vectors = {t.name: numpy_helper.to_array(t) for t in scorer.graph.initializer}["vectors"]
     records = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
+    assert vectors.dtype == np.int8 and vectors.shape == (384, len(records)) and np.abs(vectors).max() <= 63
     assert [r["id"] for r in records] == list(range(len(records)))
     assert [p.name for p in staging.iterdir()] == ["index"]  # no temp folder left
 

@@ -19,7 +19,7 @@ from bundler.index import build_index
 from runtime.bundle import DirectoryBundle
 from runtime.manifest import BuildInfo, Manifest, ModelInfo
 from runtime.retrieval import Retriever, RetrievalError
-from tests.fixtures_retrieval import REPO, write_docx, write_pdf
+from tests.fixtures_retrieval import REPO, write_pdf
 
 STATION = {
     "pumps/coolant-pump.md": (

@@ -23,10 +23,25 @@ from bundler.errors import BuildError  # noqa: E402
 from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build  # noqa: E402
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+EPILOG = """examples:
+  build.py                                        default model, sample documents, this machine
+  build.py --docs ~/manuals -o dist/manuals       your documents
+  build.py --model model.gguf --quantization int8 --target raspberry-pi-5 --docs ~/manuals
+
+the executable it writes:
+  ask "question"     streamed answer citing file and lines     chat       a conversation
+  search "words"     the matching passages                      info       model, documents, build
+  serve              web page and OpenAI-compatible API on 127.0.0.1:8080
+  (run it with --help for every option)
+
+Progress bars go to stderr when it is a terminal; --json prints one object on stdout."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="build.py",
         description=__doc__,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", type=Path, default=None,
@@ -61,7 +76,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--ask", metavar="QUESTION", default=None,
                         help="after building, ask the new executable this question")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 class ProgressBars:
@@ -120,6 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         print(json.dumps({
             "executable": str(exe), "bytes": exe.stat().st_size, "seconds": round(seconds, 2),
+            "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
             "skipped": result.skipped, "warnings": result.warnings,

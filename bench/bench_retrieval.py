@@ -29,6 +29,7 @@ import ir_measures  # noqa: E402
 from ir_measures import R, nDCG  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from bundler.chunking import ChunkingConfig  # noqa: E402
 from bundler.dense_scorer import write_scorer  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
@@ -131,7 +132,17 @@ def time_parts(retriever: Retriever, queries: list[str]) -> str:
         t4 = time.perf_counter()
         for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             parts[name].append(seconds)
-    return "  p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
+    return f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
+
+
+def embedder_reference(retriever: Retriever, tokenizer: Tokenizer) -> tuple[float, float]:
+    """Throughput of the bare int8 embedder on chunk texts, batched as the build batches them."""
+    texts = sorted((retriever.chunks[i].text for i in range(0, len(retriever.chunks), 5)), key=len)
+    tokens = sum(len(e.ids) - 2 for e in tokenizer.encode_batch(texts))
+    start, cpu = time.perf_counter(), time.process_time()
+    for i in range(0, len(texts), 32):
+        retriever.dense.encoder.encode(texts[i : i + 32])
+    return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
 
 
 def index_bytes(staging: Path) -> tuple[int, int]:
@@ -142,7 +153,7 @@ def index_bytes(staging: Path) -> tuple[int, int]:
     return data, sum((staging / name).stat().st_size for name in fixed)
 
 
-def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[str]:
+def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking: ChunkingConfig) -> list[str]:
     docs, queries, qrels = cranfield(data)
     docs_dir = work / "cranfield"
     docs_dir.mkdir()
@@ -159,10 +170,10 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[s
     (build_cache / "embedder" / embedder.key).symlink_to(embedder.folder.resolve())
     staging = work / "staging"
     start, cpu = time.perf_counter(), time.process_time()
-    result = build_index(docs_dir, staging, build_cache)
+    result = build_index(docs_dir, staging, build_cache, chunking=chunking)
     build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
-    rebuild = build_index(docs_dir, staging, build_cache)
+    rebuild = build_index(docs_dir, staging, build_cache, chunking=chunking)
     rebuild_s = time.perf_counter() - start
     write_manifest(staging, result.info)
 
@@ -191,11 +202,14 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[s
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {result.info.chunks} chunks, k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
     lines.append(time_parts(retriever, list(queries.values())))
+    reference = embedder_reference(retriever, tokenizer)
     data_bytes, fixed = index_bytes(staging)
     lines += [
         "",
         f"build (fresh cache): {build_s:.1f} s wall, {tokens / build_s:,.0f} document tokens/s "
         f"({build_cpu:.1f} CPU s; parsed {result.parsed}, embedded {result.chunks_embedded} chunks)",
+        f"  reference, the embedder alone on every 5th chunk: {reference[0]:,.0f} tokens/s wall, {reference[1]:,.0f} per CPU s; "
+        f"build per CPU s: {tokens / build_cpu:,.0f} ({tokens / build_cpu / reference[1]:.2f}x the embedder alone)",
         f"rebuild, nothing changed: {rebuild_s:.1f} s (parsed {rebuild.parsed}, embedded {rebuild.chunks_embedded} chunks)",
         f"index bytes per chunk: {data_bytes / result.info.chunks:,.0f} (plus {fixed / 1e6:.1f} MB embedder model + tokenizer, once)",
     ]
@@ -247,13 +261,16 @@ def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding cranfield/")
-    parser.add_argument("--cache", type=Path, default=ROOT / ".cache", help="builder cache (the exported embedder is reused)")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "build" / "index", help="builder cache (the exported embedder is reused)")
     parser.add_argument("--synthetic", type=int, default=100_000, help="chunks in the synthetic latency index (0: skip)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for query encoding")
+    parser.add_argument("--max-tokens", type=int, default=ChunkingConfig.max_tokens, help="chunk budget")
+    parser.add_argument("--overlap-tokens", type=int, default=ChunkingConfig.overlap_tokens, help="chunk overlap")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads):
+        chunking = ChunkingConfig(args.max_tokens, args.overlap_tokens)
+        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads, chunking):
             print(line, flush=True)
         if args.synthetic:
             for line in bench_synthetic(args.data / "cranfield", args.cache, work, args.synthetic, args.threads):

@@ -10,9 +10,10 @@ from typing import BinaryIO, Callable, Optional
 from bundler.errors import BuildError
 from bundler.payload_writer import Signer, write_bundle
 from bundler.progress import ProgressCallback, no_progress
-from bundler.stub import build_stub, stub_licenses
+from bundler.sbom import stub_licenses
+from bundler.stub import build_stub
 from runtime.bundle import MANIFEST_NAME
-from runtime.manifest import Manifest, PackageLicense, TargetInfo
+from runtime.manifest import Manifest, TargetInfo
 from targets import TargetProfile
 
 # e_machine of ELF headers, Machine of PE headers, for the architectures targets name
@@ -52,7 +53,7 @@ def package(
         python=target.python, ram_mb=target.ram_mb, threads=target.threads, context=target.context,
     )
     manifest.stub_sha256 = _sha256(stub)
-    manifest.licenses = [PackageLicense(name, version, text) for name, version, text in stub_licenses(stub)]
+    manifest.licenses = stub_licenses(stub)
     dest.parent.mkdir(parents=True, exist_ok=True)
     return _write_atomically(dest, lambda out: write_bundle(out, staging_dir, manifest, stub=stub, signer=signer,
                                                             progress=progress), mode=0o755)

@@ -45,23 +45,6 @@ EXCLUDED_MODULES = (
 
 ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"
 
-# Run by the Python that builds the stub: name, version and licence of what goes into it.
-LICENSE_PROBE = """
-import importlib.metadata as md, json, platform, sys
-found = [["Python", platform.python_version(), "PSF-2.0"]]
-for name in sys.argv[1:]:
-    try:
-        meta = md.metadata(name)
-    except md.PackageNotFoundError:
-        continue
-    text = meta.get("License-Expression") or ""
-    if not text:
-        classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
-        license_field = (meta.get("License") or "").strip()
-        text = "; ".join(classifiers) or (license_field if 0 < len(license_field) <= 80 else "see package metadata")
-    found.append([meta["Name"], meta["Version"], text])
-print(json.dumps(found))
-"""
 
 
 # Stored uncompressed: every start unpacks these files, and inflating them is about half of the
@@ -143,14 +126,11 @@ def build_stub(target: TargetProfile, cache_dir: Path, progress: ProgressCallbac
         work = Path(tmp)
         if target.stub_builder == "host":
             built = _build_on_host(work)
-            licenses = _probe_licenses([sys.executable])
         else:
-            from bundler.stub_chroot import build_in_chroot, chroot_python_command
+            from bundler.stub_chroot import build_in_chroot
 
             built = build_in_chroot(target, work, cache_dir, progress)
-            licenses = _probe_licenses(chroot_python_command(target, cache_dir))
-        (work / "stub.json").write_text(json.dumps({"target": target.name, "deps": locked, "licenses": licenses},
-                                                   indent=1))
+        (work / "stub.json").write_text(json.dumps({"target": target.name, "deps": locked}, indent=1))
         staged = work / "result"
         staged.mkdir()
         os.replace(built, staged / STUB_NAME)
@@ -180,21 +160,6 @@ def _build_on_host(work: Path) -> Path:
     if result.returncode != 0:
         raise BuildError(None, f"PyInstaller failed building the runtime stub: {_last_lines(result.stderr)}")
     return work / "dist" / STUB_NAME
-
-
-def stub_licenses(stub: Path) -> list[list[str]]:
-    """[name, version, licence] of what a cached stub carries (empty for a stub built elsewhere)."""
-    record = stub.parent / "stub.json"
-    if stub.name != STUB_NAME or not record.is_file():
-        return []
-    return json.loads(record.read_text()).get("licenses", [])
-
-
-def _probe_licenses(python: list[str]) -> list[list[str]]:
-    result = subprocess.run([*python, "-c", LICENSE_PROBE, *RUNTIME_DISTRIBUTIONS], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BuildError(None, f"reading the runtime's package licences failed: {_last_lines(result.stderr)}")
-    return json.loads(result.stdout)
 
 
 def _last_lines(text: str, count: int = 5) -> str:

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from runtime.manifest import Entry, Manifest
 from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, padded_location, read_layout
+from runtime.payload_coverage import CoverageError, check_uncovered_bytes
 
 MANIFEST_NAME = "manifest.json"
 _FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
@@ -190,6 +191,10 @@ class FileBundle(Bundle):
                 digest.update(view[start:start + (1 << 22)])
             if digest.hexdigest() != entry.sha256:
                 raise BundleError(f"{self.path}: entry {entry.name!r} does not match its sha256 (file altered)")
+        try:
+            check_uncovered_bytes(self._map, self.layout, self.manifest, str(self.path))
+        except CoverageError as exc:
+            raise BundleError(str(exc)) from None
 
 
 def _npy_header(head: bytes, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:

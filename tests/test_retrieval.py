@@ -75,6 +75,15 @@ def test_markdown_chunk_keeps_heading_path_lines_and_exact_text(sample_formats):
     assert chunk.span.cite() == "guide.md:5-7"
 
 
+def test_markdown_setext_titles_and_fenced_code(tmp_path):
+    path = tmp_path / "readme.md"
+    path.write_text("Station\n=======\n\nIntro.\n\nSetup\n-----\n\n```\n# not a heading\n```\n\nText\n---\n")
+    drafts = chunks_of(path, tmp_path)
+    code = find(drafts, "# not a heading")
+    assert code.span.heading == "Station > Setup" and (code.span.line_start, code.span.line_end) == (6, 11)
+    assert find(drafts, "Text").span.heading == "Station > Text"
+
+
 def test_plain_text_paragraphs_of_one_section_share_a_chunk_with_their_lines(sample_formats):
     chunk = find(chunks_of(sample_formats / "notes.txt", sample_formats), "Diesel tank")
     assert "Fuel log" in chunk.text and chunk.span.line_start == 1 and chunk.span.line_end == 4
@@ -171,6 +180,18 @@ def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_
     assert hit.chunk.source.path == "procedures.docx"
     with pytest.raises(RetrievalError, match="dense"):
         retriever.search("anything", mode="dense")
+
+
+def test_search_options_limit_hits_and_bm25_needs_a_matching_term(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    result = build_index(docs, tmp_path / "staging", index_cache)
+    retriever = open_retriever(tmp_path / "staging", result.info)
+    assert retriever.search("zebra xylophone", k=3, mode="bm25") == []
+    hits = retriever.search("pump antenna solar", k=2, mode="hybrid")
+    assert [h.rank for h in hits] == [1, 2] and hits[0].score >= hits[1].score
+    assert len(retriever.search("pump", k=50, mode="dense")) == result.info.chunks
+    with pytest.raises(RetrievalError, match="'fuzzy' is not in this index"):
+        retriever.search("pump", mode="fuzzy")
 
 
 def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cache):

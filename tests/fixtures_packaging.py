@@ -1,7 +1,6 @@
 """Packaging fixtures: a small synthetic staging folder and the host runtime stub (built once, cached)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +89,6 @@ def host_bundle(synthetic_staging, host_stub, tmp_path_factory) -> Path:
 
     dest = tmp_path_factory.mktemp("dist") / "station"
     return package(synthetic_staging, host_target(), dest, STUB_CACHE)
-
-
-def clean_env() -> dict:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
 AARCH64_DOCS = {

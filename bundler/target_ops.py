@@ -34,8 +34,18 @@ def model_operators(model_path: Path) -> set[tuple[str, str]]:
     return found
 
 
+def runs_fused_graph(target: TargetProfile) -> bool:
+    """Whether the target's onnxruntime has every operator the fused graph may use."""
+    return _version(target.onnxruntime) >= max(MIN_ONNXRUNTIME.values())
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int(minor)
+
+
 def check_operators(staging: Path, target: TargetProfile) -> None:
-    runtime = tuple(int(part) for part in target.onnxruntime.split(".")[:2])
+    runtime = _version(target.onnxruntime)
     for model_path in sorted(staging.rglob("*.onnx")):
         missing = sorted(f"{domain}:{op}" for domain, op in model_operators(model_path)
                          if MIN_ONNXRUNTIME.get((domain, op), (0, 0)) > runtime)

@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                         help="weight format: gguf-exact (the GGUF's own Q4_0/Q4_1/Q8_0 blocks, not requantized; "
                              "default for .gguf), int4 (block-wise MatMulNBits; default for float weights), "
-                             "int8 (weight-only) or fp32")
-    parser.add_argument("--graph", choices=GRAPHS, default="fused",
-                        help="fused: ONNX Runtime contrib operators, fast (default); "
-                             "optimum: optimum's plain export, the reference")
+                             "int8 (weight-only; default for .gguf on targets without the fused graph) or fp32")
+    parser.add_argument("--graph", choices=GRAPHS, default=None,
+                        help="fused: ONNX Runtime contrib operators, fast (default where the target's "
+                             "onnxruntime has them); optimum: optimum's plain export, the reference")
     parser.add_argument("--quality-text", type=Path, default=None, metavar="FILE",
                         help="UTF-8 text on which the quality gate compares perplexities (default: a built-in sample)")
     parser.add_argument("--max-ppl-ratio", type=float, default=1.05, metavar="RATIO",

@@ -33,13 +33,15 @@ def package(
 ) -> Path:
     """Write `dest`: the target's runtime stub (cached, or `runtime_stub`) with the staging folder appended.
 
-    Checks the RAM budget first. `dest` is replaced in one step; a failed build leaves no file there.
+    Checks the RAM budget and the operators the target's onnxruntime has first. `dest` is replaced in one step; a failed build leaves no file there.
     """
     from bundler.budget import check_budget
+    from bundler.target_ops import check_operators
 
     staging_dir, dest = Path(staging_dir), Path(dest)
     manifest = _read_manifest(staging_dir)
     check_budget(staging_dir, manifest, target)
+    check_operators(staging_dir, target)
     if runtime_stub is not None:
         stub = Path(runtime_stub)
         check_stub_format(stub, target)

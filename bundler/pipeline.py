@@ -37,8 +37,8 @@ class BuildConfig:
     model: Optional[Path] = None
     docs: Path = DEFAULT_DOCS
     output: Optional[Path] = None
-    quantization: Optional[str] = None    # None: gguf-exact for a GGUF source, int4 for float weights
-    graph: str = "fused"                  # fused contrib-op graph, or optimum's plain export (the reference)
+    quantization: Optional[str] = None    # None: chosen by model_choice() from the source and the graph
+    graph: Optional[str] = None           # fused contrib-op graph, or optimum's plain export; None: by target
     quality_text: Optional[Path] = None   # None: the built-in sample
     max_ppl_ratio: float = 1.05
     target: str = "host"
@@ -92,46 +92,68 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
 
     if config.quantization is not None and config.quantization not in QUANTIZATIONS:
         raise BuildError(None, f"unknown quantization {config.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
-    if config.graph not in GRAPHS:
+    if config.graph is not None and config.graph not in GRAPHS:
         raise BuildError(None, f"unknown graph {config.graph!r} (choose from {', '.join(GRAPHS)})")
     target = load_target(config.target)
     source = resolve_model(config.model or default_model_path())
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
     index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
-    model_info, model_cached = _stage_model(source, config, staging, progress)
+    graph, quantization = model_choice(source, target, config)
+    model_info, model_cached = _stage_model(source, graph, quantization, config, staging, progress)
     manifest = _write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
                        model_cached=model_cached)
 
 
-def _stage_model(source, config: BuildConfig, staging: Path, progress: ProgressCallback) -> tuple[ModelInfo, bool]:
+def model_choice(source, target, config: BuildConfig) -> tuple[str, str]:
+    """Graph and quantization: what the user asked for, else the best the target's runtime runs.
+
+    The fused graph needs contrib operators that old onnxruntime releases (the aarch64 glibc-2.31
+    targets) lack. Requantizing a GGUF's 4-bit blocks to int4 costs ~25% perplexity (FINDINGS), so
+    without the fused graph's exact transfer a GGUF source falls back to near-lossless int8.
+    """
+    from bundler.fused_export import default_quantization
+    from bundler.target_ops import runs_fused_graph
+
+    graph = config.graph or ("fused" if runs_fused_graph(target) else "optimum")
+    if config.quantization:
+        quantization = config.quantization
+    elif graph == "fused":
+        quantization = default_quantization(source)
+    else:
+        quantization = "int8" if source.kind == "gguf" else "int4"
+    if graph == "optimum" and quantization == "gguf-exact":
+        raise BuildError(None, "gguf-exact needs the fused graph (drop --graph optimum, or choose a target "
+                               "whose onnxruntime runs it)")
+    return graph, quantization
+
+
+def _stage_model(source, graph: str, quantization: str, config: BuildConfig, staging: Path,
+                 progress: ProgressCallback) -> tuple[ModelInfo, bool]:
     """Export and gate the model once per (source, graph, quantization, exporter code, quality text).
 
     Later builds copy the cached result and only re-apply the perplexity limit.
     """
     from bundler.export_onnx import export_model
-    from bundler.fused_export import build_fused_model, default_quantization
+    from bundler.fused_export import build_fused_model
     from bundler.quality_gate import DEFAULT_TEXT, check_quality, enforce_quality
     from runtime.bundle import DirectoryBundle
     from runtime.decoder import load_decoder
 
-    quantization = config.quantization or default_quantization(source)
-    if config.graph == "optimum" and quantization == "gguf-exact":
-        raise BuildError(None, "gguf-exact needs the fused graph (drop --graph optimum)")
     text = Path(config.quality_text or DEFAULT_TEXT)
     try:
         text_digest = hashlib.sha256(text.read_bytes()).hexdigest()
     except OSError as exc:
         raise BuildError(text, f"cannot read quality text ({exc.strerror})") from None
-    key = _digest([source.fingerprint(), config.graph, quantization, _code_digest(MODEL_CODE), text_digest])
+    key = _digest([source.fingerprint(), graph, quantization, _code_digest(MODEL_CODE), text_digest])
     cached = config.cache_dir / "models" / key
     hit = (cached / "model_info.json").is_file()
     if not hit:
         cached.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cached.parent))
         try:
-            if config.graph == "fused":
+            if graph == "fused":
                 info = build_fused_model(source, quantization, work, progress)
             else:
                 info = export_model(source, quantization, work / "model", progress)

@@ -27,13 +27,14 @@ HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CHROOT_CA_BUNDLE = "/etc/edgebundle-host-ca.crt"
 CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
               "LANG": "C.UTF-8", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-# Transitive pins keep the stub reproducible; all have cp39 aarch64 wheels (checked with pip download).
+# Everything the stub environment holds, pinned and installed without dependency resolution:
+# the runtime's packages (onnxruntime 1.19.2 imports only numpy; tokenizers' hub client is not
+# used) and PyInstaller with its own. All have cp39 aarch64 wheels (checked with pip download).
 CHROOT_PINS = (
     "numpy==1.26.4", "tokenizers==0.22.2", "jinja2==3.1.6", "MarkupSafe==3.0.2", "PyNaCl==1.5.0",
     "cffi==1.17.1", "pycparser==2.22", "PyStemmer==3.1.0", "pyinstaller==6.22.3",
     "pyinstaller-hooks-contrib==2026.9", "altgraph==0.17.4", "packaging==24.2", "setuptools==75.8.0",
-    "protobuf==5.29.3", "flatbuffers==25.2.10", "sympy==1.13.3", "mpmath==1.3.0", "coloredlogs==15.0.1",
-    "humanfriendly==10.0", "huggingface-hub==0.30.2", "importlib-metadata==8.6.1", "zipp==3.21.0",
+    "importlib-metadata==8.6.1", "zipp==3.21.0",
 )
 
 
@@ -159,7 +160,9 @@ def ensure_stub_environment(root: Path, target: TargetProfile, progress: Progres
     _run(rootfs_command(root, ["python3", "-m", "venv", venv]), "python3 -m venv in the emulated root")
     pip = [f"{venv}/bin/pip", "install", "--quiet", f"--cert={CHROOT_CA_BUNDLE}"]
     _run(rootfs_command(root, [*pip, "--upgrade", "pip==24.3.1"]), "pip upgrade in the emulated root")
-    _run(rootfs_command(root, [*pip, "--only-binary=:all:", *pins]), "pip install in the emulated root")
+    # no .pyc compilation under emulation (PyInstaller compiles what it collects) and no resolver
+    _run(rootfs_command(root, [*pip, "--only-binary=:all:", "--no-deps", "--no-compile", *pins]),
+         "pip install in the emulated root")
     (root / venv.lstrip("/") / ".complete").write_text("\n".join(pins) + "\n")
     progress("stub environment (once)", 1, 1)
     return f"{venv}/bin/python"

@@ -285,12 +285,16 @@ def test_executable_ends_with_a_cookie_pyinstaller_itself_can_follow(host_bundle
     assert set(CArchiveReader(str(host_bundle)).toc) == stub_names and "PYZ.pyz" in stub_names
 
 
-def test_renamed_executable_runs_offline_from_an_empty_environment(host_bundle, tmp_path):
-    renamed = tmp_path / "pump manual assistant"
+def test_renamed_executable_runs_offline_from_an_empty_environment_in_another_folder(host_bundle, tmp_path):
+    renamed = tmp_path / "bin" / "pump manual assistant"
+    renamed.parent.mkdir()
     shutil.copy2(host_bundle, renamed)
-    result = run_bundle(renamed, "verify", cwd=tmp_path, offline=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_bundle(renamed, "verify", cwd=elsewhere, offline=True)
     assert result.returncode == 0, result.stderr
     assert "5 entries" in result.stdout and "1 model(s) load" in result.stdout
+    assert list(elsewhere.iterdir()) == [], "nothing of the payload may be unpacked"
 
 
 def test_executable_with_flipped_manifest_byte_refuses_to_start(bundle_copy, tmp_path):
@@ -367,3 +371,25 @@ def test_weight_locations_are_padded_to_the_placeholder_length(path):
     location = padded_location(path)
     assert len(location) == len(SELF_PLACEHOLDER)
     assert os.path.normpath(location.decode()) == os.path.normpath(path)
+
+
+def test_operator_missing_from_the_targets_onnxruntime_is_refused_at_build_time(synthetic_staging, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    staging = tmp_path / "staging"
+    shutil.copytree(synthetic_staging, staging)
+    node = helper.make_node("GatherBlockQuantized", ["table", "ids", "scales"], ["rows"], domain="com.microsoft")
+    graph = helper.make_graph([node], "fused", [
+        helper.make_tensor_value_info("table", TensorProto.UINT8, [None, None]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, [None]),
+        helper.make_tensor_value_info("scales", TensorProto.FLOAT, [None, None]),
+    ], [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, None])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.microsoft", 1)]),
+              str(staging / "model" / "fused.onnx"))
+    dest = tmp_path / "dist" / "station"
+    with pytest.raises(BuildError, match=r"fused.onnx: uses com.microsoft:GatherBlockQuantized, which onnxruntime "
+                                         r"1.19.2 of target linux-aarch64 does not have"):
+        package(staging, load_target("linux-aarch64"), dest, STUB_CACHE)
+    assert not dest.parent.exists()

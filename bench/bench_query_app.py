@@ -65,10 +65,10 @@ def cli_run(bundle: Path, question: str, threads: int, max_tokens: int) -> dict:
 
 
 class Server:
-    def __init__(self, bundle: Path, threads: int, queue: int):
+    def __init__(self, bundle: Path, threads: int, queue: int, queue_timeout: float):
         self.process = subprocess.Popen(
             runtime_command(bundle, "serve", "--port", "0", "--threads", str(threads), "--queue", str(queue),
-                            "--max-tokens-cap", "4096"),
+                            "--queue-timeout", str(queue_timeout), "--max-tokens-cap", "4096"),
             cwd=ROOT, stderr=subprocess.PIPE, text=True)
         for line in self.process.stderr:
             found = re.search(r"serving http://([\d.]+):(\d+)/", line)
@@ -117,6 +117,8 @@ class Server:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
@@ -127,7 +129,11 @@ def load_round(server: Server, clients: int, max_tokens: int) -> list[dict]:
 
     def one(i: int) -> None:
         barrier.wait()
-        results[i] = server.stream(QUESTIONS[i % len(QUESTIONS)], max_tokens)
+        started = time.perf_counter()
+        try:
+            results[i] = server.stream(QUESTIONS[i % len(QUESTIONS)], max_tokens)
+        except OSError as exc:
+            results[i] = {"status": type(exc).__name__, "total": time.perf_counter() - started}
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
@@ -147,14 +153,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3, help="passes over the questions for CLI and server")
+    parser.add_argument("--load-tokens", type=int, default=32, help="new tokens per request in the load rounds")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-query-", dir=ROOT / ".cache") as tmp:
         bundle = args.bundle or staged_default_bundle(Path(tmp))
         print(f"bundle: {bundle}  threads {args.threads}  max tokens {args.max_tokens}  "
               f"{len(QUESTIONS)} questions x {args.runs} runs, greedy")
 
-        server = Server(bundle, args.threads, queue=32)
+        server = Server(bundle, args.threads, queue=32, queue_timeout=3600)
         try:
             server.stream(QUESTIONS[0], 8)  # warm-up: first-call costs are not what is compared
             cli, served = [], []
@@ -174,10 +182,11 @@ def main() -> int:
                   f"decode {med(served, 'tps') / med(cli, 'tps'):.2f}x")
             print(f"CLI process wall time per question (start, load, answer), median: {med(cli, 'wall'):.2f} s")
 
-            print("\n| clients | answered | total s | throughput tok/s | latency p50 s | latency p95 s | TTFT p50 s | TTFT p95 s |")
+            print(f"\nload: C clients at once, {args.load_tokens} new tokens each, one shared model")
+            print("| clients | answered | total s | throughput tok/s | latency p50 s | latency p95 s | TTFT p50 s | TTFT p95 s |")
             print("|---|---|---|---|---|---|---|---|")
             for clients in (1, 2, 4, 8):
-                rows = load_round(server, clients, args.max_tokens)
+                rows = load_round(server, clients, args.load_tokens)
                 ok = [r for r in rows if r["status"] == 200]
                 latency = [r["total"] for r in ok]
                 ttft = [r["ttft"] for r in ok]
@@ -187,14 +196,15 @@ def main() -> int:
         finally:
             server.stop()
 
-        small = Server(bundle, args.threads, queue=4)
+        small = Server(bundle, args.threads, queue=4, queue_timeout=3600)
         try:
             rows = load_round(small, 16, 32)
             statuses = [r["status"] for r in rows]
             refused = [r["total"] for r in rows if r["status"] != 200]
+            others = [s for s in statuses if s not in (200, 429, 503)]
             print(f"\noverload: 16 clients at once, --queue 4, 32 tokens each: "
                   f"{statuses.count(200)} answered, {statuses.count(429)} refused 429, "
-                  f"{statuses.count(503)} refused 503, others {len(statuses) - statuses.count(200) - statuses.count(429) - statuses.count(503)}; "
+                  f"{statuses.count(503)} refused 503, other outcomes {others}; "
                   f"refusals took at most {max(refused, default=0) * 1000:.0f} ms; all done in {rows[0]['round_s']:.2f} s")
         finally:
             small.stop()

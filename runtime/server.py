@@ -67,6 +67,9 @@ class QueryServer(ThreadingHTTPServer):
     """Serves one Assistant; generations are serialised through a bounded ModelQueue."""
 
     daemon_threads = True
+    # listen() backlog: the default 5 resets connections when a burst of clients arrives at once;
+    # they should get an answer or a clean 429 instead.
+    request_queue_size = 128
 
     def __init__(self, assistant, config: ServerConfig, model_id: str, generation_defaults):
         self.assistant = assistant

@@ -195,6 +195,31 @@ def test_full_queue_answers_429_and_a_waiting_request_is_served_when_the_model_f
         assert waited[0][0] == 200 and json.loads(waited[0][2])["choices"]
 
 
+def test_burst_of_clients_is_answered_or_refused_cleanly_never_reset(query_assistant):
+    with running_server(query_assistant, queue_size=3, queue_timeout_s=300) as server:
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+        statuses: list = []
+        barrier = threading.Barrier(16)
+
+        def one() -> None:
+            barrier.wait()
+            try:
+                statuses.append(raw(server, "POST", "/v1/chat/completions", body)[0])
+            except OSError as exc:
+                statuses.append(repr(exc))
+
+        with server.queue.turn():
+            threads = [threading.Thread(target=one) for _ in range(16)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 120
+            while len(statuses) < 16 - 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        for t in threads:
+            t.join(timeout=300)
+        assert sorted(statuses, key=str) == [200] * 3 + [429] * 13
+
+
 def test_request_waiting_past_the_queue_timeout_gets_503(query_assistant):
     with running_server(query_assistant, queue_size=4, queue_timeout_s=0.2) as server:
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()

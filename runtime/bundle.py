@@ -26,6 +26,16 @@ _FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
 _ORT_HAS_FOLDER_OPTION = tuple(int(part) for part in ort.__version__.split(".")[:2]) >= (1, 20)
 
 
+def _set_config_entry(options: ort.SessionOptions, key: str, value: str) -> None:
+    """Set a session option once: options shared by several sessions would warn on every repeat."""
+    try:
+        if options.get_session_config_entry(key) == value:
+            return
+    except RuntimeError:
+        pass
+    options.add_session_config_entry(key, value)
+
+
 class BundleError(Exception):
     """The bundle cannot be used; the message names the file and the problem."""
 
@@ -172,7 +182,7 @@ class FileBundle(Bundle):
         try:
             if _ORT_HAS_FOLDER_OPTION:
                 # newer onnxruntime refuses absolute locations but resolves them in a given folder
-                options.add_session_config_entry(_FOLDER_OPTION, str(self.path.resolve().parent))
+                _set_config_entry(options, _FOLDER_OPTION, str(self.path.resolve().parent))
                 location = padded_location(self.path.name)
             else:
                 # older ones resolve a location from bytes against the working folder, absolute paths allowed

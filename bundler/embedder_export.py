@@ -6,6 +6,7 @@ export takes most of a minute and its result never changes for the same inputs.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -79,7 +80,12 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
         progress("export embedder", 1, 2)
         final = work / "final"
         final.mkdir()
-        quantize_dynamic(work / "fp32" / "model.onnx", final / "model.onnx", weight_type=QuantType.QInt8, per_channel=True)
+        # quantize_dynamic logs advice on the root logger, which would print from library code
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(work / "fp32" / "model.onnx", final / "model.onnx", weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(logging.NOTSET)
         tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
         tokenizer.enable_truncation(MAX_LENGTH)
         tokenizer.no_padding()

@@ -52,7 +52,11 @@ def find_documents(docs_dir: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES)
                 continue
             path = Path(folder) / name
             relative = path.relative_to(root).as_posix()
-            target = path.resolve()
+            try:
+                target = path.resolve()
+            except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a symlink loop
+                skipped.append(SkippedFile(relative, "symlink loop"))
+                continue
             if root not in target.parents:
                 skipped.append(SkippedFile(relative, "symlink to a file outside the documents folder"))
             elif not target.is_file():

@@ -109,7 +109,9 @@ class Assistant:
         started = time.perf_counter()
         hits = self.search(question, k=k, mode=mode) if use_documents and k > 0 else []
         retrieval_s = time.perf_counter() - started
-        budget = self.decoder.max_length - config.max_new_tokens
+        # The answer's room is what it asks for, but at most half the window: a long --max-tokens
+        # should not starve the passages; generation then simply stops at the window's end.
+        budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)
         prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions)
         prompt_ids = self.tokenizer.encode_chat(prompt.messages)
         stop_ids = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids

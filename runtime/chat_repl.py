@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TextIO
 
+from runtime.generation import GenerationConfig
 from runtime.prompt import ContextOverflow
 
 HELP = """commands:
@@ -23,7 +24,7 @@ class AskOptions:
     k: int = 4
     mode: Optional[str] = None
     use_documents: bool = True
-    config: object = None               # runtime.generation.GenerationConfig
+    config: Optional[GenerationConfig] = None
     stop: list[str] = field(default_factory=list)
 
 
@@ -90,23 +91,27 @@ class ChatRepl:
 
     def _answer(self, question: str) -> None:
         options = self.options
+        answer = None
         try:
             answer = self.assistant.ask(question, k=options.k, mode=options.mode, config=options.config,
                                         history=self.history, use_documents=options.use_documents,
                                         stop=options.stop)
-        except ContextOverflow as exc:
-            self._say(f"error: {exc}")
-            return
-        try:
             for delta in answer:
                 self.out.write(delta)
                 self.out.flush()
+        except ContextOverflow as exc:
+            self._say(f"error: {exc}")
+            return
         except KeyboardInterrupt:
-            answer.close()
+            if answer is not None:
+                answer.close()
             # A cut-off answer is left out of the history: the model should not build on it.
             self._say("\n(stopped)")
             return
         self.out.write("\n")
+        if answer.prompt.dropped_turns:
+            self._say(f"(the {answer.prompt.dropped_turns} oldest messages no longer fit the context window "
+                      "and were left out)")
         self.last_sources = list(answer.sources)
         cited = answer.cited
         if cited:

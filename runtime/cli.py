@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from runtime.bundle import Bundle, BundleError
+from runtime.network_guard import install_network_guard
+from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
 
 PROG = "bundle"
@@ -83,10 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.add_argument("--licenses", action="store_true",
+                      help="list the model's licence and every Python package inside with version and licence")
+
+    add_verify_parser(commands)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    install_network_guard()
     args = build_parser().parse_args(argv)
     if args.bundle is None:
         print("error: no bundle given (use --bundle PATH)", file=sys.stderr)
@@ -212,6 +219,9 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     if args.json:
         print(manifest.to_json())
         return 0
+    if args.licenses:
+        print("\n".join(license_lines(manifest)))
+        return 0
     model, index, build = manifest.model, manifest.index, manifest.build
     size = Path(bundle.path).stat().st_size if Path(bundle.path).is_file() else sum(e.size for e in manifest.entries)
     lines = [
@@ -235,4 +245,14 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve}
+def license_lines(manifest) -> list[str]:
+    lines = [f"model: {manifest.model.name}  licence: {manifest.model.license}", "packages:"]
+    if not manifest.licenses:
+        lines.append("  (none recorded: not a packaged executable)")
+    width = max((len(p.name) + len(p.version) for p in manifest.licenses), default=0) + 3
+    lines += [f"  {(p.name + ' ' + p.version).ljust(width)}{p.license}" for p in manifest.licenses]
+    return lines
+
+
+COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve,
+            "verify": run_verify}

@@ -1,6 +1,8 @@
 """Fixtures of the query app tests: a staged tiny-model bundle, its assistant, a running server."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT, BuildConfig, stage
+from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT
 
 STATION_DOCS = {
     "pumps/coolant-pump.md": (
@@ -34,14 +36,22 @@ SCREENSHOT = REPO_ROOT / ".cache" / "screenshots" / "web-page.png"
 
 
 @pytest.fixture(scope="session")
-def query_staging(tiny_llama_dir, tmp_path_factory) -> Path:
-    """A staging folder (tiny random Llama + three documents), opened directly by the runtime."""
+def query_staging(tiny_model_staging, tmp_path_factory) -> Path:
+    """A staging folder (tiny random Llama, int4, + an index of three documents), opened by the runtime."""
+    from bundler.index import build_index
+    from runtime.manifest import Manifest
+
     docs = tmp_path_factory.mktemp("query-docs")
     for name, text in STATION_DOCS.items():
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
         (docs / name).write_text(text)
-    staging = tmp_path_factory.mktemp("query-staging")
-    stage(BuildConfig(model=tiny_llama_dir, docs=docs, quantization="int4", cache_dir=DEFAULT_CACHE), staging)
+    staging = tmp_path_factory.mktemp("query") / "staging"
+    shutil.copytree(tiny_model_staging("int4"), staging)
+    index = build_index(docs, staging, DEFAULT_CACHE / "index")
+    manifest = Manifest.from_json((staging / "manifest.json").read_text())
+    manifest = dataclasses.replace(manifest, index=index.info)
+    manifest.model.name = MODEL_ID
+    (staging / "manifest.json").write_text(manifest.to_json())
     return staging
 
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,48 +9,7 @@ from pathlib import Path
 import pytest
 
 from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT, BuildConfig, build
-
-STATION_DOCS = {
-    "pumps/coolant-pump.md": (
-        "# Coolant pump P-7\n\n"
-        "The coolant pump P-7 is primed by opening bleed valve V12 for thirty seconds\n"
-        "while the pump runs at idle speed. Close V12 when coolant flows without bubbles.\n"
-    ),
-    "power/solar-array.txt": (
-        "Solar array maintenance\n\n"
-        "Clean the solar array panels every ninety days with deionised water.\n"
-        "Never clean panels while the array is connected to the battery bus.\n"
-    ),
-    "radio/antenna.md": (
-        "# Antenna alignment\n\n"
-        "Point the high-gain antenna at azimuth 212 degrees before the evening pass.\n"
-    ),
-}
-
-
-def write_docs(root: Path) -> Path:
-    for name, text in STATION_DOCS.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
-
-
-def run_offline(executable: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the executable with an empty environment, in a network namespace with only loopback."""
-    command = ["env", "-i", str(executable), *args]
-    if shutil.which("unshare") and os.geteuid() == 0:
-        command = ["unshare", "-n", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh", *command]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="session")
-def tiny_station_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
-    docs = write_docs(tmp_path_factory.mktemp("station-docs"))
-    out = tmp_path_factory.mktemp("dist") / "station"
-    result = build(BuildConfig(model=tiny_llama_dir, docs=docs, output=out, quantization="int4",
-                               cache_dir=DEFAULT_CACHE))
-    return result.executable
+from tests.fixtures_station import STATION_DOCS, run_offline, write_docs
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +41,8 @@ def test_executable_info_describes_model_and_documents(tiny_station_bundle, tmp_
     done = run_offline(tiny_station_bundle, "info", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     manifest = json.loads(done.stdout)
-    assert manifest["model"]["quantization"] == "int4"
+    assert manifest["model"]["quantization"].startswith("int4")
+    assert manifest["model"]["quality"]["ratio"] <= 1.05
     assert manifest["index"]["documents"] == len(STATION_DOCS)
 
 
@@ -92,7 +50,7 @@ def test_default_bundle_answers_the_sample_question_with_its_source(default_bund
     done = run_offline(default_bundle, "ask", "How do I create a virtual environment?", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert "venv" in result["answer"]
+    assert "virtual environment" in result["answer"].lower()
     assert any(s["citation"].startswith("tutorial/venv.txt:") for s in result["sources"]), result["sources"]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 from pypdf import PdfReader
 from pypdf.errors import PdfReadError
@@ -10,9 +11,36 @@ from bundler.formats.blocks import Block, BlockWriter, SkipFile
 from bundler.formats.text_decoding import numbered_lines
 
 
+class _ForwardWarnings(logging.Handler):
+    """pypdf reports recoverable damage through logging; it belongs in the build's warnings."""
+
+    def __init__(self, warn):
+        super().__init__(logging.WARNING)
+        self.warn = warn
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            self.warn(f"PDF: {message}")
+
+
 def parse_pdf(data: bytes, warn) -> list[Block]:
     if not data.lstrip().startswith(b"%PDF"):
         raise SkipFile("not a PDF file (no %PDF header)")
+    logger = logging.getLogger("pypdf")
+    handler = _ForwardWarnings(warn)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        return _parse(data)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _parse(data: bytes) -> list[Block]:
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):

@@ -1,0 +1,73 @@
+"""Hardening fixtures: the hostile corpus indexed once, a bare payload file to tamper with."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bundler.isolated_parse import ParseLimits
+
+# Generous for a 2-core CI machine shared with other jobs; a hang is cut here, not by the test.
+CORPUS_PARSE_LIMITS = ParseLimits(time_s=30.0, memory_bytes=1 << 30)
+
+
+@pytest.fixture(scope="session")
+def hostile_build(tmp_path_factory):
+    """(kinds, IndexResult, staging): the generated corpus indexed once (BM25 only: parsing is what is tested)."""
+    from bundler.index import build_index
+    from tests.hostile_corpus import generate
+
+    root = tmp_path_factory.mktemp("hostile")
+    kinds = generate(root / "docs")
+    result = build_index(root / "docs", root / "staging", root / "cache", modes=("bm25",), limits=CORPUS_PARSE_LIMITS)
+    return kinds, result, root / "staging"
+
+
+@pytest.fixture(scope="session")
+def bare_payload(synthetic_staging, tmp_path_factory) -> Path:
+    """A payload file without a stub (about 4 MB): the cheap subject of most tamper checks."""
+    from bundler.package import write_payload_file
+
+    return write_payload_file(synthetic_staging, tmp_path_factory.mktemp("payload") / "station.payload")
+
+
+def flip_byte(path: Path, offset: int, mask: int) -> int:
+    """XOR one byte in place; returns the original value."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        original = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([original ^ mask]))
+    return original
+
+
+def restore_byte(path: Path, offset: int, value: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(bytes([value]))
+
+
+def copy_to(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(path, folder / path.name))
+
+
+_CONNECT = re.compile(r"(connect|sendto|sendmsg)\((\d+), (\{.*?\}|NULL)")
+
+
+def outbound_connects(strace_log: str) -> list[str]:
+    """strace lines that address anything but loopback or a Unix socket."""
+    bad = []
+    for line in strace_log.splitlines():
+        match = _CONNECT.search(line)
+        if not match or match.group(3) == "NULL":
+            continue
+        address = match.group(3)
+        if "AF_UNIX" in address or "AF_NETLINK" in address or "AF_UNSPEC" in address:
+            continue
+        if 'inet_addr("127.' in address or 'inet_pton(AF_INET6, "::1"' in address:
+            continue
+        bad.append(line)
+    return bad

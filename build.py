@@ -20,13 +20,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bundler.errors import BuildError  # noqa: E402
-from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, QUANTIZATIONS, BuildConfig, build  # noqa: E402
+from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build  # noqa: E402
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+EPILOG = """examples:
+  build.py                                        default model, sample documents, this machine
+  build.py --docs ~/manuals -o dist/manuals       your documents
+  build.py --model model.gguf --quantization int8 --target raspberry-pi-5 --docs ~/manuals
+
+the executable it writes:
+  ask "question"     streamed answer citing file and lines     chat       a conversation
+  search "words"     the matching passages                      info       model, documents, build
+  serve              web page and OpenAI-compatible API on 127.0.0.1:8080
+  (run it with --help for every option)
+
+Progress bars go to stderr when it is a terminal; --json prints one object on stdout."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="build.py",
         description=__doc__,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", type=Path, default=None,
@@ -36,8 +51,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="folder of documents to index, searched recursively (default: examples/python-docs)")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="path of the executable to write (default: dist/<name of the docs folder>)")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="int4",
-                        help="weight format of the model: int4 block-wise (default), int8 weight-only, or fp32")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+                        help="weight format: gguf-exact (the GGUF's own Q4_0/Q4_1/Q8_0 blocks, not requantized; "
+                             "default for .gguf), int4 (block-wise MatMulNBits; default for float weights), "
+                             "int8 (weight-only; default for .gguf on targets without the fused graph) or fp32")
+    parser.add_argument("--graph", choices=GRAPHS, default=None,
+                        help="fused: ONNX Runtime contrib operators, fast (default where the target's "
+                             "onnxruntime has them); optimum: optimum's plain export, the reference")
+    parser.add_argument("--quality-text", type=Path, default=None, metavar="FILE",
+                        help="UTF-8 text on which the quality gate compares perplexities (default: a built-in sample)")
+    parser.add_argument("--max-ppl-ratio", type=float, default=1.05, metavar="RATIO",
+                        help="refuse the bundle when its perplexity exceeds the source model's by more than "
+                             "this ratio (default 1.05)")
     parser.add_argument("--target", default="host", help="target platform profile (default: this machine)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="where exported models, index parts and runtime stubs are kept between builds")
@@ -51,7 +76,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--ask", metavar="QUESTION", default=None,
                         help="after building, ask the new executable this question")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 class ProgressBars:
@@ -93,6 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wrote secret key {args.new_sign_key} (keep it private) and public key {public}")
         return 0
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
+                         graph=args.graph, quality_text=args.quality_text, max_ppl_ratio=args.max_ppl_ratio,
                          target=args.target, cache_dir=args.cache_dir, strict=args.strict,
                          sign_key=args.sign_key, runtime_stub=args.runtime_stub)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
@@ -109,6 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         print(json.dumps({
             "executable": str(exe), "bytes": exe.stat().st_size, "seconds": round(seconds, 2),
+            "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
             "skipped": result.skipped, "warnings": result.warnings,

@@ -29,6 +29,7 @@ import ir_measures  # noqa: E402
 from ir_measures import R, nDCG  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from bundler.chunking import ChunkingConfig  # noqa: E402
 from bundler.dense_scorer import write_scorer  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
@@ -37,7 +38,7 @@ from runtime import index_files  # noqa: E402
 from runtime.bundle import DirectoryBundle  # noqa: E402
 from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
 from bundler.index import DENSE_WEIGHT  # noqa: E402
-from runtime.dense_search import quantize_query, quantize_vectors  # noqa: E402
+from runtime.dense_search import quantize_vectors  # noqa: E402
 from runtime.manifest import IndexInfo  # noqa: E402
 from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
 from runtime.text_terms import ANALYZER  # noqa: E402
@@ -99,19 +100,22 @@ def write_manifest(staging: Path, info) -> None:
     (staging / "manifest.json").write_text(manifest.to_json())
 
 
-def percentiles(samples: list[float]) -> str:
-    ms = np.array(samples) * 1000
-    return f"p50 {np.percentile(ms, 50):6.2f} ms  p95 {np.percentile(ms, 95):6.2f} ms"
+def percentiles(samples: tuple[list[float], list[float]]) -> str:
+    wall, cpu = (np.array(s) * 1000 for s in samples)
+    return (f"p50 {np.percentile(wall, 50):6.2f} ms  p95 {np.percentile(wall, 95):6.2f} ms"
+            f"  (CPU time of all threads per query: p50 {np.percentile(cpu, 50):6.2f} ms)")
 
 
-def time_queries(retriever: Retriever, queries: list[str], mode: str, k: int = 10) -> list[float]:
+def time_queries(retriever: Retriever, queries: list[str], mode: str, k: int = 10) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds per query. On a shared machine the CPU time shows the work itself."""
     retriever.search(queries[0], k, mode)  # warm caches and the ONNX session
-    times = []
+    wall, cpu = [], []
     for query in queries:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         retriever.search(query, k, mode)
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def time_parts(retriever: Retriever, queries: list[str]) -> str:
@@ -124,25 +128,35 @@ def time_parts(retriever: Retriever, queries: list[str]) -> str:
         t1 = time.perf_counter()
         bm25 = retriever.bm25.scores(query)
         t2 = time.perf_counter()
-        query_u8, scale = quantize_query(vector)
-        scores = dense.scorer.run(None, {"query": query_u8, "vectors": dense.vectors, "scales": dense.scales})[0][0] * scale
+        scores = dense.score_vector(vector)
         t3 = time.perf_counter()
         fuse(bm25, scores, retriever.dense_weight, 10)
         t4 = time.perf_counter()
         for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             parts[name].append(seconds)
-    return "  p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
+    return f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
 
 
-def index_bytes(staging: Path) -> tuple[int, int]:
-    """(per-chunk data bytes, fixed bytes of the embedder model and tokenizer)."""
+def embedder_reference(retriever: Retriever, tokenizer: Tokenizer) -> tuple[float, float]:
+    """Throughput of the bare int8 embedder on chunk texts, batched as the build batches them."""
+    texts = sorted((retriever.chunks[i].text for i in range(0, len(retriever.chunks), 5)), key=len)
+    tokens = sum(len(e.ids) - 2 for e in tokenizer.encode_batch(texts))
+    start, cpu = time.perf_counter(), time.process_time()
+    for i in range(0, len(texts), 32):
+        retriever.dense.encoder.encode(texts[i : i + 32])
+    return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
+
+
+def index_bytes(staging: Path) -> tuple[dict[str, int], int]:
+    """(bytes of each per-chunk entry, fixed bytes of the embedder, its tokenizer and the settings).
+    The scorer graph counts as per-chunk: it holds the vectors."""
     fixed = {index_files.DENSE_MODEL, index_files.DENSE_TOKENIZER, index_files.SETTINGS}
-    data = sum(p.stat().st_size for p in (staging / "index").rglob("*") if p.is_file()
-               and p.relative_to(staging).as_posix() not in fixed)
+    data = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted((staging / "index").rglob("*"))
+            if p.is_file() and p.relative_to(staging).as_posix() not in fixed}
     return data, sum((staging / name).stat().st_size for name in fixed)
 
 
-def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[str]:
+def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking: ChunkingConfig) -> list[str]:
     docs, queries, qrels = cranfield(data)
     docs_dir = work / "cranfield"
     docs_dir.mkdir()
@@ -159,10 +173,10 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[s
     (build_cache / "embedder" / embedder.key).symlink_to(embedder.folder.resolve())
     staging = work / "staging"
     start, cpu = time.perf_counter(), time.process_time()
-    result = build_index(docs_dir, staging, build_cache)
+    result = build_index(docs_dir, staging, build_cache, chunking=chunking)
     build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
-    rebuild = build_index(docs_dir, staging, build_cache)
+    rebuild = build_index(docs_dir, staging, build_cache, chunking=chunking)
     rebuild_s = time.perf_counter() - start
     write_manifest(staging, result.info)
 
@@ -191,13 +205,18 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int) -> list[s
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {result.info.chunks} chunks, k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
     lines.append(time_parts(retriever, list(queries.values())))
+    reference = embedder_reference(retriever, tokenizer)
     data_bytes, fixed = index_bytes(staging)
     lines += [
         "",
         f"build (fresh cache): {build_s:.1f} s wall, {tokens / build_s:,.0f} document tokens/s "
         f"({build_cpu:.1f} CPU s; parsed {result.parsed}, embedded {result.chunks_embedded} chunks)",
+        f"  reference, the embedder alone on every 5th chunk: {reference[0]:,.0f} tokens/s wall, {reference[1]:,.0f} per CPU s; "
+        f"build per CPU s: {tokens / build_cpu:,.0f} ({tokens / build_cpu / reference[1]:.2f}x the embedder alone)",
         f"rebuild, nothing changed: {rebuild_s:.1f} s (parsed {rebuild.parsed}, embedded {rebuild.chunks_embedded} chunks)",
-        f"index bytes per chunk: {data_bytes / result.info.chunks:,.0f} (plus {fixed / 1e6:.1f} MB embedder model + tokenizer, once)",
+        f"index bytes per chunk: {sum(data_bytes.values()) / result.info.chunks:,.0f} "
+        f"(plus {fixed / 1e6:.1f} MB embedder model + tokenizer, once): "
+        + ", ".join(f"{name.removeprefix('index/')} {size / result.info.chunks:,.0f}" for name, size in data_bytes.items()),
     ]
     return lines
 
@@ -226,9 +245,7 @@ def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: i
     vectors = rng.standard_normal((chunks, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     quantized, scales = quantize_vectors(vectors)
-    np.save(staging / index_files.DENSE_VECTORS, quantized)
-    np.save(staging / index_files.DENSE_SCALES, scales)
-    write_scorer(staging / index_files.DENSE_SCORER, vectors.shape[1])
+    write_scorer(staging / index_files.DENSE_SCORER, quantized, scales)
     embedder = export_embedder(cache)
     shutil.copyfile(embedder.model, staging / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, staging / index_files.DENSE_TOKENIZER)
@@ -236,8 +253,9 @@ def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: i
                 "fusion": {"dense_weight": 0.65}}
     (staging / index_files.SETTINGS).write_text(json.dumps(settings))
     write_manifest(staging, IndexInfo(documents=chunks // 100, chunks=chunks, modes=["bm25", "dense", "hybrid"]))
+    start = time.perf_counter()
     retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
-    lines = [""]
+    lines = ["", f"open the synthetic index ({chunks} chunks): {time.perf_counter() - start:.2f} s"]
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {chunks} chunks (synthetic), k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
     lines.append(time_parts(retriever, list(queries.values())))
@@ -247,13 +265,16 @@ def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding cranfield/")
-    parser.add_argument("--cache", type=Path, default=ROOT / ".cache", help="builder cache (the exported embedder is reused)")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "build" / "index", help="builder cache (the exported embedder is reused)")
     parser.add_argument("--synthetic", type=int, default=100_000, help="chunks in the synthetic latency index (0: skip)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for query encoding")
+    parser.add_argument("--max-tokens", type=int, default=ChunkingConfig.max_tokens, help="chunk budget")
+    parser.add_argument("--overlap-tokens", type=int, default=ChunkingConfig.overlap_tokens, help="chunk overlap")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
-        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads):
+        chunking = ChunkingConfig(args.max_tokens, args.overlap_tokens)
+        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads, chunking):
             print(line, flush=True)
         if args.synthetic:
             for line in bench_synthetic(args.data / "cranfield", args.cache, work, args.synthetic, args.threads):

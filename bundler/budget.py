@@ -13,8 +13,8 @@ from runtime.manifest import Manifest
 from targets import TargetProfile
 
 MB = 1024 * 1024
-# Python, onnxruntime, tokenizer and session arenas with a small model loaded, measured as the
-# stub's RSS minus its file-backed weights (bench/bench_startup.py), rounded up.
+# Python, numpy, onnxruntime and tokenizers with a session loaded (~70 MB RSS besides the weights,
+# bench/bench_startup.py) plus the ~130 MB the stub unpacks at start, which is RAM where /tmp is tmpfs.
 RUNTIME_OVERHEAD_BYTES = 200 * MB
 KV_BYTES_PER_VALUE = 4  # the exported graphs keep the KV cache in float32
 # Stored bytes per parameter for each weight format (block scales included), from the exported models.

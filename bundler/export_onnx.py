@@ -5,19 +5,17 @@ optimum exports the fp32 decoder (task text-generation-with-past: one graph taki
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 from bundler.errors import BuildError
 from bundler.gguf_convert import convert_gguf
 from bundler.model_source import ModelSource
 from bundler.progress import ProgressCallback, no_progress
+from bundler.silence import silence_third_party
 from bundler.quantize import QUANTIZATIONS, quantize
 from runtime.manifest import ModelInfo
 
@@ -26,29 +24,6 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 STEP = "export model"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keep the exporters' warnings and progress bars out of the builder's output."""
-    from transformers.utils import logging as hf_logging
-
-    loggers = [logging.getLogger(name) for name in ("optimum", "transformers", "torch.onnx", "onnxruntime")]
-    levels = [lg.level for lg in loggers]
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def save_onnx(model, path: Path) -> None:
@@ -77,7 +52,7 @@ def _count_parameters(hf_dir: Path) -> int:
     return total
 
 
-def _copy_tokenizer(hf_dir: Path, out_dir: Path, config: dict) -> None:
+def copy_tokenizer_files(hf_dir: Path, out_dir: Path, config: dict) -> None:
     for name in TOKENIZER_FILES:
         if not (hf_dir / name).is_file():
             raise BuildError(hf_dir, f"missing {name}")
@@ -134,7 +109,7 @@ def export_model(
         from optimum.exporters.onnx import main_export
 
         exported = work / "optimum"
-        with _quiet():
+        with silence_third_party():
             try:
                 main_export(
                     str(hf_dir),
@@ -147,7 +122,7 @@ def export_model(
                 raise BuildError(source.path, f"ONNX export failed: {exc}") from None
         progress(STEP, 2, 4)
         model = onnx.load(str(exported / MODEL_FILE), load_external_data=True)
-        with _quiet():
+        with silence_third_party():
             model = quantize(model, quantization)
         progress(STEP, 3, 4)
         staged = work / "model"
@@ -155,7 +130,7 @@ def export_model(
         save_onnx(model, staged / MODEL_FILE)
         del model
         config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-        _copy_tokenizer(hf_dir, staged, config)
+        copy_tokenizer_files(hf_dir, staged, config)
         info = model_info(source, hf_dir, quantization)
         if out_dir.exists():
             shutil.rmtree(out_dir)

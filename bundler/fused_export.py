@@ -61,9 +61,9 @@ def _write_tokenizer(source: ModelSource, model_dir: Path) -> None:
         check_tokenizer(source.path, vocab)
         write_tokenizer_files(vocab, model_dir)
     else:
-        from bundler.export_onnx import _copy_tokenizer
+        from bundler.export_onnx import copy_tokenizer_files
 
-        _copy_tokenizer(source.path, model_dir, json.loads((source.path / "config.json").read_text(encoding="utf-8")))
+        copy_tokenizer_files(source.path, model_dir, json.loads((source.path / "config.json").read_text(encoding="utf-8")))
 
 
 def save_model(model: onnx.ModelProto, model_dir: Path) -> None:

@@ -8,7 +8,7 @@ gate+up, SiLU, one for down. Inputs:
   total_sequence_length [] int32, logits_rows [1] int64 (trailing rows that need logits),
   past_key_values.{i}.key/value [1, kv_heads, max_length, head_dim] float32
 
-Outputs: logits [1, logits_rows, vocab], present.{i}.key/value (the same buffers when bound so).
+Outputs: logits [logits_rows, vocab], present.{i}.key/value (the same buffers when bound so).
 """
 from __future__ import annotations
 
@@ -95,7 +95,10 @@ def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) ->
         else:
             x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [hidden, residual, norm], 4,
                                        domain=MS, epsilon=spec.rms_eps)
+        # Hidden states are 2-D [S, hidden] (one sequence) so that the Q4_1 remainder is one
+        # Gemm; attention alone wants a batch axis.
         qkv = _linear(g, x, convert.fused([prefix + f"self_attn.{p}_proj.weight" for p in "qkv"]))
+        (qkv,) = g.node("Unsqueeze", [qkv, g.const("axis0", np.array([0], dtype=np.int64))])
         attn, _, _ = g.node(
             "GroupQueryAttention",
             [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
@@ -104,6 +107,7 @@ def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) ->
             domain=MS, num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
             do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5),
         )
+        (attn,) = g.node("Squeeze", [attn, g.const("axis0", np.array([0], dtype=np.int64))])
         attn = _linear(g, attn, convert.fused([prefix + "self_attn.o_proj.weight"]))
         norm = g.const("mlp_norm", weights.float(prefix + "post_attention_layernorm.weight"))
         x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [attn, residual, norm], 4,
@@ -123,7 +127,7 @@ def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) ->
                             domain=MS, epsilon=spec.rms_eps)
     (start,) = g.node("Neg", ["logits_rows"])
     end = g.const("end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
-    axis = g.const("axis", np.array([1], dtype=np.int64))
+    axis = g.const("axis", np.array([0], dtype=np.int64))
     (last,) = g.node("Slice", [final, start, end, axis])
     _lm_head(g, convert, spec, last)
     return _model(g, spec)
@@ -204,11 +208,10 @@ def _one_linear(g: _Graph, x: str, weight: Linear) -> str:
         return y
     # Q4_1 remainder: sum x over each block, times the per-block remainder of each output.
     blocks = weight.k // weight.block
-    shape = g.const("block_shape", np.array([1, -1, blocks, weight.block], dtype=np.int64))
+    shape = g.const("block_shape", np.array([-1, blocks, weight.block], dtype=np.int64))
     (xb,) = g.node("Reshape", [x, shape])
     (sums,) = g.node("ReduceSum", [xb, g.const("last_axis", np.array([-1], dtype=np.int64))], keepdims=0)
-    (extra,) = g.node("MatMul", [sums, g.const("w_rem", weight.remainder.T.copy())])
-    return g.node("Add", [y, extra])[0]
+    return g.node("Gemm", [sums, g.const("w_rem", weight.remainder.T.copy()), y])[0]
 
 
 def _embedding_weight(convert: _Converter) -> Linear:
@@ -229,15 +232,16 @@ def _embedding_weight(convert: _Converter) -> Linear:
 def _embedding(g: _Graph, convert: _Converter, spec: LlamaSpec) -> str:
     weight = _embedding_weight(convert)
     convert.embedding = weight
+    shape = g.const("hidden_shape", np.array([-1, spec.hidden_size], dtype=np.int64))
     if isinstance(weight, np.ndarray):
         convert.embedding_name = g.const("embed", weight)
-        return g.node("Gather", [convert.embedding_name, "input_ids"], axis=0)[0]
-    blocks = weight.k // weight.block
-    convert.embedding_name = g.const("embed_q", weight.packed)
-    scales = g.const("embed_scale", weight.scales.reshape(weight.n, blocks, 1))
-    (rows,) = g.node("GatherBlockQuantized", [convert.embedding_name, "input_ids", scales], domain=MS,
-                     gather_axis=0, quantize_axis=2, block_size=weight.block, bits=8)
-    shape = g.const("hidden_shape", np.array([1, -1, spec.hidden_size], dtype=np.int64))
+        (rows,) = g.node("Gather", [convert.embedding_name, "input_ids"], axis=0)
+    else:
+        blocks = weight.k // weight.block
+        convert.embedding_name = g.const("embed_q", weight.packed)
+        scales = g.const("embed_scale", weight.scales.reshape(weight.n, blocks, 1))
+        (rows,) = g.node("GatherBlockQuantized", [convert.embedding_name, "input_ids", scales], domain=MS,
+                         gather_axis=0, quantize_axis=2, block_size=weight.block, bits=8)
     return g.node("Reshape", [rows, shape])[0]
 
 
@@ -268,7 +272,7 @@ def _model(g: _Graph, spec: LlamaSpec) -> onnx.ModelProto:
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
         helper.make_tensor_value_info("logits_rows", TensorProto.INT64, [1]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "rows", spec.vocab_size])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", spec.vocab_size])]
     for layer in range(spec.num_layers):
         for part in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{part}", TensorProto.FLOAT, kv))
@@ -278,3 +282,18 @@ def _model(g: _Graph, spec: LlamaSpec) -> onnx.ModelProto:
                               producer_name="edgebundle")
     model.ir_version = 10
     return model
+
+
+def effective_weights(weights: LlamaWeights, plan: QuantizationPlan) -> LlamaWeights:
+    """The float weights the graph of `plan` represents (for checking it against PyTorch)."""
+    convert = _Converter(weights, plan)
+    tensors = {}
+    for name in weights.tensors:
+        if name == "model.embed_tokens.weight":
+            value = _embedding_weight(convert)
+        elif name.endswith("norm.weight"):
+            value = weights.float(name)
+        else:
+            value = convert.one(name)
+        tensors[name] = value.dequantize() if isinstance(value, NBitsWeight) else value
+    return LlamaWeights(weights.spec, tensors, weights.source, "effective")

@@ -6,13 +6,18 @@ reference BPE over the GGUF's own vocabulary.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 from bundler.errors import BuildError
-from bundler.gguf_tokenizer import GgufVocabulary, ReferenceBpe, build_tokenizer, read_vocabulary, write_tokenizer_files
+from bundler.gguf_tokenizer import GgufVocabulary, build_tokenizer, read_vocabulary, reference_tokenizer, write_tokenizer_files
+from bundler.silence import silence_third_party
 from bundler.progress import ProgressCallback, no_progress
 
 # Digits, punctuation, accents, CJK, emoji, whitespace runs, contractions, a control string as text.
@@ -27,10 +32,50 @@ def check_tokenizer(path: Path, vocab: GgufVocabulary, text: str = TOKENIZER_CHE
     tokenizer = build_tokenizer(vocab)
     tokenizer.encode_special_tokens = True
     built = tokenizer.encode(text, add_special_tokens=False).ids
-    expected = ReferenceBpe(vocab).encode(text)
+    expected = reference_tokenizer(vocab).encode(text)
     if built != expected:
         at = next((i for i, (a, b) in enumerate(zip(built, expected)) if a != b), min(len(built), len(expected)))
         raise BuildError(path, f"converted tokenizer disagrees with the GGUF vocabulary at token {at}")
+
+
+# Llama 3 rope parameters llama.cpp's converter could have baked into `rope_freqs.weight`; any set
+# that reproduces the stored factors gives the same rotary frequencies, hence the same model.
+_LLAMA3_ORIGINAL_CONTEXTS = (8192, 4096, 2048, 16384, 1024, 512, 256, 32768)
+_LLAMA3_FREQ_FACTORS = ((1.0, 4.0), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0), (0.5, 4.0))
+
+
+def llama3_rope_factors(theta: float, head_dim: int, scaling: dict) -> np.ndarray:
+    """Per-frequency divisors as llama.cpp's converter writes them for rope_type llama3."""
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    original = scaling["original_max_position_embeddings"]
+    low, high, factor = scaling["low_freq_factor"], scaling["high_freq_factor"], scaling["factor"]
+    wavelen = 2 * math.pi / freqs
+    smooth = (original / wavelen - low) / (high - low)
+    mixed = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < original / high, 1.0, np.where(wavelen > original / low, factor, mixed))
+
+
+def rope_scaling_from_gguf(path: Path, reader, theta: float, head_dim: int) -> Optional[dict]:
+    """The Hugging Face `rope_scaling` matching the GGUF's rope_freqs tensor (None when it has none).
+
+    transformers' GGUF loader ignores this tensor, which would silently change Llama 3.1+ models.
+    """
+    tensor = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if tensor is None:
+        return None
+    stored = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
+    for original in _LLAMA3_ORIGINAL_CONTEXTS:
+        for low, high in _LLAMA3_FREQ_FACTORS:
+            scaling = {
+                "rope_type": "llama3",
+                "factor": float(stored.max()),
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": original,
+            }
+            if np.allclose(llama3_rope_factors(theta, head_dim, scaling), stored, rtol=1e-5, atol=0):
+                return scaling
+    raise BuildError(path, "rope_freqs.weight matches no llama3 rope scaling this converter knows")
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no_progress) -> Path:
@@ -41,7 +86,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no
     from transformers import AutoModelForCausalLM
 
     progress("convert gguf", 0, 3)
-    vocab = read_vocabulary(gguf_path, gguf.GGUFReader(str(gguf_path)))
+    reader = gguf.GGUFReader(str(gguf_path))
+    vocab = read_vocabulary(gguf_path, reader)
     check_tokenizer(gguf_path, vocab)
     progress("convert gguf", 1, 3)
     out_dir = Path(out_dir)
@@ -49,12 +95,18 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no
     work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=torch.float32, local_files_only=True
-            )
+            with silence_third_party():
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
+                )
         except Exception as exc:  # transformers raises many kinds on files it cannot map
             raise BuildError(gguf_path, f"transformers cannot load the GGUF weights: {exc}") from None
         progress("convert gguf", 2, 3)
+        config = model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        scaling = rope_scaling_from_gguf(gguf_path, reader, config.rope_theta, head_dim)
+        if scaling is not None:
+            model.config.rope_scaling = scaling
         model.config.bos_token_id = vocab.bos_id
         model.config.eos_token_id = vocab.stop_ids[0] if len(vocab.stop_ids) == 1 else vocab.stop_ids
         model.config.pad_token_id = vocab.pad_id

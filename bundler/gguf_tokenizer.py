@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 import regex
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bundler.errors import BuildError
 
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
+SPM_SPACE = "\u2581"  # SentencePiece's visible space
 
 _GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3_PATTERN = (
@@ -58,8 +59,10 @@ PRE_TOKENIZER_RULES = {
 
 @dataclass
 class GgufVocabulary:
+    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     tokens: list[str]
     token_types: list[int]
+    scores: list[float]
     merges: list[str]
     pre: str
     bos_id: Optional[int]
@@ -70,6 +73,7 @@ class GgufVocabulary:
     add_bos: bool
     chat_template: Optional[str]
     context_length: int
+    add_space_prefix: bool = True
 
     @property
     def rule(self) -> PreTokenizerRule:
@@ -83,10 +87,10 @@ def _field(reader, key: str, default=None):
 
 def read_vocabulary(path: Path, reader) -> GgufVocabulary:
     model = _field(reader, "tokenizer.ggml.model")
-    if model != "gpt2":
-        raise BuildError(path, f"tokenizer model {model!r} is not supported (only byte-level BPE, 'gpt2')")
-    pre = _field(reader, "tokenizer.ggml.pre", "gpt-2")
-    if pre not in PRE_TOKENIZER_RULES:
+    if model not in ("gpt2", "llama"):
+        raise BuildError(path, f"tokenizer model {model!r} is not supported ('gpt2' byte-level BPE or 'llama' SentencePiece)")
+    pre = _field(reader, "tokenizer.ggml.pre", "gpt-2" if model == "gpt2" else "default")
+    if model == "gpt2" and pre not in PRE_TOKENIZER_RULES:
         raise BuildError(path, f"pre-tokenizer {pre!r} is not supported (supported: {', '.join(sorted(PRE_TOKENIZER_RULES))})")
     tokens = list(_field(reader, "tokenizer.ggml.tokens"))
     eos_id = _field(reader, "tokenizer.ggml.eos_token_id")
@@ -102,8 +106,10 @@ def read_vocabulary(path: Path, reader) -> GgufVocabulary:
     unk_id = _field(reader, "tokenizer.ggml.unknown_token_id")
     pad_id = _field(reader, "tokenizer.ggml.padding_token_id")
     return GgufVocabulary(
+        model=model,
         tokens=tokens,
         token_types=[int(t) for t in _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))],
+        scores=[float(x) for x in _field(reader, "tokenizer.ggml.scores", [0.0] * len(tokens))],
         merges=list(_field(reader, "tokenizer.ggml.merges", [])),
         pre=pre,
         bos_id=None if bos_id is None else int(bos_id),
@@ -111,14 +117,15 @@ def read_vocabulary(path: Path, reader) -> GgufVocabulary:
         stop_ids=stop_ids,
         unk_id=None if unk_id is None else int(unk_id),
         pad_id=None if pad_id is None else int(pad_id),
-        # llama.cpp's default for BPE vocabularies is no BOS unless the file says so
-        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+        # llama.cpp's defaults: BOS for SentencePiece vocabularies, none for BPE, unless the file says
+        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", model == "llama")),
+        add_space_prefix=bool(_field(reader, "tokenizer.ggml.add_space_prefix", model == "llama")),
         chat_template=_field(reader, "tokenizer.chat_template"),
         context_length=int(_field(reader, f"{architecture}.context_length", 2048)),
     )
 
 
-def build_tokenizer(vocab: GgufVocabulary) -> Tokenizer:
+def _bpe_tokenizer(vocab: GgufVocabulary) -> Tokenizer:
     bpe = models.BPE(
         vocab={token: i for i, token in enumerate(vocab.tokens)},
         merges=[tuple(m.split(" ", 1)) for m in vocab.merges],
@@ -127,6 +134,47 @@ def build_tokenizer(vocab: GgufVocabulary) -> Tokenizer:
     tokenizer = Tokenizer(bpe)
     tokenizer.pre_tokenizer = vocab.rule.hf_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def spm_merges(vocab: GgufVocabulary) -> list[tuple[str, str]]:
+    """SentencePiece scores as BPE merges: every split of a token into two tokens, best-scored token first.
+
+    A merge sequence ordered by the merged token's score reproduces SentencePiece's
+    highest-score-bigram-first segmentation (the same derivation transformers uses).
+    """
+    ids = {token: i for i, token in enumerate(vocab.tokens)}
+    merges = []
+    for token, score in zip(vocab.tokens, vocab.scores):
+        local = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in ids and token[k:] in ids]
+        local.sort(key=lambda pair: (ids[pair[0]], ids[pair[1]]))
+        merges.extend((score, left, right) for left, right in local)
+    merges.sort(key=lambda merge: -merge[0])
+    return [(left, right) for _, left, right in merges]
+
+
+def _spm_tokenizer(vocab: GgufVocabulary) -> Tokenizer:
+    unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
+    bpe = models.BPE(
+        vocab={token: i for i, token in enumerate(vocab.tokens)},
+        merges=spm_merges(vocab),
+        unk_token=unk,
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    tokenizer = Tokenizer(bpe)
+    steps = [normalizers.Replace(" ", SPM_SPACE)]
+    decode_steps = [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if vocab.add_space_prefix:
+        steps.insert(0, normalizers.Prepend(SPM_SPACE))
+        decode_steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.decoder = decoders.Sequence(decode_steps)
+    return tokenizer
+
+
+def build_tokenizer(vocab: GgufVocabulary) -> Tokenizer:
+    tokenizer = _bpe_tokenizer(vocab) if vocab.model == "gpt2" else _spm_tokenizer(vocab)
     added = []
     for token, kind in zip(vocab.tokens, vocab.token_types):
         if kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED):
@@ -144,7 +192,10 @@ def build_tokenizer(vocab: GgufVocabulary) -> Tokenizer:
 def write_tokenizer_files(vocab: GgufVocabulary, out_dir: Path) -> None:
     """tokenizer.json, tokenizer_config.json and generation_config.json in Hugging Face layout."""
     tokenizer = build_tokenizer(vocab)
-    name = lambda i: None if i is None else vocab.tokens[i]  # noqa: E731
+
+    def name(token_id: Optional[int]) -> Optional[str]:
+        return None if token_id is None else vocab.tokens[token_id]
+
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": name(vocab.bos_id),
@@ -223,3 +274,44 @@ class ReferenceBpe:
             word = "".join(table[b] for b in piece.encode("utf-8"))
             ids.extend(self.ids[symbol] for symbol in self._merge(word))
         return ids
+
+
+class ReferenceSpm:
+    """llama.cpp's SentencePiece tokenizer over the GGUF's tokens and scores, in plain Python (slow, for checks).
+
+    Adjacent symbols whose concatenation is a token merge, highest score first (leftmost on ties);
+    characters that are no token fall back to their <0xXX> byte tokens.
+    """
+
+    def __init__(self, vocab: GgufVocabulary):
+        self.ids = {token: i for i, token in enumerate(vocab.tokens)}
+        self.scores = vocab.scores
+        self.add_space_prefix = vocab.add_space_prefix
+
+    def encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        text = (" " + text if self.add_space_prefix else text).replace(" ", SPM_SPACE)
+        symbols = list(text)
+        while len(symbols) > 1:
+            best = None
+            for i in range(len(symbols) - 1):
+                merged = self.ids.get(symbols[i] + symbols[i + 1])
+                if merged is not None and (best is None or self.scores[merged] > best[0]):
+                    best = (self.scores[merged], i)
+            if best is None:
+                break
+            i = best[1]
+            symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+        ids = []
+        for symbol in symbols:
+            if symbol in self.ids:
+                ids.append(self.ids[symbol])
+            else:
+                ids.extend(self.ids[f"<0x{byte:02X}>"] for byte in symbol.encode("utf-8"))
+        return ids
+
+
+def reference_tokenizer(vocab: GgufVocabulary):
+    """The independent check implementation for this vocabulary's tokenizer model."""
+    return ReferenceBpe(vocab) if vocab.model == "gpt2" else ReferenceSpm(vocab)

@@ -57,10 +57,10 @@ class _Document:
     drafts: list[ChunkDraft]
 
 
-def index_text(chunk: ChunkDraft | Chunk) -> str:
+def index_text(chunk: Chunk) -> str:
     """What BM25 and the embedder read: the heading path gives a chunk its context."""
-    span = chunk.span if isinstance(chunk, ChunkDraft) else chunk.source
-    return f"{span.heading}\n{chunk.text}" if span.heading else chunk.text
+    heading = chunk.source.heading
+    return f"{heading}\n{chunk.text}" if heading else chunk.text
 
 
 def build_index(
@@ -80,6 +80,7 @@ def build_index(
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
         raise BuildError(None, f"index modes must be among bm25, dense (got {', '.join(modes) or 'none'})")
+    modes = tuple(m for m in ("bm25", "dense") if m in modes)
     sources, skipped = find_documents(docs_dir, max_file_bytes)
     result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=skipped)
     documents = _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result)
@@ -122,10 +123,11 @@ def build_index(
     return result
 
 
-def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig) -> str:
+def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max_file_bytes: int) -> str:
+    """Everything that shapes a document's chunks: its bytes, how they are parsed and cut."""
     digest = hashlib.sha256()
     recipe = {"parser": PARSER_VERSION, "suffix": suffix_of(source.relative), "gz": source.relative.lower().endswith(".gz"),
-              "chunking": dataclasses.asdict(chunking)}
+              "chunking": dataclasses.asdict(chunking), "max_file_bytes": max_file_bytes}
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     digest.update(data)
     return digest.hexdigest()
@@ -136,7 +138,7 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
     for done, source in enumerate(sources):
         progress("parse documents", done, len(sources))
         raw = source.path.read_bytes()
-        key = _document_key(source, raw, chunking)
+        key = _document_key(source, raw, chunking, max_file_bytes)
         cached = cache_dir / "documents" / key[:2] / f"{key}.json"
         if cached.is_file():
             entry = json.loads(cached.read_text(encoding="utf-8"))
@@ -188,8 +190,11 @@ def _write_chunks(chunks: list[Chunk], work: Path) -> None:
 
 def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     embedder = export_embedder(cache_dir, progress)
+    options = ort.SessionOptions()
+    # batches are long: spinning threads gain nothing and steal CPU from a shared builder machine
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     encoder = SentenceEncoder(
-        ort.InferenceSession(str(embedder.model), providers=["CPUExecutionProvider"]),
+        ort.InferenceSession(str(embedder.model), options, providers=["CPUExecutionProvider"]),
         Tokenizer.from_file(str(embedder.tokenizer)),
         embedder.max_length,
     )
@@ -220,9 +225,7 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     matrix = np.concatenate(vectors)
     quantized, scales = quantize_vectors(matrix)
     (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
-    np.save(work / index_files.DENSE_VECTORS, quantized)
-    np.save(work / index_files.DENSE_SCALES, scales)
-    write_scorer(work / index_files.DENSE_SCORER, matrix.shape[1])
+    write_scorer(work / index_files.DENSE_SCORER, quantized, scales)
     shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}

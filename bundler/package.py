@@ -5,7 +5,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
 
 from bundler.errors import BuildError
 from bundler.payload_writer import Signer, write_bundle
@@ -33,13 +33,15 @@ def package(
 ) -> Path:
     """Write `dest`: the target's runtime stub (cached, or `runtime_stub`) with the staging folder appended.
 
-    Checks the RAM budget first. `dest` is replaced in one step; a failed build leaves no file there.
+    Checks the RAM budget and the operators the target's onnxruntime has first. `dest` is replaced in one step; a failed build leaves no file there.
     """
     from bundler.budget import check_budget
+    from bundler.target_ops import check_operators
 
     staging_dir, dest = Path(staging_dir), Path(dest)
     manifest = _read_manifest(staging_dir)
     check_budget(staging_dir, manifest, target)
+    check_operators(staging_dir, target)
     if runtime_stub is not None:
         stub = Path(runtime_stub)
         check_stub_format(stub, target)
@@ -53,18 +55,8 @@ def package(
     manifest.stub_sha256 = _sha256(stub)
     manifest.licenses = stub_licenses(stub)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False)
-    try:
-        with handle:
-            write_bundle(handle, staging_dir, manifest, stub=stub, signer=signer, progress=progress)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o755)
-        os.replace(handle.name, dest)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-    return dest
+    return _write_atomically(dest, lambda out: write_bundle(out, staging_dir, manifest, stub=stub, signer=signer,
+                                                            progress=progress), mode=0o755)
 
 
 def write_payload_file(staging_dir: Path, dest: Path, signer: Optional[Signer] = None,
@@ -72,12 +64,19 @@ def write_payload_file(staging_dir: Path, dest: Path, signer: Optional[Signer] =
     """A bare payload file (no stub): what `python -m runtime --bundle FILE` and tests open."""
     staging_dir, dest = Path(staging_dir), Path(dest)
     manifest = _read_manifest(staging_dir)
+    return _write_atomically(dest, lambda out: write_bundle(out, staging_dir, manifest, signer=signer,
+                                                            progress=progress), mode=0o644)
+
+
+def _write_atomically(dest: Path, write: Callable[[BinaryIO], object], mode: int) -> Path:
+    """Write through a temp file in dest's folder, fsync, chmod, rename: never a half file at dest."""
     handle = tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False)
     try:
         with handle:
-            write_bundle(handle, staging_dir, manifest, signer=signer, progress=progress)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, mode)
         os.replace(handle.name, dest)
     except BaseException:
         os.unlink(handle.name)

@@ -18,14 +18,16 @@ from bundler import __version__
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback, no_progress
 from runtime.bundle import MANIFEST_NAME
-from runtime.manifest import BuildInfo, Manifest, ModelInfo, from_plain
+from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo, from_plain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "build"
-QUANTIZATIONS = ("int4", "int8", "fp32")
+QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
+GRAPHS = ("fused", "optimum")
 # The code a model export depends on: a change here invalidates cached exports, other changes do not.
-MODEL_CODE = ("model_source.py", "gguf_convert.py", "gguf_tokenizer.py", "export_onnx.py", "quantize.py")
+MODEL_CODE = ("model_source.py", "gguf_convert.py", "gguf_tokenizer.py", "gguf_reader.py", "llama_weights.py",
+              "block_quant.py", "export_onnx.py", "quantize.py", "fused_graph.py", "fused_export.py")
 
 
 @dataclass
@@ -35,7 +37,10 @@ class BuildConfig:
     model: Optional[Path] = None
     docs: Path = DEFAULT_DOCS
     output: Optional[Path] = None
-    quantization: str = "int4"
+    quantization: Optional[str] = None    # None: chosen by model_choice() from the source and the graph
+    graph: Optional[str] = None           # fused contrib-op graph, or optimum's plain export; None: by target
+    quality_text: Optional[Path] = None   # None: the built-in sample
+    max_ppl_ratio: float = 1.05
     target: str = "host"
     cache_dir: Path = DEFAULT_CACHE
     strict: bool = False
@@ -85,50 +90,107 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     from bundler.model_source import default_model_path, resolve_model
     from targets import load_target
 
-    if config.quantization not in QUANTIZATIONS:
+    if config.quantization is not None and config.quantization not in QUANTIZATIONS:
         raise BuildError(None, f"unknown quantization {config.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
+    if config.graph is not None and config.graph not in GRAPHS:
+        raise BuildError(None, f"unknown graph {config.graph!r} (choose from {', '.join(GRAPHS)})")
     target = load_target(config.target)
     source = resolve_model(config.model or default_model_path())
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
     index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
-    model_info, model_cached = _stage_model(source, config, staging / "model", progress)
-    manifest = Manifest(
-        model=model_info,
-        index=index.info,
-        build=BuildInfo(
-            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-            builder_version=__version__,
-            host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
-            python=platform.python_version(),
-        ),
-        target=target.name,
-    )
-    (staging / MANIFEST_NAME).write_text(manifest.to_json())
+    graph, quantization = model_choice(source, target, config)
+    model_info, model_cached = _stage_model(source, graph, quantization, config, staging, progress)
+    manifest = _write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
                        model_cached=model_cached)
 
 
-def _stage_model(source, config: BuildConfig, dest: Path, progress: ProgressCallback) -> tuple[ModelInfo, bool]:
-    """Export the model once per (source, quantization, exporter code); later builds copy the cached result."""
-    from bundler.export_onnx import export_model
+def model_choice(source, target, config: BuildConfig) -> tuple[str, str]:
+    """Graph and quantization: what the user asked for, else the best the target's runtime runs.
 
-    key = _digest([source.fingerprint(), config.quantization, _code_digest(MODEL_CODE)])
+    The fused graph needs contrib operators that old onnxruntime releases (the aarch64 glibc-2.31
+    targets) lack. Requantizing a GGUF's 4-bit blocks to int4 costs ~25% perplexity (FINDINGS), so
+    without the fused graph's exact transfer a GGUF source falls back to near-lossless int8.
+    """
+    from bundler.fused_export import default_quantization
+    from bundler.target_ops import runs_fused_graph
+
+    graph = config.graph or ("fused" if runs_fused_graph(target) else "optimum")
+    if config.quantization:
+        quantization = config.quantization
+    elif graph == "fused":
+        quantization = default_quantization(source)
+    else:
+        quantization = "int8" if source.kind == "gguf" else "int4"
+    if graph == "optimum" and quantization == "gguf-exact":
+        raise BuildError(None, "gguf-exact needs the fused graph (drop --graph optimum, or choose a target "
+                               "whose onnxruntime runs it)")
+    return graph, quantization
+
+
+def _stage_model(source, graph: str, quantization: str, config: BuildConfig, staging: Path,
+                 progress: ProgressCallback) -> tuple[ModelInfo, bool]:
+    """Export and gate the model once per (source, graph, quantization, exporter code, quality text).
+
+    Later builds copy the cached result and only re-apply the perplexity limit.
+    """
+    from bundler.export_onnx import export_model
+    from bundler.fused_export import build_fused_model
+    from bundler.quality_gate import DEFAULT_TEXT, check_quality, enforce_quality
+    from runtime.bundle import DirectoryBundle
+    from runtime.decoder import load_decoder
+
+    text = Path(config.quality_text or DEFAULT_TEXT)
+    try:
+        text_digest = hashlib.sha256(text.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BuildError(text, f"cannot read quality text ({exc.strerror})") from None
+    key = _digest([source.fingerprint(), graph, quantization, _code_digest(MODEL_CODE), text_digest])
     cached = config.cache_dir / "models" / key
     hit = (cached / "model_info.json").is_file()
     if not hit:
         cached.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cached.parent))
         try:
-            info = export_model(source, config.quantization, work, progress)
+            if graph == "fused":
+                info = build_fused_model(source, quantization, work, progress)
+            else:
+                info = export_model(source, quantization, work / "model", progress)
+            # The gate runs the model through the runtime's own decoder, as the bundle will.
+            _write_manifest(work, info, target_name="host")
+            progress("quality gate", 0, 1)
+            info.quality = check_quality(
+                work / "model", source.path, config.quality_text, max_ratio=float("inf"),
+                decoder_factory=lambda _, length: load_decoder(DirectoryBundle(work), max_length=length))
+            progress("quality gate", 1, 1)
             (work / "model_info.json").write_text(json.dumps(dataclasses.asdict(info)))
+            os.unlink(work / MANIFEST_NAME)
             shutil.rmtree(cached, ignore_errors=True)
             os.replace(work, cached)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(cached, dest, ignore=shutil.ignore_patterns("model_info.json"))
     info = from_plain(ModelInfo, json.loads((cached / "model_info.json").read_text()))
+    info.quality.max_ratio = config.max_ppl_ratio
+    enforce_quality(info.quality, source.path)
+    shutil.copytree(cached / "model", staging / "model")
     return info, hit
+
+
+def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Optional[IndexInfo] = None) -> Manifest:
+    manifest = Manifest(
+        model=model,
+        index=index or IndexInfo(documents=0, chunks=0),
+        build=BuildInfo(
+            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            builder_version=__version__,
+            host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
+            python=platform.python_version(),
+        ),
+        target=target_name,
+    )
+    (staging / MANIFEST_NAME).write_text(manifest.to_json())
+    return manifest
 
 
 def _digest(parts: list[str]) -> str:

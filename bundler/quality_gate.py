@@ -65,7 +65,12 @@ def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optio
     report = QualityReport(text=str(text_path) if text is not None else "built-in sample", tokens=len(ids),
                            source_ppl=round(source_ppl, 4), bundle_ppl=round(bundle_ppl, 4),
                            ratio=round(ratio, 4), max_ratio=max_ratio)
-    if not ratio <= max_ratio:
-        raise BuildError(model_dir, f"quality gate failed: perplexity {bundle_ppl:.3f} against the source's "
-                                    f"{source_ppl:.3f} (ratio {ratio:.3f} > {max_ratio})")
+    enforce_quality(report, model_dir)
     return report
+
+
+def enforce_quality(report: QualityReport, model_dir: str | Path) -> None:
+    """Refuse the model when its perplexity ratio exceeds the report's limit."""
+    if not report.ratio <= report.max_ratio:
+        raise BuildError(model_dir, f"quality gate failed: perplexity {report.bundle_ppl:.3f} against the "
+                                    f"source's {report.source_ppl:.3f} (ratio {report.ratio:.3f} > {report.max_ratio})")

@@ -24,7 +24,7 @@ def reference_model(weights: LlamaWeights):
         tie_word_embeddings=spec.tied_embeddings, attention_bias=False, mlp_bias=False,
     )
     model = LlamaForCausalLM(config).eval()
-    state = {name: torch.from_numpy(np.ascontiguousarray(weights.float(name))) for name in weights.tensors}
+    state = {name: torch.from_numpy(np.array(weights.float(name), dtype=np.float32)) for name in weights.tensors}
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed = {"lm_head.weight"} if spec.tied_embeddings else set()
     if set(missing) - allowed or unexpected:

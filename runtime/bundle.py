@@ -17,10 +17,23 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.manifest import Entry, Manifest
+from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, padded_location, read_layout
 from runtime.payload_coverage import CoverageError, check_uncovered_bytes
-from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, read_layout, self_location
 
 MANIFEST_NAME = "manifest.json"
+_FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
+# Absent from 1.19.2 (the newest for Python 3.9 on aarch64), present in 1.32.0: both are tested.
+_ORT_HAS_FOLDER_OPTION = tuple(int(part) for part in ort.__version__.split(".")[:2]) >= (1, 20)
+
+
+def _set_config_entry(options: ort.SessionOptions, key: str, value: str) -> None:
+    """Set a session option once: options shared by several sessions would warn on every repeat."""
+    try:
+        if options.get_session_config_entry(key) == value:
+            return
+    except RuntimeError:
+        pass
+    options.add_session_config_entry(key, value)
 
 
 class BundleError(Exception):
@@ -167,12 +180,15 @@ class FileBundle(Bundle):
         # that at this very file (whatever it is called now) lets onnxruntime mmap them in place.
         proto = bytes(self.read(name))
         try:
-            location = self_location(self.path.name)
+            if _ORT_HAS_FOLDER_OPTION:
+                # newer onnxruntime refuses absolute locations but resolves them in a given folder
+                _set_config_entry(options, _FOLDER_OPTION, str(self.path.resolve().parent))
+                location = padded_location(self.path.name)
+            else:
+                # older ones resolve a location from bytes against the working folder, absolute paths allowed
+                location = padded_location(str(self.path.resolve()))
         except PayloadFormatError as exc:
             raise BundleError(str(exc)) from None
-        options.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", str(self.path.resolve().parent)
-        )
         return ort.InferenceSession(
             proto.replace(SELF_PLACEHOLDER, location), sess_options=options, providers=["CPUExecutionProvider"]
         )

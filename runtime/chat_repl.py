@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TextIO
 
+from runtime.generation import GenerationConfig
 from runtime.prompt import ContextOverflow
 
 HELP = """commands:
@@ -23,7 +24,7 @@ class AskOptions:
     k: int = 4
     mode: Optional[str] = None
     use_documents: bool = True
-    config: object = None               # runtime.generation.GenerationConfig
+    config: Optional[GenerationConfig] = None
     stop: list[str] = field(default_factory=list)
 
 
@@ -108,6 +109,9 @@ class ChatRepl:
             self._say("\n(stopped)")
             return
         self.out.write("\n")
+        if answer.prompt.dropped_turns:
+            self._say(f"(the {answer.prompt.dropped_turns} oldest messages no longer fit the context window "
+                      "and were left out)")
         self.last_sources = list(answer.sources)
         cited = answer.cited
         if cited:

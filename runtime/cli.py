@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -188,6 +189,10 @@ def run_serve(bundle: Bundle, args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"serving {server.url}/ (web page) and {server.url}/v1 (OpenAI API); Ctrl-C stops", file=sys.stderr,
           flush=True)
+    # Stop on SIGINT and SIGTERM alike, even where the parent started us with SIGINT ignored
+    # (background jobs of a non-interactive shell, service managers).
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -92,7 +92,7 @@ class OptimumDecoder(Decoder):
 
     def reset(self) -> None:
         self.length = 0
-        self._past = [self._empty] * len(self._past_names)
+        self._past = [ort.OrtValue.ortvalue_from_numpy(self._empty)] * len(self._past_names)
 
     def forward(self, ids: list[int]) -> np.ndarray:
         count = len(ids)
@@ -102,16 +102,21 @@ class OptimumDecoder(Decoder):
             feed["attention_mask"] = np.ones((1, self.length + count), dtype=np.int64)
         if "position_ids" in self._names:
             feed["position_ids"] = np.arange(self.length, self.length + count, dtype=np.int64)[None, :]
+        feed = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in feed.items()}
         feed.update(zip(self._past_names, self._past))
-        logits, *present = self.session.run(self._outputs, feed)
+        # OrtValues in and out: the cache goes from one step to the next without copies into numpy
+        logits, *present = self.session.run_with_ort_values(self._outputs, feed)
         self._past = present
         self.length += count
-        return logits[0]
+        return logits.numpy()[0]
 
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
-        self._past = [p[:, :, :length] for p in self._past]
+        if length < self.length:
+            self._past = [
+                ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(p.numpy()[:, :, :length])) for p in self._past
+            ]
         self.length = length
 
 

@@ -85,4 +85,4 @@ class FusedDecoder(Decoder):
         binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(binding)
         self.length = total
-        return binding.get_outputs()[0].numpy()[0]
+        return binding.get_outputs()[0].numpy()

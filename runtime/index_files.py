@@ -12,6 +12,6 @@ BM25_WEIGHTS = "index/bm25/weights.npy"  # float32 [postings]: BM25 contribution
 
 DENSE_MODEL = "index/dense/model.onnx"          # sentence embedder, int8 weights
 DENSE_TOKENIZER = "index/dense/tokenizer.json"  # its Hugging Face tokenizers file
-DENSE_VECTORS = "index/dense/vectors.npy"       # int8 [dim, chunks]: unit vectors scaled by 63 / max |x|, transposed
-DENSE_SCALES = "index/dense/scales.npy"         # float32 [chunks]: multiply an int8 dot product back to cosine
-DENSE_SCORER = "index/dense/scorer.onnx"        # int8 query x int8 vectors -> scaled scores (one MatMulInteger)
+# int8 query x chunk vectors -> cosine scores (one MatMulInteger). Holds the vectors as constants:
+# int8 [dim, chunks], unit vectors scaled by 63 / max |x|, and float32 [chunks] scales back to cosine.
+DENSE_SCORER = "index/dense/scorer.onnx"

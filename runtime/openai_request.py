@@ -32,7 +32,6 @@ class ChatRequest:
     mode: str
     generation: Any                     # runtime.generation.GenerationConfig
     stop: list[str] = field(default_factory=list)
-    max_tokens_capped: bool = False
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -89,12 +88,9 @@ def parse_chat_request(body: Any, defaults, default_k: int, default_mode: str, m
         raise RequestError("the last message must come from the user", "messages")
 
     changes: dict[str, Any] = {}
-    capped = False
     for name in ("max_completion_tokens", "max_tokens"):
         if body.get(name) is not None:
-            wanted = _number(body, name, int, 1, 1 << 30)
-            capped = wanted > max_tokens_cap
-            changes["max_new_tokens"] = min(wanted, max_tokens_cap)
+            changes["max_new_tokens"] = min(_number(body, name, int, 1, 1 << 30), max_tokens_cap)
             break
     else:
         changes["max_new_tokens"] = min(defaults.max_new_tokens, max_tokens_cap)
@@ -133,7 +129,6 @@ def parse_chat_request(body: Any, defaults, default_k: int, default_mode: str, m
         mode=mode,
         generation=dataclasses.replace(defaults, **changes),
         stop=[s for s in stops if s],
-        max_tokens_capped=capped,
     )
 
 

@@ -17,7 +17,8 @@ A bundle file is an optional executable stub followed by the payload:
 
 ONNX models with external data are stored relocated: every tensor's `location` is SELF_PLACEHOLDER
 (a fixed-length string) and its `offset` is absolute in the bundle file, so the runtime points
-onnxruntime at the bundle file itself by swapping the placeholder for a same-length path.
+onnxruntime at the bundle file itself by swapping the placeholder for a same-length path
+(padded_location).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ FLAG_SIGNED = 1
 PYI_COOKIE = struct.Struct("!8sIIII64s")
 PYI_MAGIC = b"MEI\014\013\012\013\016"
 
-# Longer than any file name Linux allows (255 bytes) by two, so every name can be padded to it.
+# Longer than any file name Linux allows (255 bytes) by two, so every bare name can be padded to it.
 SELF_PLACEHOLDER = b"@edgebundle-self@".ljust(257, b"#")
 
 
@@ -102,15 +103,16 @@ def extended_cookie(cookie: bytes, cookie_offset: int, new_end: int) -> bytes:
     return PYI_COOKIE.pack(magic, new_length, toc_offset, toc_length, pyvers, pylib)
 
 
-def self_location(executable_name: str) -> bytes:
-    """SELF_PLACEHOLDER-sized relative path naming `executable_name` ("./" segments pad it)."""
-    name = executable_name.encode("utf-8")
-    pad = len(SELF_PLACEHOLDER) - len(name)
+def padded_location(path: str) -> bytes:
+    """`path` padded to the length of SELF_PLACEHOLDER with "./" segments (".//" for an odd pad)."""
+    raw = path.encode("utf-8")
+    pad = len(SELF_PLACEHOLDER) - len(raw)
     if pad < 0 or pad == 1:
-        raise PayloadFormatError(f"{executable_name}: file name too long to relocate model weights")
-    # an odd pad starts with ".//": one "./" plus a slash the path lookup ignores
-    prefix = b".//" + b"./" * ((pad - 3) // 2) if pad % 2 else b"./" * (pad // 2)
-    return prefix + name
+        raise PayloadFormatError(f"{path}: path too long to relocate model weights (move the file to a shorter path)")
+    prefix = b"./" * (pad // 2 - 1) + b".//" if pad % 2 else b"./" * (pad // 2)
+    if raw.startswith(b"/"):
+        return b"/" + prefix + raw[1:]
+    return prefix + raw
 
 
 def read_layout(handle: BinaryIO, file_size: int, name: str) -> PayloadLayout:

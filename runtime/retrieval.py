@@ -83,12 +83,12 @@ class ChunkStore:
 
 def top_k(scores: np.ndarray, k: int, positive_only: bool = False) -> np.ndarray:
     """Indices of the k highest scores, best first (ties by lower index)."""
-    candidates = np.flatnonzero(scores > 0) if positive_only else np.arange(len(scores))
-    if len(candidates) > k:
-        part = np.argpartition(-scores[candidates], k - 1)[:k]
-        candidates = candidates[part]
-    order = np.lexsort((candidates, -scores[candidates]))
-    return candidates[order]
+    chosen = np.flatnonzero(scores > 0) if positive_only else None
+    values = scores[chosen] if positive_only else scores
+    n = len(values)
+    part = np.argpartition(values, n - k)[n - k :] if n > k else np.arange(n)
+    best = part[np.lexsort((part, -values[part]))]
+    return best if chosen is None else chosen[best]
 
 
 def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,11 +98,12 @@ def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tu
     mostly zeros) puts the two score scales on a comparable footing.
     """
     depth = max(FUSION_CANDIDATES, k)
-    pool = np.union1d(top_k(bm25, depth, positive_only=True), top_k(dense, depth))
+    tops = (top_k(bm25, depth, positive_only=True), top_k(dense, depth))
+    pool = np.union1d(*tops)
     fused = np.zeros(len(pool), dtype=np.float64)
-    for scores, weight in ((bm25, 1.0 - dense_weight), (dense, dense_weight)):
-        head = scores[top_k(scores, FUSION_CANDIDATES)].astype(np.float64)
-        spread = head.std()
+    for scores, top, weight in ((bm25, tops[0], 1.0 - dense_weight), (dense, tops[1], dense_weight)):
+        head = scores[top[:FUSION_CANDIDATES]].astype(np.float64)
+        spread = head.std() if len(head) else 0.0
         if spread > 0:
             fused += weight * (scores[pool] - head.mean()) / spread
     best = top_k(fused, min(k, len(pool)))

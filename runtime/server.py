@@ -67,6 +67,9 @@ class QueryServer(ThreadingHTTPServer):
     """Serves one Assistant; generations are serialised through a bounded ModelQueue."""
 
     daemon_threads = True
+    # listen() backlog: the default 5 resets connections when a burst of clients arrives at once;
+    # they should get an answer or a clean 429 instead.
+    request_queue_size = 128
 
     def __init__(self, assistant, config: ServerConfig, model_id: str, generation_defaults):
         self.assistant = assistant
@@ -74,7 +77,7 @@ class QueryServer(ThreadingHTTPServer):
         self.model_id = model_id
         self.generation_defaults = generation_defaults
         self.queue = ModelQueue(config.queue_size, config.queue_timeout_s)
-        # Retrieval is fast; its own lock keeps searches from waiting behind a generation.
+        # Retrieval is fast and has its own lock, so searches never wait behind a generation.
         self.search_lock = threading.Lock()
         self.created = int(time.time())
         self.mode = config.mode or assistant.default_mode
@@ -91,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: QueryServer
     _streaming = False          # headers of an event stream are out: errors must go in-band
+    # Socket timeout: a client that stalls mid-request (or never reads its answer) frees its thread.
+    timeout = 60
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: library code never prints."""
@@ -223,10 +228,12 @@ class _Handler(BaseHTTPRequestHandler):
                                      server.assistant.retriever.modes, server.config.max_tokens_cap)
         try:
             with server.queue.turn():
-                answer = server.assistant.ask(request.question, k=request.k, mode=request.mode,
-                                              config=request.generation, history=request.history,
-                                              use_documents=request.k > 0, instructions=request.system,
-                                              stop=request.stop)
+                # ask() retrieves at once (under the retriever's lock) and generates lazily.
+                with server.search_lock:
+                    answer = server.assistant.ask(request.question, k=request.k, mode=request.mode,
+                                                  config=request.generation, history=request.history,
+                                                  use_documents=request.k > 0, instructions=request.system,
+                                                  stop=request.stop)
                 try:
                     if request.stream:
                         self._stream(request, answer)

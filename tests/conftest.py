@@ -1,1 +1,9 @@
-pytest_plugins = ["tests.fixtures_model", "tests.fixtures_retrieval", "tests.fixtures_packaging", "tests.fixtures_queryapp", "tests.fixtures_station", "tests.fixtures_hardening"]
+pytest_plugins = [
+    "tests.fixtures_model",
+    "tests.fixtures_retrieval",
+    "tests.fixtures_packaging",
+    "tests.fixtures_queryapp",
+    "tests.fixtures_fused",
+    "tests.fixtures_station",
+    "tests.fixtures_hardening",
+]

@@ -1,4 +1,4 @@
-"""Tiny Llama-3.2-shaped models for the fused room: an HF folder and a GGUF with exact blocks."""
+"""Fused-room fixtures: the model room's tiny Llama-3.2-shaped model also as a GGUF with exact blocks."""
 from __future__ import annotations
 
 import hashlib
@@ -12,15 +12,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "fused"
-TINY_CONFIG = {
-    "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-    "vocab_size": 320, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0, "max_position_embeddings": 2048, "tie_word_embeddings": True,
-    "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
-    "torch_dtype": "float32",
-}
 
 
 def _key(*parts) -> str:
@@ -28,34 +19,31 @@ def _key(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_tiny_hf(folder: Path, config: dict, seed: int = 0) -> Path:
-    import torch
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
-    with torch.no_grad():
-        # Random init gives near-uniform logits; larger weights make greedy choices decisive.
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.mul_(6.0)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if config.get("tie_word_embeddings"):
-        state.pop("lm_head.weight", None)
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's q/k row order (what its converter writes)."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path: Path, hf_folder: Path, types: dict[str, str]) -> Path:
-    """A GGUF of the tiny model; `types` maps a tensor-name fragment to its GGUF type (default F32)."""
+def _copy_tokenizer_metadata(writer, source: Path) -> None:
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    writer.add_tokenizer_model(field("tokenizer.ggml.model"))
+    writer.add_tokenizer_pre(field("tokenizer.ggml.pre"))
+    writer.add_token_list(field("tokenizer.ggml.tokens"))
+    writer.add_token_types(field("tokenizer.ggml.token_type"))
+    writer.add_token_merges(field("tokenizer.ggml.merges"))
+    writer.add_bos_token_id(field("tokenizer.ggml.bos_token_id"))
+    writer.add_eos_token_id(field("tokenizer.ggml.eos_token_id"))
+    writer.add_pad_token_id(field("tokenizer.ggml.padding_token_id"))
+    writer.add_add_bos_token(field("tokenizer.ggml.add_bos_token"))
+    writer.add_chat_template(field("tokenizer.chat_template"))
+
+
+def write_tiny_gguf(path: Path, hf_folder: Path, types: dict[str, str], tokenizer_gguf: Path) -> Path:
+    """A GGUF of a tiny HF model with `tokenizer_gguf`'s vocabulary; `types` maps a tensor-name
+    fragment to its GGUF type (default F32)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -70,11 +58,23 @@ def write_tiny_gguf(path: Path, hf_folder: Path, types: dict[str, str]) -> Path:
     writer.add_head_count_kv(config["num_key_value_heads"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_freq_base(config["rope_theta"])
+    _copy_tokenizer_metadata(writer, tokenizer_gguf)
+    if config.get("rope_scaling"):
+        # Llama 3 GGUFs carry their rope scaling as per-frequency divisors.
+        from bundler.llama_weights import LlamaSpec
+
+        spec = LlamaSpec(0, config["hidden_size"], 0, config["num_attention_heads"], 0,
+                         config["head_dim"], 0, 0.0, config["rope_theta"], 0, True)
+        plain = spec.inverse_frequencies()
+        spec.rope_scaling = config["rope_scaling"]
+        writer.add_tensor("rope_freqs.weight", (plain / spec.inverse_frequencies()).astype(np.float32))
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
     parts = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
     for name, value in state.items():
+        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue
         if name in names:
             gname = names[name]
         else:
@@ -105,18 +105,15 @@ GGUF_TYPES = {"token_embd": "Q8_0", "attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v"
 
 
 @pytest.fixture(scope="session")
-def tiny_hf_model() -> Path:
-    folder = CACHE / f"tiny-hf-{_key(TINY_CONFIG)}"
-    if not (folder / "config.json").is_file():
-        write_tiny_hf(folder, TINY_CONFIG)
-    return folder
+def tiny_gguf(tiny_llama_dir) -> Path:
+    """The model room's tiny Llama-3.2-shaped model as GGUF: Q4_0, Q4_1 and Q8_0 tensors, rope_freqs."""
+    from bundler.model_source import default_model_path
 
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_hf_model) -> Path:
-    path = CACHE / f"tiny-{_key(TINY_CONFIG, GGUF_TYPES)}.gguf"
+    digest = hashlib.sha256((tiny_llama_dir / "model.safetensors").read_bytes()).hexdigest()
+    path = CACHE / f"tiny-{_key(GGUF_TYPES, digest)}.gguf"
     if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        write_tiny_gguf(tmp, tiny_hf_model, GGUF_TYPES)
+        write_tiny_gguf(tmp, tiny_llama_dir, GGUF_TYPES, default_model_path())
         os.replace(tmp, path)
     return path

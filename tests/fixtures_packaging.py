@@ -1,17 +1,17 @@
 """Packaging fixtures: a small synthetic staging folder and the host runtime stub (built once, cached)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bundler.pipeline import DEFAULT_CACHE
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STUB_CACHE = REPO_ROOT / ".cache" / "stubs"
+STUB_CACHE = DEFAULT_CACHE / "stubs"
 EMBED_DIM = 256
 
 
@@ -91,5 +91,28 @@ def host_bundle(synthetic_staging, host_stub, tmp_path_factory) -> Path:
     return package(synthetic_staging, host_target(), dest, STUB_CACHE)
 
 
-def clean_env() -> dict:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+AARCH64_DOCS = {
+    "pumps/coolant-pump.md": (
+        "# Coolant pump P-7\n\n"
+        "The coolant pump P-7 is primed by opening bleed valve V12 for thirty seconds\n"
+        "while the pump runs at idle speed. Close V12 when coolant flows without bubbles.\n"
+    ),
+    "radio/antenna.md": "# Antenna alignment\n\nPoint the high-gain antenna at azimuth 212 degrees before the evening pass.\n",
+}
+
+
+@pytest.fixture(scope="session")
+def aarch64_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The tiny model and two documents, built for linux-aarch64 (stub from the emulated bullseye root).
+
+    The plain graph: the fused one needs GatherBlockQuantized, which onnxruntime 1.19.2 (the newest
+    for the target's Python 3.9) lacks; package() refuses that combination at build time."""
+    from bundler.pipeline import BuildConfig, build
+
+    docs = tmp_path_factory.mktemp("aarch64-docs")
+    for name, text in AARCH64_DOCS.items():
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(text)
+    out = tmp_path_factory.mktemp("aarch64-dist") / "station-arm64"
+    return build(BuildConfig(model=tiny_llama_dir, docs=docs, output=out, quantization="int4", graph="optimum",
+                             target="linux-aarch64", cache_dir=DEFAULT_CACHE)).executable

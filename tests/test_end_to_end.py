@@ -41,7 +41,8 @@ def test_executable_info_describes_model_and_documents(tiny_station_bundle, tmp_
     done = run_offline(tiny_station_bundle, "info", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     manifest = json.loads(done.stdout)
-    assert manifest["model"]["quantization"] == "int4"
+    assert manifest["model"]["quantization"].startswith("int4")
+    assert manifest["model"]["quality"]["ratio"] <= 1.05
     assert manifest["index"]["documents"] == len(STATION_DOCS)
 
 
@@ -49,7 +50,7 @@ def test_default_bundle_answers_the_sample_question_with_its_source(default_bund
     done = run_offline(default_bundle, "ask", "How do I create a virtual environment?", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert "venv" in result["answer"]
+    assert "virtual environment" in result["answer"].lower()
     assert any(s["citation"].startswith("tutorial/venv.txt:") for s in result["sources"]), result["sources"]
 
 

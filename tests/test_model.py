@@ -333,3 +333,85 @@ def test_default_model_resolves_to_the_packaged_gguf():
     source = resolve_model(default_model_path())
     assert source.kind == "gguf" and source.architecture == "llama"
     assert source.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# --- SentencePiece GGUF vocabularies (TinyLlama-style) ------------------------------------------
+
+SPM_TRAINING_TEXT = "the pump primes the valve then the pumps prime valves at 37.5 degrees, twice: it's done"
+SPM_SAMPLE_TEXT = "The pump primed valves twice at 37.5 degrees;  it's done\n\u6771\u4eac \U0001f680 caf\u00e9"
+
+
+def write_spm_gguf(path: Path) -> None:
+    """A toy SentencePiece vocabulary: byte tokens plus every piece (up to 6 chars) of the training words."""
+    import random
+
+    import gguf
+
+    rng = random.Random(0)
+    pieces = set()
+    for word in SPM_TRAINING_TEXT.split(" "):
+        word = "\u2581" + word
+        pieces.update(word[i:j] for i in range(len(word)) for j in range(i + 1, min(len(word), i + 6) + 1))
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + sorted(pieces)
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0] * 259 + [-rng.random() * 100 for _ in pieces]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(512)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores(scores)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_sentencepiece_gguf_tokenizer_gives_the_gguf_vocabulary_ids(tmp_path):
+    import gguf
+
+    from bundler.gguf_convert import check_tokenizer
+    from bundler.gguf_tokenizer import ReferenceSpm, read_vocabulary, write_tokenizer_files
+
+    path = tmp_path / "spm.gguf"
+    write_spm_gguf(path)
+    vocab = read_vocabulary(path, gguf.GGUFReader(str(path)))
+    assert vocab.model == "llama" and vocab.add_bos and vocab.add_space_prefix
+    check_tokenizer(path, vocab, SPM_SAMPLE_TEXT)
+    write_tokenizer_files(vocab, tmp_path)
+    tokenizer = ChatTokenizer.from_folder(tmp_path)
+    expected = ReferenceSpm(vocab).encode(SPM_SAMPLE_TEXT)
+    assert tokenizer.encode(SPM_SAMPLE_TEXT) == expected
+    assert tokenizer.decode(expected) == SPM_SAMPLE_TEXT
+    assert tokenizer.eos_token_ids == frozenset({2})
+
+
+def test_runtime_model_modules_import_no_builder_dependencies():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import runtime.tokenizer, runtime.decoder, runtime.generation; "
+        "heavy = {'torch', 'transformers', 'optimum', 'onnx', 'bundler', 'gguf'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_llama3_gguf_converts_to_the_same_model(tiny_llama_gguf, tiny_llama_dir, tiny_prompt, tiny_reference, tmp_path):
+    """q/k un-permuted, tied embeddings, and llama3 rope scaling recovered from rope_freqs."""
+    from bundler.gguf_convert import convert_gguf
+
+    source = resolve_model(tiny_llama_gguf)
+    assert source.kind == "gguf" and source.name == "tiny-llama-3.2-shaped"
+    converted = convert_gguf(tiny_llama_gguf, tmp_path / "hf")
+    config = json.loads((converted / "config.json").read_text())
+    assert config["rope_scaling"]["rope_type"] == "llama3"
+    assert config["tie_word_embeddings"] is True
+    assert ChatTokenizer.from_folder(converted).encode(PROMPT) == tiny_prompt
+    assert np.abs(torch_logits(converted, tiny_prompt) - tiny_reference).max() < 1e-5

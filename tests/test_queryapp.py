@@ -6,10 +6,15 @@ streaming, sources, stopping, reproducibility and errors, never on meaning.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
+import re
+import signal
 import socket
+import subprocess
 import sys
+import urllib.request
 import threading
 import time
 from pathlib import Path
@@ -188,6 +193,31 @@ def test_full_queue_answers_429_and_a_waiting_request_is_served_when_the_model_f
             assert json.loads(payload)["error"]["type"] == "rate_limit_exceeded"
         waiter.join(timeout=300)
         assert waited[0][0] == 200 and json.loads(waited[0][2])["choices"]
+
+
+def test_burst_of_clients_is_answered_or_refused_cleanly_never_reset(query_assistant):
+    with running_server(query_assistant, queue_size=3, queue_timeout_s=300) as server:
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+        statuses: list = []
+        barrier = threading.Barrier(16)
+
+        def one() -> None:
+            barrier.wait()
+            try:
+                statuses.append(raw(server, "POST", "/v1/chat/completions", body)[0])
+            except OSError as exc:
+                statuses.append(repr(exc))
+
+        with server.queue.turn():
+            threads = [threading.Thread(target=one) for _ in range(16)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 120
+            while len(statuses) < 16 - 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        for t in threads:
+            t.join(timeout=300)
+        assert sorted(statuses, key=str) == [200] * 3 + [429] * 13
 
 
 def test_request_waiting_past_the_queue_timeout_gets_503(query_assistant):
@@ -395,3 +425,51 @@ def test_stop_string_split_across_deltas_is_held_back_and_never_shown():
     assert "".join(shown) + stops.flush() == "abc ENxy "
     open_ended = StopStringFilter(["END"])
     assert open_ended.push("the E") == "the " and open_ended.flush() == "E"
+
+
+# -- the server inside the one-file executable --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def query_executable(query_staging, tmp_path_factory) -> Path:
+    from bundler.package import package
+    from bundler.pipeline import DEFAULT_CACHE
+    from targets import load_target
+
+    return package(query_staging, load_target("host"), tmp_path_factory.mktemp("query-exe") / "station",
+                   DEFAULT_CACHE / "stubs")
+
+
+def test_executable_serves_the_web_page_and_the_api(query_executable, tmp_path):
+    server = subprocess.Popen([str(query_executable), "serve", "--port", "0", "--threads", "1", "--ctx", "1024"],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True, env={"PATH": os.environ["PATH"]})
+    try:
+        lines = []
+        while not lines or "serving" not in lines[-1]:
+            lines.append(server.stderr.readline())
+            assert lines[-1], "".join(lines)
+        url = re.search(r"serving (http://127\.0\.0\.1:\d+)/", lines[-1])
+        page = urllib.request.urlopen(url.group(1) + "/", timeout=60).read().decode()
+        assert "<title>edgebundle</title>" in page and "text/event-stream" not in page
+        api = openai.OpenAI(base_url=url.group(1) + "/v1", api_key="unused", max_retries=0, timeout=120)
+        answer = api.chat.completions.create(model=MODEL_ID, max_tokens=4,
+                                             messages=[{"role": "user", "content": PUMP_QUESTION}])
+        assert answer.model_extra["sources"][0]["citation"].startswith("pumps/coolant-pump.md:")
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=60) == 0
+        server.stderr.close()
+
+
+def test_builder_help_explains_every_option():
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(repo / "build.py"), "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert done.returncode == 0
+    spec = importlib.util.spec_from_file_location("build_cli", repo / "build.py")
+    build_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_cli)
+    parser_help = {a.dest: a.help for a in build_cli.build_parser()._actions}
+    assert all(parser_help.values()), [dest for dest, text in parser_help.items() if not text]
+    for option in ("--model", "--docs", "--output", "--quantization", "--target", "--json", "--ask"):
+        assert option in done.stdout

@@ -19,7 +19,7 @@ from bundler.index import build_index
 from runtime.bundle import DirectoryBundle
 from runtime.manifest import BuildInfo, Manifest, ModelInfo
 from runtime.retrieval import Retriever, RetrievalError
-from tests.fixtures_retrieval import REPO, write_docx, write_pdf
+from tests.fixtures_retrieval import REPO, write_pdf
 
 STATION = {
     "pumps/coolant-pump.md": (
@@ -73,6 +73,15 @@ def test_markdown_chunk_keeps_heading_path_lines_and_exact_text(sample_formats):
     source = (sample_formats / "guide.md").read_text()
     assert source[chunk.span.char_start : chunk.span.char_end] == chunk.text
     assert chunk.span.cite() == "guide.md:5-7"
+
+
+def test_markdown_setext_titles_and_fenced_code(tmp_path):
+    path = tmp_path / "readme.md"
+    path.write_text("Station\n=======\n\nIntro.\n\nSetup\n-----\n\n```\n# not a heading\n```\n\nText\n---\n")
+    drafts = chunks_of(path, tmp_path)
+    code = find(drafts, "# not a heading")
+    assert code.span.heading == "Station > Setup" and (code.span.line_start, code.span.line_end) == (6, 11)
+    assert find(drafts, "Text").span.heading == "Station > Text"
 
 
 def test_plain_text_paragraphs_of_one_section_share_a_chunk_with_their_lines(sample_formats):
@@ -173,6 +182,18 @@ def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_
         retriever.search("anything", mode="dense")
 
 
+def test_search_options_limit_hits_and_bm25_needs_a_matching_term(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    result = build_index(docs, tmp_path / "staging", index_cache)
+    retriever = open_retriever(tmp_path / "staging", result.info)
+    assert retriever.search("zebra xylophone", k=3, mode="bm25") == []
+    hits = retriever.search("pump antenna solar", k=2, mode="hybrid")
+    assert [h.rank for h in hits] == [1, 2] and hits[0].score >= hits[1].score
+    assert len(retriever.search("pump", k=50, mode="dense")) == result.info.chunks
+    with pytest.raises(RetrievalError, match="'fuzzy' is not in this index"):
+        retriever.search("pump", mode="fuzzy")
+
+
 def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     staging = tmp_path / "staging"
@@ -189,20 +210,22 @@ def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cach
     assert hit.chunk.source.path == "power/solar-array.txt" and "fuses" in hit.chunk.text
 
 
-def test_index_is_plain_arrays_and_json_lines(tmp_path, index_cache):
+def test_index_is_plain_arrays_int8_vectors_and_json_lines(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     staging = tmp_path / "staging"
     build_index(docs, staging, index_cache)
     index_dir = staging / "index"
     names = sorted(p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file())
     assert names == ["bm25/doc_ids.npy", "bm25/indptr.npy", "bm25/vocab.json", "bm25/weights.npy", "chunk_offsets.npy",
-                     "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/scorer.onnx", "dense/tokenizer.json", "dense/vectors.npy",
-                     "index.json"]
+                     "chunks.jsonl", "dense/model.onnx", "dense/scorer.onnx", "dense/tokenizer.json", "index.json"]
     import numpy as np
+    import onnx
+    from onnx import numpy_helper
 
-    vectors = np.load(index_dir / "dense/vectors.npy", allow_pickle=False)
-    assert vectors.dtype == np.int8 and vectors.shape[0] == 384 and np.abs(vectors).max() <= 63
+    scorer = onnx.load(str(index_dir / "dense/scorer.onnx"))
+    vectors = {t.name: numpy_helper.to_array(t) for t in scorer.graph.initializer}["vectors"]
     records = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
+    assert vectors.dtype == np.int8 and vectors.shape == (384, len(records)) and np.abs(vectors).max() <= 63
     assert [r["id"] for r in records] == list(range(len(records)))
     assert [p.name for p in staging.iterdir()] == ["index"]  # no temp folder left
 

@@ -12,16 +12,16 @@ from bundler.formats.docx import parse_docx
 from bundler.formats.html import parse_html
 from bundler.formats.man_page import parse_man
 from bundler.formats.pdf import parse_pdf
-from bundler.formats.plain_text import parse_markdown, parse_rst, parse_txt
+from bundler.formats.plain_text import parse_markdown, parse_underlined
 
 Parser = Callable[[bytes, Callable[[str], None]], list[Block]]
 
 PARSERS: dict[str, Parser] = {
-    ".txt": parse_txt,
-    ".text": parse_txt,
+    ".txt": parse_underlined,
+    ".text": parse_underlined,
     ".md": parse_markdown,
     ".markdown": parse_markdown,
-    ".rst": parse_rst,
+    ".rst": parse_underlined,
     ".html": parse_html,
     ".htm": parse_html,
     ".pdf": parse_pdf,
@@ -30,7 +30,7 @@ PARSERS: dict[str, Parser] = {
 }
 
 # Bump when any parser's output changes, so cached parses are not reused.
-PARSER_VERSION = 1
+PARSER_VERSION = 3
 
 
 def parser_for(name: str) -> Parser | None:

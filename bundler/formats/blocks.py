@@ -33,6 +33,10 @@ class BlockWriter:
         self._span: list[int] = []  # line_start, line_end, char_start, char_end
 
     @property
+    def in_paragraph(self) -> bool:
+        return bool(self._parts)
+
+    @property
     def heading_path(self) -> str:
         return " > ".join(h for h in self._headings if h)
 

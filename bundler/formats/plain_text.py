@@ -8,25 +8,21 @@ from bundler.formats.text_decoding import decode_text, numbered_lines
 
 _ATX = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)\s*$")
 _RST_UNDERLINE = re.compile(r"^([=\-~^\"'`*+#:.])\1{2,}\s*$")
 
 
-def parse_txt(data: bytes, warn) -> list[Block]:
-    writer = BlockWriter()
-    for number, offset, line in numbered_lines(decode_text(data, warn)):
-        if line.strip():
-            writer.text(line, number, offset, offset + len(line))
-        else:
-            writer.end_paragraph()
-    writer.end_paragraph()
-    return writer.blocks
-
-
 def parse_markdown(data: bytes, warn) -> list[Block]:
+    """ATX (`## Title`) and setext (`Title` over `===`/`---`) headings; fenced code kept whole."""
+    lines = list(numbered_lines(decode_text(data, warn)))
     writer = BlockWriter()
     fence = None
-    for number, offset, line in numbered_lines(decode_text(data, warn)):
+    index = 0
+    while index < len(lines):
+        number, offset, line = lines[index]
         end = offset + len(line)
+        below = lines[index + 1][2] if index + 1 < len(lines) else ""
+        index += 1
         opener = _FENCE.match(line)
         if fence is not None:
             writer.text(line, number, offset, end)
@@ -39,8 +35,14 @@ def parse_markdown(data: bytes, warn) -> list[Block]:
             writer.text(line, number, offset, end)
             continue
         heading = _ATX.match(line)
+        setext = _SETEXT.match(below) if line.strip() and not writer.in_paragraph else None
         if heading:
             writer.heading(len(heading.group(1)), heading.group(2), number, number, offset, end, line)
+        elif setext:
+            underline = lines[index]
+            writer.heading(1 if setext.group(1)[0] == "=" else 2, line, number, underline[0], offset,
+                           underline[1] + len(underline[2]), f"{line}\n{underline[2]}")
+            index += 1
         elif line.strip():
             writer.text(line, number, offset, end)
         else:
@@ -49,9 +51,10 @@ def parse_markdown(data: bytes, warn) -> list[Block]:
     return writer.blocks
 
 
-def parse_rst(data: bytes, warn) -> list[Block]:
-    """Section titles are lines underlined (optionally overlined) by a punctuation run; levels
-    follow the order in which underline styles first appear, as docutils assigns them."""
+def parse_underlined(data: bytes, warn) -> list[Block]:
+    """reStructuredText, and plain text, which uses the same convention for titles: a line
+    underlined (optionally overlined) by a punctuation run at least as long. Levels follow the
+    order in which underline styles first appear, as docutils assigns them."""
     lines = list(numbered_lines(decode_text(data, warn)))
     styles: list[tuple[str, bool]] = []
     writer = BlockWriter()

@@ -63,6 +63,10 @@ def _describe(event: str, args: tuple) -> tuple[bool, str]:
             return True, f"{event} unix:{address!r}"
         host = address[0] if isinstance(address, tuple) and address else address
         return is_local_address(host), f"{event} {address!r}"
+    if event == "socket.gethostbyaddr":
+        # a reverse lookup asks DNS even for 127.0.0.1 where /etc/hosts does not say; callers such as
+        # socket.getfqdn treat the refusal (an OSError) as "no name" and go on
+        return False, f"{event} {args[0]!r}"
     host = args[0]
     if isinstance(host, (bytes, bytearray)):
         host = bytes(host).decode("ascii", "replace")

@@ -414,20 +414,19 @@ def test_byte_flips_in_an_executable_are_detected_including_stub_padding_and_coo
 
 
 def test_a_tampered_executable_refuses_to_start_or_to_verify_with_one_clear_line(host_bundle, tmp_path):
-    from tests.fixtures_packaging import clean_env
 
     subject = copy_to(host_bundle, tmp_path / "flipped")
     _, entries, manifest_at, trailer_at, _ = _regions(subject)
     # a flip inside the manifest: refused at start, whatever the command
     original = flip_byte(subject, (manifest_at + trailer_at) // 2, 0x01)
-    started = subprocess.run([str(subject), "info"], capture_output=True, text=True, env=clean_env(), timeout=300)
+    started = subprocess.run([str(subject), "info"], capture_output=True, text=True, env={}, timeout=300)
     assert started.returncode != 0
     assert started.stderr.strip().splitlines()[-1].startswith("error: ") and "altered" in started.stderr
     restore_byte(subject, (manifest_at + trailer_at) // 2, original)
     # a flip inside the model's weights: found by verify
     weights = max(entries, key=lambda e: e.size)
     flip_byte(subject, weights.offset + weights.size // 2, 0x10)
-    verified = subprocess.run([str(subject), "verify"], capture_output=True, text=True, env=clean_env(), timeout=300)
+    verified = subprocess.run([str(subject), "verify"], capture_output=True, text=True, env={}, timeout=300)
     assert verified.returncode != 0
     lines = verified.stderr.strip().splitlines()
     assert len(lines) == 1 and weights.name in lines[0] and "sha256" in lines[0], verified.stderr
@@ -435,7 +434,6 @@ def test_a_tampered_executable_refuses_to_start_or_to_verify_with_one_clear_line
 
 def test_truncations_at_random_points_are_refused_with_a_clear_message(bare_payload, host_bundle, tmp_path):
     from runtime.bundle import Bundle, BundleError
-    from tests.fixtures_packaging import clean_env
 
     data = bare_payload.read_bytes()
     rng = random.Random(11)
@@ -454,7 +452,7 @@ def test_truncations_at_random_points_are_refused_with_a_clear_message(bare_payl
         with open(host_bundle, "rb") as source, open(executable, "wb") as out:
             out.write(source.read(cut))
         executable.chmod(0o755)
-        done = subprocess.run([str(executable), "info"], capture_output=True, text=True, env=clean_env(), timeout=300)
+        done = subprocess.run([str(executable), "info"], capture_output=True, text=True, env={}, timeout=300)
         assert done.returncode != 0
         # a cut through the final cookie copy is refused by PyInstaller's bootloader before our code runs
         assert "truncated" in done.stderr or f"embedded PKG archive from the executable ({executable})" in done.stderr, \

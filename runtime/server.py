@@ -156,6 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             self._send_error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
             return None
+        except RecursionError:
+            self._send_error(400, "the request body nests JSON too deeply", "invalid_request_error")
+            return None
 
     # -- routes ---------------------------------------------------------------------------
 

@@ -29,6 +29,10 @@ from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
 from runtime.source_json import source_record
 
 
+# What _read_json returns once it has answered an unreadable body (JSON null is a body, not an error).
+UNREADABLE = object()
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -130,12 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _read_json(self) -> Any:
-        """The request body as JSON, or None after an error response has been sent."""
+        """The request body as JSON, or UNREADABLE after an error response has been sent."""
         length = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding") or length is None:
             self.close_connection = True
             self._send_error(411, "a Content-Length header is required", "invalid_request_error")
-            return None
+            return UNREADABLE
         try:
             size = int(length)
         except ValueError:
@@ -143,22 +147,22 @@ class _Handler(BaseHTTPRequestHandler):
         if size < 0:
             self.close_connection = True
             self._send_error(400, "bad Content-Length", "invalid_request_error")
-            return None
+            return UNREADABLE
         if size > self.server.config.max_body_bytes:
             # The body stays unread, so this connection cannot carry another request.
             self.close_connection = True
             self._send_error(413, f"request body of {size} bytes exceeds the limit of "
                              f"{self.server.config.max_body_bytes} bytes", "invalid_request_error")
-            return None
+            return UNREADABLE
         raw = self.rfile.read(size)
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             self._send_error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
-            return None
+            return UNREADABLE
         except RecursionError:
             self._send_error(400, "the request body nests JSON too deeply", "invalid_request_error")
-            return None
+            return UNREADABLE
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -197,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self._read_json()
-        if body is None:
+        if body is UNREADABLE:
             return
         try:
             if path == "/v1/search":

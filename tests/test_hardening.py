@@ -497,8 +497,6 @@ BAD_BODIES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=http.client.RemoteDisconnected,
-                   reason="known bug, open: one of BAD_BODIES makes the server drop the connection without a response")
 def test_malformed_json_wrong_types_and_huge_bodies_get_4xx_and_the_server_keeps_serving(query_server):
     statuses = Counter()
     for body in BAD_BODIES:

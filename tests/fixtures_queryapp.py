@@ -11,23 +11,8 @@ from typing import Iterator
 import pytest
 
 from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT
+from tests.fixtures_station import write_docs
 
-STATION_DOCS = {
-    "pumps/coolant-pump.md": (
-        "# Coolant pump P-7\n\n"
-        "The coolant pump P-7 is primed by opening bleed valve V12 for thirty seconds\n"
-        "while the pump runs at idle speed. Close V12 when coolant flows without bubbles.\n"
-    ),
-    "power/solar-array.txt": (
-        "Solar array maintenance\n\n"
-        "Clean the solar array panels every ninety days with deionised water.\n"
-        "Never clean panels while the array is connected to the battery bus.\n"
-    ),
-    "radio/antenna.md": (
-        "# Antenna alignment\n\n"
-        "Point the high-gain antenna at azimuth 212 degrees before the evening pass.\n"
-    ),
-}
 PUMP_QUESTION = "How is the coolant pump P-7 primed?"
 TEST_CTX = 1024
 MODEL_ID = "tiny-llama"
@@ -41,10 +26,7 @@ def query_staging(tiny_model_staging, tmp_path_factory) -> Path:
     from bundler.index import build_index
     from runtime.manifest import Manifest
 
-    docs = tmp_path_factory.mktemp("query-docs")
-    for name, text in STATION_DOCS.items():
-        (docs / name).parent.mkdir(parents=True, exist_ok=True)
-        (docs / name).write_text(text)
+    docs = write_docs(tmp_path_factory.mktemp("query-docs"))
     staging = tmp_path_factory.mktemp("query") / "staging"
     shutil.copytree(tiny_model_staging("int4"), staging)
     index = build_index(docs, staging, DEFAULT_CACHE / "index")

@@ -27,6 +27,13 @@ demo: setup
 test: setup system-packages
 	$(PY) -m pytest -q
 
+# Figures and ratios against references measured in the same run (not tests); llama-cpp-python compiles (~10 min).
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
-	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
+	$(PY) build.py
+	$(PY) bench/bench_fused.py
+	$(PY) bench/bench_model.py
+	$(PY) bench/bench_retrieval.py
+	$(PY) bench/bench_startup.py
+	$(PY) bench/bench_query_app.py
+	$(PY) bench/bench_hardening.py --bundle dist/python-docs

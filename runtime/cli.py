@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     install_network_guard()
+    # Ctrl-C must stop an answer even when a parent started us with SIGINT ignored
+    # (background jobs of a non-interactive shell, some service managers).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     if args.bundle is None:
         print("error: no bundle given (use --bundle PATH)", file=sys.stderr)
@@ -189,10 +192,8 @@ def run_serve(bundle: Bundle, args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"serving {server.url}/ (web page) and {server.url}/v1 (OpenAI API); Ctrl-C stops", file=sys.stderr,
           flush=True)
-    # Stop on SIGINT and SIGTERM alike, even where the parent started us with SIGINT ignored
-    # (background jobs of a non-interactive shell, service managers).
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.default_int_handler)
+    # A service manager stops us with SIGTERM: shut down as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

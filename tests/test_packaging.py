@@ -206,15 +206,21 @@ def test_unknown_target_is_refused_with_the_choices():
         load_target("vax")
 
 
-def test_budget_refuses_a_model_too_big_for_a_1gb_board(tmp_path):
-    staging = make_staging(tmp_path / "staging", weight_bytes=1 << 20)
+def staging_of_size(folder: Path, weight_bytes: int, **model) -> Path:
+    """A staging folder whose manifest describes `model` and whose weights file is `weight_bytes` long."""
+    staging = make_staging(folder, weight_bytes=1 << 20)
     manifest_path = staging / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["model"].update(parameters=1_500_000_000, quantization="int8", num_layers=28, num_kv_heads=8,
-                             head_dim=128, context_length=32768)
+    manifest["model"].update(model)
     manifest_path.write_text(json.dumps(manifest))
     with open(staging / "model" / "model.onnx.data", "r+b") as handle:
-        handle.truncate(1_600_000_000)  # sparse: the size counts, the disk stays free
+        handle.truncate(weight_bytes)  # sparse: the size counts, the disk stays free
+    return staging
+
+
+def test_budget_refuses_a_model_too_big_for_a_1gb_board(tmp_path):
+    staging = staging_of_size(tmp_path / "staging", 1_600_000_000, parameters=1_500_000_000, quantization="int8",
+                              num_layers=28, num_kv_heads=8, head_dim=128, context_length=32768)
     dest = tmp_path / "dist" / "station"
     with pytest.raises(BuildError) as caught:
         package(staging, load_target("arm-board-1gb"), dest, STUB_CACHE)
@@ -226,14 +232,8 @@ def test_budget_refuses_a_model_too_big_for_a_1gb_board(tmp_path):
 
 
 def test_budget_suggests_what_would_fit(tmp_path):
-    staging = make_staging(tmp_path / "staging", weight_bytes=1 << 20)
-    manifest_path = staging / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["model"].update(parameters=360_000_000, quantization="fp32", num_layers=16, num_kv_heads=5,
-                             head_dim=64, context_length=8192)
-    manifest_path.write_text(json.dumps(manifest))
-    with open(staging / "model" / "model.onnx.data", "r+b") as handle:
-        handle.truncate(360_000_000 * 4)
+    staging = staging_of_size(tmp_path / "staging", 360_000_000 * 4, parameters=360_000_000, quantization="fp32",
+                              num_layers=16, num_kv_heads=5, head_dim=64, context_length=8192)
     with pytest.raises(BuildError, match=r"would fit: --quantization int4 \(~240 MB weights\)"):
         package(staging, load_target("arm-board-1gb"), tmp_path / "station", STUB_CACHE)
 

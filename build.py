@@ -15,12 +15,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-# Everything below runs offline: never let a library reach for a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from bundler.errors import BuildError  # noqa: E402
-from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build  # noqa: E402
+# Importing bundler first turns off onnxruntime's telemetry and every model-hub lookup.
+from bundler.errors import BuildError
+from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build
 
 
 EPILOG = """examples:

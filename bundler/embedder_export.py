@@ -65,7 +65,6 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     if embedder.model.is_file() and embedder.tokenizer.is_file():
         return embedder
     progress("export embedder", 0, 2)
-    os.environ["HF_HUB_OFFLINE"] = "1"
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from optimum.exporters.onnx import main_export
     from tokenizers import Tokenizer

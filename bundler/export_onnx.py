@@ -95,7 +95,6 @@ def export_model(
     """Write model.onnx, model.onnx.data and tokenizer files into `out_dir` (replaced as a whole)."""
     if quantization not in QUANTIZATIONS:
         raise BuildError(None, f"unknown quantization {quantization!r} (expected one of {', '.join(QUANTIZATIONS)})")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))

@@ -80,7 +80,6 @@ def rope_scaling_from_gguf(path: Path, reader, theta: float, head_dim: int) -> O
 
 def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no_progress) -> Path:
     """Write a Hugging Face folder for `gguf_path` into `out_dir` (created atomically) and return it."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gguf
     import torch
     from transformers import AutoModelForCausalLM

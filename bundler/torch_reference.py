@@ -2,13 +2,10 @@
 fast graphs and for the quality gate's source perplexity."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from bundler.llama_weights import LlamaWeights
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def reference_model(weights: LlamaWeights):

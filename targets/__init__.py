@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+import runtime  # noqa: F401  (onnxruntime's telemetry off before host_target imports it)
+
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 HOST = "host"
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from runtime.errors import UserError
 from runtime.retrieval import Hit
 
 SYSTEM_PROMPT = (
@@ -22,7 +23,7 @@ SHORTENED_MARK = " …"
 _CITATION = re.compile(r"\[(\d+)\]")
 
 
-class ContextOverflow(Exception):
+class ContextOverflow(UserError):
     """Even the question alone does not fit the context window."""
 
 

@@ -151,13 +151,18 @@ def test_api_key_is_required_when_set_and_wrong_key_gets_401(query_assistant):
         assert raw(server, "GET", "/health")[0] == 200, "health stays open for monitoring"
 
 
-def test_binding_beyond_loopback_without_a_key_warns():
-    from runtime.server import exposure_warning
+def test_binding_beyond_loopback_without_a_key_is_refused(query_assistant):
+    from runtime.server import ServerRefused, exposure_error
 
-    assert exposure_warning("127.0.0.1", None) is None
-    assert exposure_warning("::1", None) is None
-    assert "0.0.0.0" in exposure_warning("0.0.0.0", None)
-    assert exposure_warning("0.0.0.0", "key") is None
+    assert exposure_error("127.0.0.1", None) is None
+    assert exposure_error("::1", None) is None
+    assert exposure_error("localhost", None) is None
+    assert exposure_error("0.0.0.0", "key") is None
+    assert "--api-key" in exposure_error("0.0.0.0", None)
+    assert "--api-key" in exposure_error("192.168.1.7", "")
+    with pytest.raises(ServerRefused, match="0.0.0.0"):
+        with running_server(query_assistant, host="0.0.0.0"):
+            pass
 
 
 # -- one shared model under concurrent clients --------------------------------------------------
@@ -233,7 +238,7 @@ def test_client_leaving_mid_stream_frees_the_model(query_server):
     body = json.dumps({"messages": [{"role": "user", "content": PUMP_QUESTION}], "stream": True,
                        "max_tokens": query_server.config.max_tokens_cap})
     with socket.create_connection((host, port), timeout=60) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
         assert b"200 OK" in sock.recv(4096)
     after = ask(query_server, max_tokens=2)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from runtime.bundle import Bundle, BundleError
 from runtime.network_guard import install_network_guard
 from runtime.verify_command import add_verify_parser, run_verify
-from runtime.source_json import source_record
+from runtime.source_json import source_record, support_record
 
 PROG = "bundle"
 
@@ -149,6 +149,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         print(json.dumps({
             "answer": answer.text.strip(),
             "sources": [source_record(hit) for hit in answer.cited],
+            **support_record(answer.support),
             "stats": {**vars(answer.stats), "decode_tokens_per_s": answer.stats.decode_tokens_per_s},
         }, indent=1))
         return 0
@@ -164,9 +165,17 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         for number, hit in enumerate(answer.sources, 1):
             if hit in answer.cited:
                 print(f"  [{number}] {hit.chunk.source.cite()}")
+        print_support(answer.support)
     else:
         print()
     return 0
+
+
+def print_support(support) -> None:
+    for quote in support.quotes:
+        print(f"  quote [{quote.source}]: \"{quote.text}\"")
+    if not support.supported:
+        print("  unsupported: the answer shares no words with its sources; check it against them")
 
 
 def run_chat(bundle: Bundle, args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from runtime.connection_gate import ConnectionGate
 from runtime.openai_request import RequestError, parse_chat_request, parse_search_request
 from runtime.prompt import ContextOverflow
 from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
-from runtime.source_json import source_record
+from runtime.source_json import source_record, support_record
 
 
 # What _read_json returns once it has answered an unreadable body (JSON null is a body, not an error).
@@ -377,6 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
                                "finish_reason": answer.stats.finish_reason}]
         payload["usage"] = _usage(answer)
         payload["sources"] = [source_record(h) for h in answer.sources]
+        payload.update(support_record(answer.support))
         self._send_json(200, payload)
 
     def _stream(self, request, answer) -> None:
@@ -404,7 +405,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(b"data: [DONE]\n\n")
             self._write_chunk(b"")
             return
-        self._event(chunk({}, answer.stats.finish_reason, sources=[source_record(h) for h in answer.sources]))
+        self._event(chunk({}, answer.stats.finish_reason, sources=[source_record(h) for h in answer.sources],
+                          **support_record(answer.support)))
         if request.include_usage:
             self._event({**base, "choices": [], "usage": _usage(answer)})
         self._write_chunk(b"data: [DONE]\n\n")

@@ -254,7 +254,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/system-packages)")
-def test_web_page_streams_an_answer_and_shows_its_sources_as_quotes(query_server):
+def test_web_page_streams_an_answer_and_shows_its_sources_with_the_supporting_sentence_marked(query_server):
     sync_api = pytest.importorskip("playwright.sync_api")
     requests: list[str] = []
     with sync_api.sync_playwright() as p:
@@ -280,13 +280,19 @@ def test_web_page_streams_an_answer_and_shows_its_sources_as_quotes(query_server
             assert not quote.is_visible(), "quotes start folded"
             summary.click()
             assert "bleed valve V12" in quote.inner_text() and quote.is_visible()
+            marked = quote.locator("mark").all_inner_texts()
+            unsupported_lines = page.locator(".turn.assistant .unsupported").count()
             updates = page.evaluate("window.textUpdates")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
             browser.close()
-    expected, _ = stream_text(query_server, max_tokens=16, temperature=0)
+    expected, chunks = stream_text(query_server, max_tokens=16, temperature=0)
     assert answer == expected
+    final = next(c for c in chunks if c.choices and c.choices[0].finish_reason).model_extra
+    assert marked == [q["text"] for q in final["quotes"] if q["source"] == 1] and marked, \
+        "the supporting sentence is highlighted inside its passage"
+    assert unsupported_lines == (0 if final["supported"] else 1)
     assert updates > 3, "the answer should be rendered as it streams"
     assert all(url.startswith(query_server.url) for url in requests), requests
 

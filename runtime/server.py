@@ -16,7 +16,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import socket
 import threading
 import time
 import uuid

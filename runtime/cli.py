@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from runtime.bundle import Bundle, BundleError
 from runtime.network_guard import install_network_guard
 from runtime.verify_command import add_verify_parser, run_verify
-from runtime.source_json import source_record, support_record
+from runtime.source_json import source_record
 
 PROG = "bundle"
 
@@ -135,6 +135,7 @@ def ask_options(args: argparse.Namespace):
 
 def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
     from runtime.prompt import ContextOverflow
+    from runtime.source_json import support_record
 
     options = ask_options(args)
     assistant = load_assistant(bundle, args)
@@ -165,9 +166,10 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         for number, hit in enumerate(answer.sources, 1):
             if hit in answer.cited:
                 print(f"  [{number}] {hit.chunk.source.cite()}")
-        print_support(answer.support)
     else:
         print()
+    if answer.support is not None:
+        print_support(answer.support)
     return 0
 
 

@@ -79,9 +79,11 @@ def fit_prompt(question: str, hits: Sequence[Hit], tokenizer, budget: int, histo
     prompt = build_prompt(question, hits, (), instructions)
     kept: list[dict] = []
     if count(prompt) <= budget and history:
-        kept = _newest_turns_that_fit(question, hits, history, instructions, tokenizer, budget, count,
-                                      prompt.tokens)
-        prompt = build_prompt(question, hits, kept, instructions)
+        def with_turns(turns: Sequence[dict]) -> Prompt:
+            return build_prompt(question, hits, turns, instructions)
+
+        kept = _newest_turns_that_fit(history, with_turns, tokenizer, budget, count, prompt.tokens)
+        prompt = with_turns(kept)
         count(prompt)
     dropped_turns = len(history) - len(kept)
     history = kept
@@ -97,12 +99,12 @@ def fit_prompt(question: str, hits: Sequence[Hit], tokenizer, budget: int, histo
     return prompt
 
 
-def _newest_turns_that_fit(question, hits, history: list[dict], instructions, tokenizer, budget, count,
-                           base: int) -> list[dict]:
+def _newest_turns_that_fit(history: list[dict], with_turns, tokenizer, budget: int, count, base: int) -> list[dict]:
     """The longest tail of the history that fits beside the question and passages, starting with a user turn.
 
     Chosen from per-turn token counts (the newest turns first, so text older than the cut is never
-    tokenized), then confirmed exactly on the rendered prompt.
+    tokenized), then confirmed exactly on the rendered prompt. with_turns(turns): the prompt with
+    those turns; base: its token count with none.
     """
     overhead = {}       # tokens the template adds around one message, per role
 
@@ -112,7 +114,7 @@ def _newest_turns_that_fit(question, hits, history: list[dict], instructions, to
             return room + 1     # more characters than `room` tokens can spell: over, without tokenizing
         role = turn.get("role")
         if role not in overhead:
-            overhead[role] = count(build_prompt(question, hits, [{"role": role, "content": ""}], instructions)) - base
+            overhead[role] = count(with_turns([{"role": role, "content": ""}])) - base
         return overhead[role] + len(tokenizer.encode(text))
 
     start, used = len(history), base
@@ -130,16 +132,17 @@ def _newest_turns_that_fit(question, hits, history: list[dict], instructions, to
 
     if start > 0:
         start = first_user(start)
+
     # The per-turn sums are close but not exact (the template's text around a message can merge
     # with its first token): the rendered count decides, dropping or taking back whole turns.
     def fits(i: int) -> bool:
-        return count(build_prompt(question, hits, history[i:], instructions)) <= budget
+        return count(with_turns(history[i:])) <= budget
 
     while start < len(history) and not fits(start):
         start = first_user(start + 1)
+    room = budget - base
     while start > 0:
         earlier = max((i for i in range(start) if history[i].get("role") == "user"), default=0)
-        room = budget - base
         if sum(len(t.get("content") or "") for t in history[earlier:]) > room * tokenizer.max_token_chars \
                 or not fits(earlier):
             break

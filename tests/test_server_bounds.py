@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import resource
 import socket
 import subprocess
@@ -232,3 +233,30 @@ def test_one_mebibyte_chat_history_is_budgeted_or_refused_in_under_a_second_of_c
         question_cpu = cpu_seconds() - before
         assert status == 400 and json.loads(payload)["error"]["code"] == "context_length_exceeded"
     assert history_cpu < 1.0 and question_cpu < 1.0, (history_cpu, question_cpu)
+
+
+def test_linear_budget_keeps_the_same_turns_as_dropping_one_at_a_time(query_assistant):
+    """The old quadratic rule (drop the oldest turn, re-render, re-count) is the reference."""
+    from runtime.prompt import build_prompt, fit_prompt
+
+    tokenizer = query_assistant.tokenizer
+
+    def reference_dropped(history: list[dict], budget: int) -> int:
+        dropped = 0
+        while history and len(tokenizer.encode_chat(build_prompt("why?", [], history).messages)) > budget:
+            history = history[1:]
+            dropped += 1
+            while history and history[0]["role"] != "user":
+                history, dropped = history[1:], dropped + 1
+        return dropped
+
+    rng = random.Random(7)
+    words = ["pump", "valve", "open", "the", "\n", "  ", "<|im_end|>", "12", "V12", "bleed"]
+    for _ in range(60):
+        history = [{"role": rng.choice(["user", "user", "assistant"]),
+                    "content": " ".join(rng.choice(words) for _ in range(rng.randint(0, 50)))}
+                   for _ in range(rng.randint(1, 12))]
+        budget = rng.randint(60, 500)
+        prompt = fit_prompt("why?", [], tokenizer, budget, history)
+        assert prompt.tokens <= budget
+        assert prompt.dropped_turns == reference_dropped(history, budget), (budget, history)

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Serve the web page at / and an OpenAI-compatible API at /v1 "
                                             "(chat/completions, models), plus /v1/search and /health. "
                                             "The answering options set the defaults for requests.")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1, this machine only; any other needs an API key)")
     serve.add_argument("--port", type=port_number, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--api-key", default=os.environ.get("EDGEBUNDLE_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on /v1 (default: $EDGEBUNDLE_API_KEY)")
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests that may wait while one is answered; more get 429 (default 8)")
     serve.add_argument("--queue-timeout", type=positive_float, default=120.0,
                        help="seconds a request may wait for the model before 503 (default 120)")
+    serve.add_argument("--max-connections", type=positive_int, default=None,
+                       help="open connections; to admit one more, the one waiting longest for its request "
+                            "is cut (default 64)")
+    serve.add_argument("--request-timeout", type=positive_float, default=None,
+                       help="seconds a request's headers and body may take to arrive before 408 (default 30)")
 
     search = commands.add_parser("search", help="show the passages that best match a query")
     search.add_argument("query")
@@ -172,6 +178,8 @@ def ask_options(args: argparse.Namespace):
 
 
 def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
+    from runtime.source_json import support_record
+
     options = ask_options(args)
     assistant = load_assistant(bundle, args)
     answer = assistant.ask(args.question, k=options.k, mode=options.mode, config=options.config,
@@ -181,6 +189,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         print(json.dumps({
             "answer": answer.text.strip(),
             "sources": [source_record(hit) for hit in answer.cited],
+            **support_record(answer.support),
             "stats": {**vars(answer.stats), "decode_tokens_per_s": answer.stats.decode_tokens_per_s},
         }, indent=1))
         return 0
@@ -198,7 +207,16 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
                 print(f"  [{number}] {hit.chunk.source.cite()}")
     else:
         print()
+    if answer.support is not None:
+        print_support(answer.support)
     return 0
+
+
+def print_support(support) -> None:
+    for quote in support.quotes:
+        print(f"  quote [{quote.source}]: \"{quote.text}\"")
+    if not support.supported:
+        print("  unsupported: the answer shares no words with its sources; check it against them")
 
 
 def run_chat(bundle: Bundle, args: argparse.Namespace) -> int:
@@ -213,21 +231,23 @@ def run_chat(bundle: Bundle, args: argparse.Namespace) -> int:
 
 
 def run_serve(bundle: Bundle, args: argparse.Namespace) -> int:
-    from runtime.server import ServerConfig, exposure_warning, make_server
+    from runtime.server import ServerConfig, ServerRefused, exposure_error, make_server
 
     options = ask_options(args)
-    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body,
+    bounds = {name: value for name, value in (("max_connections", args.max_connections),
+                                              ("request_timeout_s", args.request_timeout)) if value is not None}
+    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or None, max_body_bytes=args.max_body,
                           max_tokens_cap=args.max_tokens_cap, queue_size=args.queue,
-                          queue_timeout_s=args.queue_timeout, k=0 if args.no_docs else args.k, mode=args.mode)
+                          queue_timeout_s=args.queue_timeout, k=0 if args.no_docs else args.k, mode=args.mode,
+                          **bounds)
+    refusal = exposure_error(config.host, config.api_key)
+    if refusal:  # before the model loads: the mistake is reported at once
+        raise ServerRefused(refusal)
     assistant = load_assistant(bundle, args)
     try:
         server = make_server(assistant, config, bundle.manifest.model.name, options.config)
     except OSError as exc:
-        print(f"error: {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    warning = exposure_warning(args.host, args.api_key)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        raise ServerRefused(f"{args.host}:{args.port}: {exc.strerror or exc}") from None
     print(f"serving {server.url}/ (web page) and {server.url}/v1 (OpenAI API); Ctrl-C stops", file=sys.stderr,
           flush=True)
     # A service manager stops us with SIGTERM: shut down as on Ctrl-C.

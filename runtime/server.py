@@ -25,11 +25,11 @@ from importlib import resources
 from typing import Any, Optional
 
 from runtime.connection_gate import ConnectionGate
+from runtime.errors import UserError
 from runtime.openai_request import RequestError, parse_chat_request, parse_search_request
 from runtime.prompt import ContextOverflow
 from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
 from runtime.source_json import source_record, support_record
-from runtime.errors import UserError
 
 
 # What _read_json returns once it has answered an unreadable body (JSON null is a body, not an error).

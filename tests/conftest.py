@@ -12,13 +12,14 @@ import os
 
 import pytest
 
+# Modules imported by another fixture module come first, so pytest rewrites their asserts.
 pytest_plugins = [
     "tests.fixtures_model",
     "tests.fixtures_retrieval",
     "tests.fixtures_packaging",
+    "tests.fixtures_station",
     "tests.fixtures_queryapp",
     "tests.fixtures_fused",
-    "tests.fixtures_station",
     "tests.fixtures_hardening",
 ]
 

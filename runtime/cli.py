@@ -134,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--mode", choices=MODES, default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    summarize = commands.add_parser(
+        "summarize", parents=[model], help="summarise a document, part of one, or what the documents say about a topic",
+        description="Summarise FILE (or its lines FILE:FIRST-LAST, or its pages FILE:pFIRST-LAST), or with --query "
+                    "what the documents say about a topic. Long texts are summarised in parts that fit the context "
+                    "window, then combined; each sentence cites the passages it came from.")
+    summarize.add_argument("scope", nargs="?", metavar="FILE[:LINES|:pPAGES]",
+                           help="a document of the bundle, as `search` cites it (e.g. guide.md:10-80, manual.pdf:p3-5)")
+    summarize.add_argument("--query", default=None, help="summarise what the documents say about this instead")
+    summarize.add_argument("--k", type=positive_int, default=8, help="passages to retrieve for --query (default 8)")
+    summarize.add_argument("--mode", choices=MODES, default=None, help="retrieval mode for --query (default: best available)")
+    summarize.add_argument("--max-tokens", type=positive_int, default=200,
+                           help="longest summary (and each partial summary) in tokens (default 200)")
+    summarize.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.add_argument("--licenses", action="store_true",
@@ -278,6 +292,43 @@ def run_search(bundle: Bundle, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_summarize(bundle: Bundle, args: argparse.Namespace) -> int:
+    from runtime.generation import GenerationConfig
+    from runtime.source_json import summary_record
+    from runtime.summarize import Scope, Summarizer, SummaryError, passages_in_scope, reading_order
+
+    if (args.scope is None) == (args.query is None):
+        raise SummaryError("give either a document (FILE, FILE:FIRST-LAST or FILE:pFIRST-LAST) or --query TEXT")
+    scope = Scope.parse(args.scope) if args.scope is not None else None
+    assistant = load_assistant(bundle, args)
+    if scope is not None:
+        passages = passages_in_scope(assistant.retriever.chunks, scope)
+    else:
+        passages = reading_order(assistant.search(args.query, k=args.k, mode=args.mode))
+
+    def on_pass(done: int, total: int) -> None:
+        if not args.json:
+            print(f"(summarised part {done} of {total - 1})", file=sys.stderr, flush=True)
+
+    summary = Summarizer(assistant.tokenizer, assistant.decoder).summarize(
+        passages, GenerationConfig(max_new_tokens=args.max_tokens), topic=args.query, on_pass=on_pass)
+    if args.json:
+        print(json.dumps(summary_record(summary.finish()), indent=1))
+        return 0
+    for delta in summary:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sentences = summary.sentences
+    cited = sorted({n for s in sentences for n in s.sources})
+    print("\n\nSources:" if cited else "")
+    for number in cited:
+        print(f"  [{number}] {summary.passages[number - 1].source.cite()}")
+    unsupported = [s for s in sentences if not s.sources]
+    if unsupported:
+        print(f"unsupported: {len(unsupported)} of {len(sentences)} sentence(s) share no words with the passages")
+    return 0
+
+
 def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     manifest = bundle.manifest
     if args.json:
@@ -318,5 +369,5 @@ def license_lines(manifest) -> list[str]:
     return lines
 
 
-COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve,
-            "verify": run_verify}
+COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "summarize": run_summarize, "info": run_info,
+            "serve": run_serve, "verify": run_verify}

@@ -570,6 +570,7 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 def test_1000_sequential_requests_grow_memory_less_than_10_percent_from_the_100th(query_assistant):
     from tests.fixtures_queryapp import running_server
 

@@ -104,3 +104,27 @@ def test_server_summarizes_a_topic_and_refuses_an_unknown_document(query_server)
     status, _, body = raw(query_server, "POST", "/v1/summarize", json.dumps({"document": "nope.md"}).encode(),
                           {"Content-Type": "application/json"})
     assert status == 400 and "nope.md" in json.loads(body)["error"]["message"]
+
+
+def test_web_page_summarises_a_document_and_lists_its_passages(query_server):
+    from tests.test_queryapp import CHROMIUM, CHROMIUM_FLAGS
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(query_server.url + "/")
+            page.fill("#max-tokens", "8")
+            page.fill("#question", "radio/antenna.md")
+            page.click("#summarize")
+            page.wait_for_selector(".turn.assistant[data-state=done]", timeout=120_000)
+            shown = page.eval_on_selector(".turn.assistant .text", "e => e.textContent")
+            sources = page.locator(".turn.assistant .sources summary").all_inner_texts()
+        finally:
+            browser.close()
+    status, _, body = raw(query_server, "POST", "/v1/summarize",
+                          json.dumps({"document": "radio/antenna.md", "max_tokens": 8}).encode(),
+                          {"Content-Type": "application/json"})
+    assert status == 200 and shown == json.loads(body)["summary"]
+    assert sources and all("radio/antenna.md" in s for s in sources)

@@ -9,6 +9,7 @@ from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
 from runtime.prompt import Prompt, cited_sources, fit_prompt
+from runtime.repetition import RepetitionGuard
 from runtime.retrieval import Hit, Retriever
 from runtime.stop_strings import StopStringFilter
 from runtime.tokenizer import ChatTokenizer
@@ -24,7 +25,10 @@ class AnswerStats:
     retrieval_s: float = 0.0
     first_token_s: float = 0.0
     total_s: float = 0.0
-    finish_reason: str = ""         # "stop" (end token or stop string) or "length" (max_new_tokens)
+    # "stop" (end token or stop string), "length" (max_new_tokens) or "repetition" (the
+    # repetition guard ended a loop)
+    finish_reason: str = ""
+    settings: dict = field(default_factory=dict)  # the sampling and repetition-guard settings used
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -65,6 +69,11 @@ class Answer:
         close = getattr(self._deltas, "close", None)
         if close is not None:
             close()
+
+
+def generation_settings(config: GenerationConfig) -> dict:
+    """The config as plain JSON values (stop token ids left out: they are the tokenizer's)."""
+    return {name: value for name, value in vars(config).items() if name != "stop_token_ids"}
 
 
 class Assistant:
@@ -119,6 +128,7 @@ class Assistant:
         answer = Answer(prompt=prompt, _deltas=iter(()))
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
+        answer.stats.settings = generation_settings(config)
         answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started)
         return answer
 
@@ -127,8 +137,9 @@ class Assistant:
         self.decoder.reset()
         stream = self.tokenizer.StreamDecoder(self.tokenizer)
         stats.finish_reason = "length"
+        guard = RepetitionGuard.from_config(config)
         try:
-            for token in generate(self.decoder, prompt_ids, config):
+            for token in generate(self.decoder, prompt_ids, config, guard):
                 if token in config.stop_token_ids:
                     stats.finish_reason = "stop"
                     break
@@ -142,7 +153,9 @@ class Assistant:
                     stats.finish_reason = "stop"
                     break
             else:
-                if stats.new_tokens < config.max_new_tokens:
+                if guard.stopped:
+                    stats.finish_reason = "repetition"
+                elif stats.new_tokens < config.max_new_tokens:
                     stats.finish_reason = "stop"
             tail = stops.push(stream.flush()) + stops.flush()
             if tail:

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--repeat-penalty", type=float, default=1.0,
                        help="penalty on tokens already generated (default 1.0: off)")
     group.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same answer")
+    add_repetition_arguments(group)
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="end the answer at this text (repeatable)")
 
@@ -93,6 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_repetition_arguments(group) -> None:
+    """The repetition guard's flags; defaults come from GenerationConfig, their one source."""
+    from runtime.generation import GenerationConfig
+
+    defaults = GenerationConfig()
+    group.add_argument("--dry-multiplier", type=float, default=defaults.dry_multiplier,
+                       help="DRY penalty on tokens that extend a sequence already in the answer; 0 turns it off "
+                            f"(default {defaults.dry_multiplier})")
+    group.add_argument("--dry-base", type=float, default=defaults.dry_base,
+                       help=f"growth of the DRY penalty per repeated token (default {defaults.dry_base})")
+    group.add_argument("--dry-allowed-length", type=int, default=defaults.dry_allowed_length,
+                       help=f"repeats up to this many tokens go unpenalised (default {defaults.dry_allowed_length})")
+    group.add_argument("--loop-ngram", type=int, default=defaults.loop_ngram,
+                       help="stop the answer before any run of this many tokens occurs --loop-repeats times; "
+                            f"0 turns it off (default {defaults.loop_ngram})")
+    group.add_argument("--loop-repeats", type=int, default=defaults.loop_repeats,
+                       help=f"see --loop-ngram (default {defaults.loop_repeats})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     install_network_guard()
     # Ctrl-C must stop an answer even when a parent started us with SIGINT ignored
@@ -123,7 +143,10 @@ def ask_options(args: argparse.Namespace):
     from runtime.generation import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed)
+                              top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
+                              dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
+                              dry_allowed_length=args.dry_allowed_length, loop_ngram=args.loop_ngram,
+                              loop_repeats=args.loop_repeats)
     return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, config=config, stop=args.stop)
 
 

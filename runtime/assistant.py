@@ -25,9 +25,10 @@ class AnswerStats:
     retrieval_s: float = 0.0
     first_token_s: float = 0.0
     total_s: float = 0.0
-    # "stop" (end token or stop string), "length" (max_new_tokens) or "repetition" (the
-    # repetition guard ended a loop)
+    # "stop" (end token, stop string or the repetition guard) or "length" (max_new_tokens);
+    # the OpenAI API passes it on, so it keeps to those two values
     finish_reason: str = ""
+    loop_stopped: bool = False      # the repetition guard ended the answer before a loop
     settings: dict = field(default_factory=dict)  # the sampling and repetition-guard settings used
 
     @property
@@ -153,9 +154,8 @@ class Assistant:
                     stats.finish_reason = "stop"
                     break
             else:
-                if guard.stopped:
-                    stats.finish_reason = "repetition"
-                elif stats.new_tokens < config.max_new_tokens:
+                stats.loop_stopped = guard.stopped
+                if stats.new_tokens < config.max_new_tokens:
                     stats.finish_reason = "stop"
             tail = stops.push(stream.flush()) + stops.flush()
             if tail:

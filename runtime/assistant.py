@@ -8,7 +8,7 @@ from typing import Iterator, Optional, Sequence
 from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
-from runtime.prompt import Prompt, cited_sources, fit_prompt
+from runtime.prompt import GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage
 from runtime.repetition import RepetitionGuard
 from runtime.retrieval import Hit, Retriever
 from runtime.stop_strings import StopStringFilter
@@ -16,6 +16,9 @@ from runtime.tokenizer import ChatTokenizer
 
 # Tokens kept free for the answer when the caller does not say how long it may be.
 DEFAULT_ANSWER_TOKENS = 256
+# The whole answer when the passages hold too little of the question (GroundingOptions.abstain_below).
+ABSTAIN_ANSWER = "I don't know: the documents do not say."
+BLANK_LINE = "\n\n"
 
 
 @dataclass
@@ -72,16 +75,20 @@ class Answer:
             close()
 
 
-def generation_settings(config: GenerationConfig) -> dict:
-    """The config as plain JSON values (stop token ids left out: they are the tokenizer's)."""
-    return {name: value for name, value in vars(config).items() if name != "stop_token_ids"}
+def generation_settings(config: GenerationConfig, grounding: GroundingOptions) -> dict:
+    """Sampling, repetition-guard and grounding settings as plain JSON values (stop token ids
+    left out: they are the tokenizer's)."""
+    settings = {name: value for name, value in vars(config).items() if name != "stop_token_ids"}
+    return {**settings, **vars(grounding)}
 
 
 class Assistant:
-    def __init__(self, tokenizer: ChatTokenizer, decoder: Decoder, retriever: Retriever):
+    def __init__(self, tokenizer: ChatTokenizer, decoder: Decoder, retriever: Retriever,
+                 grounding: GroundingOptions = GroundingOptions()):
         self.tokenizer = tokenizer
         self.decoder = decoder
         self.retriever = retriever
+        self.grounding = grounding  # for every ask() that does not bring its own
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threads: Optional[int] = None, ctx: Optional[int] = None) -> "Assistant":
@@ -109,28 +116,47 @@ class Assistant:
         use_documents: bool = True,
         instructions: Optional[str] = None,
         stop: Sequence[str] = (),
+        grounding: Optional[GroundingOptions] = None,
     ) -> Answer:
         """Raises runtime.prompt.ContextOverflow when the question cannot fit the context window.
 
         instructions: added to the system prompt (an API client's own system message).
         stop: strings that end the answer; they are not part of it.
+        grounding: how passages are given and the answer bounded (default: self.grounding).
         """
         config = config or GenerationConfig(max_new_tokens=DEFAULT_ANSWER_TOKENS)
+        grounding = grounding or self.grounding
         started = time.perf_counter()
         hits = self.search(question, k=k, mode=mode) if use_documents and k > 0 else []
         retrieval_s = time.perf_counter() - started
+        if hits and grounding.abstain_below > 0 and \
+                question_coverage(question, hits[0].chunk.text) < grounding.abstain_below:
+            return self._abstain(retrieval_s, config, grounding, started)
+        hits = ground_hits(question, hits, grounding)
+        if grounding.stop_at_blank_line:
+            stop = [*stop, BLANK_LINE]
         # The answer's room is what it asks for, but at most half the window: a long --max-tokens
         # should not starve the passages; generation then simply stops at the window's end.
         budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)
-        prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions)
+        prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions, grounding)
         prompt_ids = self.tokenizer.encode_chat(prompt.messages)
         stop_ids = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids
         config = GenerationConfig(**{**vars(config), "stop_token_ids": stop_ids})
         answer = Answer(prompt=prompt, _deltas=iter(()))
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
-        answer.stats.settings = generation_settings(config)
+        answer.stats.settings = generation_settings(config, grounding)
         answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started)
+        return answer
+
+    def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
+                 started: float) -> Answer:
+        """The fixed "I don't know" answer, with no sources and no generation."""
+        answer = Answer(prompt=Prompt(messages=[], sources=[]), _deltas=iter([ABSTAIN_ANSWER]))
+        answer.stats.retrieval_s = retrieval_s
+        answer.stats.settings = generation_settings(config, grounding)
+        answer.stats.finish_reason = "stop"
+        answer.stats.first_token_s = answer.stats.total_s = time.perf_counter() - started
         return answer
 
     def _stream(self, prompt_ids: list[int], config: GenerationConfig, stops: StopStringFilter,

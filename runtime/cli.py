@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="penalty on tokens already generated (default 1.0: off)")
     group.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same answer")
     add_repetition_arguments(group)
+    add_grounding_arguments(group)
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="end the answer at this text (repeatable)")
 
@@ -113,6 +114,35 @@ def add_repetition_arguments(group) -> None:
                        help=f"see --loop-ngram (default {defaults.loop_repeats})")
 
 
+def add_grounding_arguments(group) -> None:
+    """How passages are given to the model; defaults come from GroundingOptions, their one source."""
+    from runtime.prompt import SYSTEM_PROMPTS, GroundingOptions
+
+    defaults = GroundingOptions()
+    group.add_argument("--passages", type=int, default=defaults.passages,
+                       help=f"most passages shown to the model, best ranked first (default {defaults.passages})")
+    group.add_argument("--trim-sentences", type=int, default=defaults.trim_sentences, metavar="N",
+                       help="show only the N sentences of each passage around the question's words; "
+                            f"0 shows whole passages (default {defaults.trim_sentences})")
+    group.add_argument("--system-prompt", choices=sorted(SYSTEM_PROMPTS), default=defaults.system_prompt,
+                       help=f"wording of the instructions to the model (default {defaults.system_prompt})")
+    group.add_argument("--answer-first", action=argparse.BooleanOptionalAction, default=defaults.answer_first,
+                       help="ask for the answer in one sentence first")
+    group.add_argument("--stop-at-blank-line", action=argparse.BooleanOptionalAction,
+                       default=defaults.stop_at_blank_line, help="end the answer at its first blank line")
+    group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
+                       help="answer \"I don't know\" without asking the model when the best passage holds less "
+                            f"than this share of the question's words; 0 never (default {defaults.abstain_below})")
+
+
+def grounding_options(args: argparse.Namespace):
+    from runtime.prompt import GroundingOptions
+
+    return GroundingOptions(passages=args.passages, trim_sentences=args.trim_sentences,
+                            system_prompt=args.system_prompt, answer_first=args.answer_first,
+                            stop_at_blank_line=args.stop_at_blank_line, abstain_below=args.abstain_below)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     install_network_guard()
     # Ctrl-C must stop an answer even when a parent started us with SIGINT ignored
@@ -135,7 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def load_assistant(bundle: Bundle, args: argparse.Namespace):
     from runtime.assistant import Assistant
 
-    return Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
+    assistant = Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
+    assistant.grounding = grounding_options(args)
+    return assistant
 
 
 def ask_options(args: argparse.Namespace):

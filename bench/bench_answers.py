@@ -48,7 +48,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "answers.json"
 # What `ask` did before the repetition guard and grounding options existed.
 TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0}
 TODAY_GROUNDING = {"passages": 4, "trim_sentences": 0, "system_prompt": "cite", "answer_first": False,
-                   "stop_at_blank_line": False, "abstain_below": 0.0}
+                   "stop_after_paragraph": False, "abstain_below": 0.0}
 
 # name -> (GenerationConfig changes, GroundingOptions changes); "default" is the current defaults.
 # Every other configuration is spelled out in full from today's, so the table stays meaningful
@@ -64,7 +64,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "p2-trim5": ({}, {**TODAY_GROUNDING, "passages": 2, "trim_sentences": 5}),
     "p2-brief": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief"}),
     "p2-first": ({}, {**TODAY_GROUNDING, "passages": 2, "answer_first": True}),
-    "p2-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "stop_at_blank_line": True}),
+    "p2-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "stop_after_paragraph": True}),
     "p2-abstain": ({}, {**TODAY_GROUNDING, "passages": 2, "abstain_below": 0.5}),
     "default": ({}, {}),
 }

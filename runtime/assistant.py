@@ -1,6 +1,7 @@
 """Question answering over the bundle: retrieval, prompt, generation, citations."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -18,7 +19,13 @@ from runtime.tokenizer import ChatTokenizer
 DEFAULT_ANSWER_TOKENS = 256
 # The whole answer when the passages hold too little of the question (GroundingOptions.abstain_below).
 ABSTAIN_ANSWER = "I don't know: the documents do not say."
-BLANK_LINE = "\n\n"
+# A finished sentence (or citation) followed by a blank line: where --stop-after-paragraph ends the
+# answer. A blank line after "Here's how:" is no end.
+PARAGRAPH_END = re.compile(r"[.!?)\]]\s*\n[ \t]*\n\s*$")
+
+
+def ends_paragraph(text: str) -> bool:
+    return PARAGRAPH_END.search(text) is not None
 
 
 @dataclass
@@ -146,7 +153,8 @@ class Assistant:
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
         answer.stats.settings = generation_settings(config, grounding)
-        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started)
+        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started,
+                                      grounding.stop_after_paragraph)
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -160,11 +168,12 @@ class Assistant:
         return answer
 
     def _stream(self, prompt_ids: list[int], config: GenerationConfig, stops: StopStringFilter,
-                stats: AnswerStats, started: float) -> Iterator[str]:
+                stats: AnswerStats, started: float, stop_after_paragraph: bool = False) -> Iterator[str]:
         self.decoder.reset()
         stream = self.tokenizer.StreamDecoder(self.tokenizer)
         stats.finish_reason = "length"
         guard = RepetitionGuard.from_config(config)
+        shown = ""
         try:
             for token in generate(self.decoder, prompt_ids, config, guard):
                 if token in config.stop_token_ids:
@@ -175,8 +184,9 @@ class Assistant:
                     stats.first_token_s = time.perf_counter() - started
                 text = stops.push(stream.push(token))
                 if text:
+                    shown += text
                     yield text
-                if stops.stopped:
+                if stops.stopped or (stop_after_paragraph and ends_paragraph(shown)):
                     stats.finish_reason = "stop"
                     break
             else:

@@ -128,8 +128,8 @@ def add_grounding_arguments(group) -> None:
                        help=f"wording of the instructions to the model (default {defaults.system_prompt})")
     group.add_argument("--answer-first", action=argparse.BooleanOptionalAction, default=defaults.answer_first,
                        help="ask for the answer in one sentence first")
-    group.add_argument("--stop-at-blank-line", action=argparse.BooleanOptionalAction,
-                       default=defaults.stop_at_blank_line, help="end the answer at its first blank line")
+    group.add_argument("--stop-after-paragraph", action=argparse.BooleanOptionalAction,
+                       default=defaults.stop_after_paragraph, help="end the answer at the first blank line after a finished sentence")
     group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
                        help="answer \"I don't know\" without asking the model when the best passage holds less "
                             f"than this share of the question's words; 0 never (default {defaults.abstain_below})")
@@ -140,7 +140,7 @@ def grounding_options(args: argparse.Namespace):
 
     return GroundingOptions(passages=args.passages, trim_sentences=args.trim_sentences,
                             system_prompt=args.system_prompt, answer_first=args.answer_first,
-                            stop_at_blank_line=args.stop_at_blank_line, abstain_below=args.abstain_below)
+                            stop_after_paragraph=args.stop_after_paragraph, abstain_below=args.abstain_below)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -49,7 +49,7 @@ class GroundingOptions:
     trim_sentences: int = 0         # 0: whole passages; n: the n sentences around the question's terms
     system_prompt: str = "cite"     # a key of SYSTEM_PROMPTS
     answer_first: bool = False      # end the question with ANSWER_FIRST
-    stop_at_blank_line: bool = False  # the answer ends at its first blank line
+    stop_after_paragraph: bool = False  # the answer ends at a blank line after a finished sentence
     abstain_below: float = 0.0      # say "I don't know" without generating when the best passage
                                     # holds less than this share of the question's terms
 

@@ -80,11 +80,20 @@ def test_command_line_flags_reach_the_generation_and_grounding_settings():
 
     args = build_parser().parse_args(["ask", "q", "--dry-multiplier", "0.5", "--loop-ngram", "0", "--passages", "1",
                                       "--trim-sentences", "3", "--system-prompt", "brief", "--answer-first",
-                                      "--stop-at-blank-line", "--abstain-below", "0.25"])
+                                      "--stop-after-paragraph", "--abstain-below", "0.25"])
     config = ask_options(args).config
     assert (config.dry_multiplier, config.loop_ngram) == (0.5, 0)
     assert grounding_options(args) == GroundingOptions(passages=1, trim_sentences=3, system_prompt="brief",
-                                                       answer_first=True, stop_at_blank_line=True,
+                                                       answer_first=True, stop_after_paragraph=True,
                                                        abstain_below=0.25)
     defaults = build_parser().parse_args(["ask", "q"])
     assert grounding_options(defaults) == GroundingOptions()
+
+
+def test_a_paragraph_ends_at_a_blank_line_after_a_finished_sentence_only():
+    from runtime.assistant import ends_paragraph
+
+    assert ends_paragraph("Use the venv module [1].\n\n")
+    assert ends_paragraph("It is primed by opening V12.\n \n")
+    assert not ends_paragraph("Here is how to do it:\n\n")
+    assert not ends_paragraph("Use venv.\n\n1. Open a terminal.")

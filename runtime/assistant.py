@@ -140,8 +140,6 @@ class Assistant:
                 question_coverage(question, hits[0].chunk.text) < grounding.abstain_below:
             return self._abstain(retrieval_s, config, grounding, started)
         hits = ground_hits(question, hits, grounding)
-        if grounding.stop_at_blank_line:
-            stop = [*stop, BLANK_LINE]
         # The answer's room is what it asks for, but at most half the window: a long --max-tokens
         # should not starve the passages; generation then simply stops at the window's end.
         budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)

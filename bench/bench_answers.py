@@ -119,8 +119,10 @@ def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: i
     config = GenerationConfig(**{"max_new_tokens": max_tokens, **generation_changes})
     grounding = GroundingOptions(**grounding_changes)
     rows = []
-    for item in items:
+    for number, item in enumerate(items, 1):
         answer = assistant.ask(item["question"], config=config, grounding=grounding).finish()
+        print(f"{name} {number}/{len(items)}: {answer.stats.new_tokens} tokens, {answer.stats.total_s:.1f} s",
+              file=sys.stderr, flush=True)
         text = answer.text.strip()
         row = {"question": item["question"], "answerable": item["answerable"], "answer": text,
                "idk": bool(IDK.search(text)), "loop": loops(text), "length": answer.stats.finish_reason == "length",
@@ -173,6 +175,9 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle executable or staging folder")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, default=None, help="score this many questions, evenly spaced")
+    parser.add_argument("--shard", default="1/1", metavar="I/N",
+                        help="score only every N-th of the chosen questions, starting at the I-th (to spread a "
+                             "run over processes; merge the JSON files' answers)")
     parser.add_argument("--configs", default="today,default", help=f"comma-separated, of: {', '.join(CONFIGS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -184,7 +189,8 @@ def main() -> int:
         parser.error(f"unknown configuration {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     if not args.bundle.exists():
         parser.error(f"{args.bundle}: no such bundle (build it with `python build.py`)")
-    items = load_questions(args.data, args.limit)
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    items = load_questions(args.data, args.limit)[shard - 1::shards]
     assistant = Assistant.from_bundle(Bundle.open(args.bundle), threads=args.threads)
     started, loads = time.time(), [os.getloadavg()[0]]
     results = {}
@@ -197,7 +203,7 @@ def main() -> int:
         "seconds": round(time.time() - started, 1),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average": {"start": loads[0], "max": max(loads), "end": loads[-1]}},
-        "settings": {"bundle": str(args.bundle), "data": str(args.data), "limit": args.limit,
+        "settings": {"bundle": str(args.bundle), "data": str(args.data), "limit": args.limit, "shard": args.shard,
                      "threads": args.threads, "max_tokens": args.max_tokens},
         "configs": results,
     }

@@ -132,13 +132,18 @@ def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: i
             row.update(gold_cited=cites_gold(answer, item), contains=contains_gold(text, item["answers"]),
                        f1=max(token_f1(text, g) for g in item["answers"]))
         rows.append(row)
+    return {"generation": dataclasses.asdict(config) | {"stop_token_ids": []},
+            "grounding": dataclasses.asdict(grounding), "summary": summarise(rows), "answers": rows}
+
+
+def summarise(rows: list[dict]) -> dict:
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
 
     def share(subset, key):
         return sum(r[key] for r in subset) / len(subset) if subset else float("nan")
 
-    summary = {
+    return {
         "questions": len(rows),
         "gold_cited": share(answerable, "gold_cited"),
         "contains": share(answerable, "contains"),
@@ -151,8 +156,6 @@ def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: i
         "new_tokens_mean": statistics.fmean(r["new_tokens"] for r in rows),
         "seconds": sum(r["total_s"] for r in rows),
     }
-    return {"generation": dataclasses.asdict(config) | {"stop_token_ids": []},
-            "grounding": dataclasses.asdict(grounding), "summary": summary, "answers": rows}
 
 
 COLUMNS = [("gold_cited", "gold cited", "{:.3f}"), ("contains", "contains", "{:.3f}"), ("f1", "F1", "{:.3f}"),
@@ -182,7 +185,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="instead of running, merge the answers of earlier runs' JSON files (shards, or "
+                             "runs of different configurations) into one table and --out")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -213,6 +221,29 @@ def main() -> int:
     os.replace(part, args.out)
     print(table(results))
     print(f"load average {loads[0]:.2f} at the start, {max(loads):.2f} at most; JSON: {args.out}", file=sys.stderr)
+    return 0
+
+
+def merge(paths: list[Path], out: Path) -> int:
+    records = [json.loads(path.read_text()) for path in paths]
+    configs: dict = {}
+    for record in records:
+        for name, result in record["configs"].items():
+            merged = configs.setdefault(name, {**result, "answers": []})
+            merged["answers"] = merged["answers"] + result["answers"]
+    for result in configs.values():
+        result["summary"] = summarise(result["answers"])
+    loads = [r["machine"]["load_average"] for r in records]
+    record = {"bench": "answers", "merged_from": [str(p) for p in paths],
+              "machine": {**records[0]["machine"], "load_average": {
+                  "start": min(l["start"] for l in loads), "max": max(l["max"] for l in loads),
+                  "end": max(l["end"] for l in loads)}},
+              "settings": records[0]["settings"], "configs": configs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    part.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(part, out)
+    print(table(configs))
     return 0
 
 

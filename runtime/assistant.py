@@ -136,10 +136,11 @@ class Assistant:
         started = time.perf_counter()
         hits = self.search(question, k=k, mode=mode) if use_documents and k > 0 else []
         retrieval_s = time.perf_counter() - started
-        if hits and grounding.abstain_below > 0 and \
-                question_coverage(question, hits[0].chunk.text) < grounding.abstain_below:
-            return self._abstain(retrieval_s, config, grounding, started)
         hits = ground_hits(question, hits, grounding)
+        if hits and grounding.abstain_below > 0 and max(
+                question_coverage(question, f"{hit.chunk.source.heading}\n{hit.chunk.text}") for hit in hits
+        ) < grounding.abstain_below:
+            return self._abstain(retrieval_s, config, grounding, started)
         # The answer's room is what it asks for, but at most half the window: a long --max-tokens
         # should not starve the passages; generation then simply stops at the window's end.
         budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)

@@ -50,8 +50,8 @@ class GroundingOptions:
     system_prompt: str = "cite"     # a key of SYSTEM_PROMPTS
     answer_first: bool = False      # end the question with ANSWER_FIRST
     stop_after_paragraph: bool = False  # the answer ends at a blank line after a finished sentence
-    abstain_below: float = 0.0      # say "I don't know" without generating when the best passage
-                                    # holds less than this share of the question's terms
+    abstain_below: float = 0.0      # say "I don't know" without generating when no given passage
+                                    # (heading included) holds this share of the question's terms
 
     def __post_init__(self):
         if self.system_prompt not in SYSTEM_PROMPTS:

@@ -169,7 +169,8 @@ def table(results: dict) -> str:
              "|---|---|" + "---|" * len(COLUMNS)]
     for name, result in results.items():
         s = result["summary"]
-        lines.append(f"| {name} | {s['questions']} | " + " | ".join(fmt.format(s[key]) for key, _, fmt in COLUMNS) + " |")
+        cells = " | ".join(fmt.format(s[key]) for key, _, fmt in COLUMNS)
+        lines.append(f"| {name} | {s['questions']} | {cells} |")
     return "\n".join(lines)
 
 

@@ -129,10 +129,12 @@ def add_grounding_arguments(group) -> None:
     group.add_argument("--answer-first", action=argparse.BooleanOptionalAction, default=defaults.answer_first,
                        help="ask for the answer in one sentence first")
     group.add_argument("--stop-after-paragraph", action=argparse.BooleanOptionalAction,
-                       default=defaults.stop_after_paragraph, help="end the answer at the first blank line after a finished sentence")
+                       default=defaults.stop_after_paragraph,
+                       help="end the answer at the first blank line after a finished sentence")
     group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
-                       help="answer \"I don't know\" without asking the model when no passage shown (heading included) holds "
-                            f"this share of the question's words; 0 never (default {defaults.abstain_below})")
+                       help="answer \"I don't know\" without asking the model when no passage shown (heading "
+                            f"included) holds this share of the question's words; 0 never "
+                            f"(default {defaults.abstain_below})")
 
 
 def grounding_options(args: argparse.Namespace):

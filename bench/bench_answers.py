@@ -66,6 +66,11 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "p2-first": ({}, {**TODAY_GROUNDING, "passages": 2, "answer_first": True}),
     "p2-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "stop_after_paragraph": True}),
     "p2-abstain": ({}, {**TODAY_GROUNDING, "passages": 2, "abstain_below": 0.5}),
+    "p2-brief-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "stop_after_paragraph": True}),
+    "p2-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "answer_first": True,
+                                 "stop_after_paragraph": True}),
+    "p1-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief", "answer_first": True,
+                                 "stop_after_paragraph": True}),
     "default": ({}, {}),
 }
 

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--repeat-penalty", type=positive_float, default=1.0,
                        help="penalty on tokens already generated (default 1.0: off)")
     group.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same answer")
+    add_repetition_arguments(group)
+    add_grounding_arguments(group)
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="end the answer at this text (repeatable)")
 
@@ -157,6 +159,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_repetition_arguments(group) -> None:
+    """The repetition guard's flags; defaults come from GenerationConfig, their one source."""
+    from runtime.generation import GenerationConfig
+
+    defaults = GenerationConfig()
+    group.add_argument("--dry-multiplier", type=float, default=defaults.dry_multiplier,
+                       help="DRY penalty on tokens that extend a sequence already in the answer; 0 turns it off "
+                            f"(default {defaults.dry_multiplier})")
+    group.add_argument("--dry-base", type=float, default=defaults.dry_base,
+                       help=f"growth of the DRY penalty per repeated token (default {defaults.dry_base})")
+    group.add_argument("--dry-allowed-length", type=int, default=defaults.dry_allowed_length,
+                       help=f"repeats up to this many tokens go unpenalised (default {defaults.dry_allowed_length})")
+    group.add_argument("--loop-ngram", type=int, default=defaults.loop_ngram,
+                       help="stop the answer before any run of this many tokens occurs --loop-repeats times; "
+                            f"0 turns it off (default {defaults.loop_ngram})")
+    group.add_argument("--loop-repeats", type=int, default=defaults.loop_repeats,
+                       help=f"see --loop-ngram (default {defaults.loop_repeats})")
+
+
+def add_grounding_arguments(group) -> None:
+    """How passages are given to the model; defaults come from GroundingOptions, their one source."""
+    from runtime.prompt import SYSTEM_PROMPTS, GroundingOptions
+
+    defaults = GroundingOptions()
+    group.add_argument("--passages", type=int, default=defaults.passages,
+                       help=f"most passages shown to the model, best ranked first (default {defaults.passages})")
+    group.add_argument("--trim-sentences", type=int, default=defaults.trim_sentences, metavar="N",
+                       help="show only the N sentences of each passage around the question's words; "
+                            f"0 shows whole passages (default {defaults.trim_sentences})")
+    group.add_argument("--system-prompt", choices=sorted(SYSTEM_PROMPTS), default=defaults.system_prompt,
+                       help=f"wording of the instructions to the model (default {defaults.system_prompt})")
+    group.add_argument("--answer-first", action=argparse.BooleanOptionalAction, default=defaults.answer_first,
+                       help="ask for the answer in one sentence first")
+    group.add_argument("--stop-after-paragraph", action=argparse.BooleanOptionalAction,
+                       default=defaults.stop_after_paragraph,
+                       help="end the answer at the first blank line after a finished sentence")
+    group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
+                       help="answer \"I don't know\" without asking the model when no passage shown (heading "
+                            f"included) holds this share of the question's words; 0 never "
+                            f"(default {defaults.abstain_below})")
+
+
+def grounding_options(args: argparse.Namespace):
+    from runtime.prompt import GroundingOptions
+
+    return GroundingOptions(passages=args.passages, trim_sentences=args.trim_sentences,
+                            system_prompt=args.system_prompt, answer_first=args.answer_first,
+                            stop_after_paragraph=args.stop_after_paragraph, abstain_below=args.abstain_below)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     install_network_guard()
     # Ctrl-C must stop an answer even when a parent started us with SIGINT ignored
@@ -179,7 +231,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def load_assistant(bundle: Bundle, args: argparse.Namespace):
     from runtime.assistant import Assistant
 
-    return Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
+    assistant = Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
+    assistant.grounding = grounding_options(args)
+    return assistant
 
 
 def ask_options(args: argparse.Namespace):
@@ -187,7 +241,10 @@ def ask_options(args: argparse.Namespace):
     from runtime.generation import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed)
+                              top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
+                              dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
+                              dry_allowed_length=args.dry_allowed_length, loop_ngram=args.loop_ngram,
+                              loop_repeats=args.loop_repeats)
     return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, config=config, stop=args.stop)
 
 

@@ -19,7 +19,7 @@ from bundler.signing import generate_keypair, load_signer
 from runtime import cli
 from runtime.bundle import Bundle, BundleError, FileBundle
 from runtime.payload import ALIGNMENT, PYI_COOKIE, PYI_MAGIC, TRAILER, Trailer
-from targets import host_target, load_target, profile_names
+from targets import TargetError, host_target, load_target, profile_names
 from tests.fixtures_packaging import STUB_CACHE, expected_rows, make_staging
 
 
@@ -202,7 +202,7 @@ def test_every_profile_loads_with_its_runtime_version():
 
 
 def test_unknown_target_is_refused_with_the_choices():
-    with pytest.raises(BuildError, match="unknown target 'vax'.*raspberry-pi-5"):
+    with pytest.raises(TargetError, match="unknown target 'vax'.*raspberry-pi-5"):
         load_target("vax")
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,14 @@ def test_every_profile_loads_with_its_runtime_version():
     for name in names:
         profile = load_target(name)
         assert profile.arch in ("x86_64", "aarch64") and profile.onnxruntime and profile.glibc_floor
+
+
+def test_target_profiles_import_nothing_from_the_builder():
+    done = subprocess.run([sys.executable, "-c", "import sys, targets; targets.load_target('raspberry-pi-5'); "
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'bundler'))"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_unknown_target_is_refused_with_the_choices():

@@ -232,7 +232,8 @@ def load_assistant(bundle: Bundle, args: argparse.Namespace):
     from runtime.assistant import Assistant
 
     assistant = Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
-    assistant.grounding = grounding_options(args)
+    if hasattr(args, "passages"):  # the answering commands; summaries choose their own passages
+        assistant.grounding = grounding_options(args)
     return assistant
 
 

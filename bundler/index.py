@@ -20,7 +20,6 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from bundler.dense_scorer import write_scorer
 from bundler.embedder_export import export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
@@ -96,6 +95,7 @@ def build_index(
     work = Path(tempfile.mkdtemp(prefix=".index-", dir=out_dir))
     try:
         settings = {
+            "format": index_files.FORMAT,
             "analyzer": ANALYZER,
             "modes": list(modes),
             "chunking": dataclasses.asdict(chunking),
@@ -225,7 +225,8 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     matrix = np.concatenate(vectors)
     quantized, scales = quantize_vectors(matrix)
     (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
-    write_scorer(work / index_files.DENSE_SCORER, quantized, scales)
+    np.save(work / index_files.DENSE_VECTORS, quantized)
+    np.save(work / index_files.DENSE_SCALES, scales)
     shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}

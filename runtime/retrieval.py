@@ -36,6 +36,10 @@ def read_settings(bundle) -> dict:
             int(settings["dense"]["max_length"])
     except (ValueError, KeyError, TypeError) as exc:
         raise RetrievalError(f"{where}: malformed index settings ({type(exc).__name__}: {exc})") from None
+    version = settings.get("format", 1)  # format 1 had no field
+    if version != index_files.FORMAT:
+        raise RetrievalError(f"{where}: index format {version!r} is not supported by this runtime "
+                             f"(expected {index_files.FORMAT}); rebuild the executable with the current builder")
     if not isinstance(modes, list) or not modes or not set(modes) <= {"bm25", "dense"}:
         raise RetrievalError(f"{where}: malformed index settings (modes {modes!r})")
     if analyzer != ANALYZER:

@@ -200,7 +200,8 @@ def _parse(source: SourceFile, chunking: ChunkingConfig, max_file_bytes: int) ->
 def _skip_kind(reason: str) -> str:
     """The summary's name for a parser's reason (SkipFile messages of bundler.formats)."""
     for start, kind in (("empty file", "empty"), ("binary data", "binary"), ("not UTF-8", "binary"), ("no text", "no text"),
-                        ("no extractable text", "no text"), ("encrypted", "encrypted"), ("decompresses to more", "too large")):
+                        ("no extractable text", "no text"), ("encrypted", "encrypted"), ("decompresses to more", "too large"),
+                        ("man page alias", "man page alias")):
         if reason.startswith(start):
             return kind
     return "unreadable"

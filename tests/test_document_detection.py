@@ -62,8 +62,11 @@ def test_man_sections_with_suffixes_and_extensionless_text_are_recognised_by_con
 
 def test_suffixed_man_page_and_extensionless_text_are_searchable(tmp_path, index_cache):
     docs = station_folder(tmp_path / "docs")
+    (docs / "usr/share/man/man3/itimerspec.3type.gz").write_bytes(gzip.compress(b".so man3/timespec.3type\n"))
     result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",))
     assert result.info.documents == 5
+    alias = {s.path: (s.kind, s.reason) for s in result.skipped}["usr/share/man/man3/itimerspec.3type.gz"]
+    assert alias == ("man page alias", "man page alias of man3/timespec.3type (.so)")
     retriever = open_retriever(tmp_path / "staging", result.info)
     hit = retriever.search("reactor clock nanoseconds", k=1, mode="bm25")[0]
     assert hit.chunk.source.path == "usr/share/man/man3/timespec.3type.gz"

@@ -28,7 +28,7 @@ FORMATS: dict[str, Parser] = {
 PARSERS: dict[str, Parser] = {suffix: FORMATS[name] for suffix, name in SUFFIXES.items()}
 
 # Bump when any parser's output changes, so cached parses are not reused.
-PARSER_VERSION = 3
+PARSER_VERSION = 4
 
 
 def parser_for(name: str) -> Parser | None:

@@ -70,16 +70,16 @@ def find_documents(docs_dir: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES)
                 skipped.append(SkippedFile(relative, f"larger than the {max_file_bytes} byte limit ({target.stat().st_size} bytes)", "too large"))
             else:
                 try:
-                    kind = detect_format(name, _read_head(target, name) if needs_head(name) else b"")
+                    format_name = detect_format(name, _read_head(target, name) if needs_head(name) else b"")
                 except SkipFile as exc:
                     skipped.append(SkippedFile(relative, str(exc), "unreadable"))
                     continue
-                if kind is None and needs_head(name):
+                if format_name is None and needs_head(name):
                     skipped.append(SkippedFile(relative, "not text and not a man page", "binary"))
-                elif kind is None:
+                elif format_name is None:
                     skipped.append(SkippedFile(relative, "unsupported file type", unsupported_kind(name)))
                 else:
-                    found.append(SourceFile(target, relative, kind))
+                    found.append(SourceFile(target, relative, format_name))
     found.sort(key=lambda f: f.relative)
     return found, skipped
 

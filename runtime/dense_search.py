@@ -9,6 +9,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from runtime import index_files
+from runtime.errors import UserError
 
 # Chunk vectors are symmetric int8, one scale per chunk (scoring is float32, so the full range is safe).
 VECTOR_LEVELS = 127
@@ -71,9 +72,6 @@ class DenseSearch:
     """
 
     def __init__(self, encoder: SentenceEncoder, vectors: np.ndarray, scales: np.ndarray, threads: int | None = None):
-        if vectors.ndim != 2 or vectors.dtype != np.int8 or scales.shape != (len(vectors),):
-            raise ValueError(f"dense vectors must be int8 [chunks, dim] with [chunks] scales, got "
-                             f"{vectors.dtype} {vectors.shape} and {scales.shape}")
         self.encoder = encoder
         self.vectors = vectors
         self.scales = scales
@@ -82,7 +80,12 @@ class DenseSearch:
         self.pool = ThreadPoolExecutor(self.parts) if self.parts > 1 else None
 
     @classmethod
-    def from_bundle(cls, bundle, max_length: int, threads: int | None = None) -> "DenseSearch":
+    def from_bundle(cls, bundle, max_length: int, size: int, threads: int | None = None) -> "DenseSearch":
+        """size: the number of chunks, which the vectors must match."""
+        vectors, scales = bundle.array(index_files.DENSE_VECTORS), bundle.array(index_files.DENSE_SCALES)
+        if vectors.ndim != 2 or vectors.dtype != np.int8 or scales.dtype != np.float32 or scales.shape != (size,) or len(vectors) != size:
+            raise UserError(f"{bundle.path}: {index_files.DENSE_VECTORS}: expected int8 [{size}, dim] vectors and float32 "
+                            f"[{size}] scales, found {vectors.dtype} {list(vectors.shape)} and {scales.dtype} {list(scales.shape)}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -91,8 +94,8 @@ class DenseSearch:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return cls(
             SentenceEncoder.from_bundle(bundle, max_length, options),
-            bundle.array(index_files.DENSE_VECTORS),
-            bundle.array(index_files.DENSE_SCALES),
+            vectors,
+            scales,
             threads,
         )
 

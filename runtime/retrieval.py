@@ -163,7 +163,7 @@ class Retriever:
         bm25 = Bm25Search.from_bundle(bundle, len(chunks)) if "bm25" in modes else None
         dense = None
         if "dense" in modes:
-            dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], threads)
+            dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], len(chunks), threads)
         return cls(chunks, bm25, dense, settings["fusion"]["dense_weight"])
 
     def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:

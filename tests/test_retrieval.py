@@ -270,6 +270,20 @@ def test_index_of_an_older_format_is_refused_with_a_clear_error(tmp_path, index_
         open_retriever(staging, result.info)
 
 
+def test_vectors_that_do_not_match_the_chunks_are_refused_naming_the_entry(tmp_path, index_cache):
+    import numpy as np
+
+    from runtime.errors import UserError
+
+    docs = write_docs(tmp_path / "docs", STATION)
+    staging = tmp_path / "staging"
+    result = build_index(docs, staging, index_cache)
+    vectors = staging / "index" / "dense" / "vectors.npy"
+    np.save(vectors, np.load(vectors)[:-1])
+    with pytest.raises(UserError, match=r"index/dense/vectors.npy: expected int8 \[4, dim\] vectors.*found int8 \[3, 384\]"):
+        open_retriever(staging, result.info)
+
+
 def test_runtime_retrieval_imports_no_builder_or_heavy_library():
     code = (
         "import sys, runtime.retrieval\n"

@@ -122,3 +122,10 @@ def test_identical_passages_are_indexed_once_and_cite_every_file(tmp_path, index
     assert record["source"]["also_in"] == ["man2/open.2.gz", "man2/openat.2.gz"]
     antenna = retriever.search("antenna azimuth", k=1, mode="hybrid")[0]
     assert antenna.chunk.source.also_in == [] and source_record(antenna)["citation"] == antenna.chunk.source.cite()
+
+
+def test_build_writes_its_report_beside_the_executable(tiny_station_bundle):
+    report = tiny_station_bundle.with_name(tiny_station_bundle.name + ".build-report.json")
+    data = json.loads(report.read_text())
+    assert (data["documents"], data["skipped"], data["skipped_by_kind"]) == (3, [], {})
+    assert data["passages"] >= 3 and data["duplicate_passages"] == 0

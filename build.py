@@ -146,13 +146,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
-            "skipped": result.skipped, "warnings": result.warnings,
+            "skipped": result.skipped, "warnings": result.warnings, "report": str(result.report),
         }, indent=1))
     else:
         for line in result.warnings:
             print(f"warning: {line}", file=sys.stderr)
-        if result.skipped:
-            print(f"warning: skipped {len(result.skipped)} file(s): {'; '.join(result.skipped)}", file=sys.stderr)
+        if result.skip_summary:
+            print(f"warning: {result.skip_summary}", file=sys.stderr)
         shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
         print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
               f"{result.manifest.model.name} {result.manifest.model.quantization}, "

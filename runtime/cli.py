@@ -276,7 +276,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         print("\n\nSources:")
         for number, hit in enumerate(answer.sources, 1):
             if hit in answer.cited:
-                print(f"  [{number}] {hit.chunk.source.cite()}")
+                print(f"  [{number}] {hit.chunk.source.cite_with_copies()}")
     else:
         print()
     if answer.support is not None:
@@ -343,7 +343,7 @@ def run_search(bundle: Bundle, args: argparse.Namespace) -> int:
         print(json.dumps({"query": args.query, "mode": mode, "hits": [source_record(h) for h in hits]}, indent=1))
         return 0
     for hit in hits:
-        print(f"{hit.rank}. {hit.chunk.source.cite()}  score {hit.score:.3f}")
+        print(f"{hit.rank}. {hit.chunk.source.cite_with_copies()}  score {hit.score:.3f}")
         for line in hit.chunk.text.strip().splitlines()[:4]:
             print(f"     {line}")
         print()

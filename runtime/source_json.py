@@ -7,7 +7,7 @@ import dataclasses
 def source_record(hit) -> dict:
     """A retrieval Hit as documented in docs/QUERY_APP.md (`sources` items, search results)."""
     span = hit.chunk.source
-    return {"rank": hit.rank, "score": float(hit.score), "citation": span.cite(), "text": hit.chunk.text,
+    return {"rank": hit.rank, "score": float(hit.score), "citation": span.cite_with_copies(), "text": hit.chunk.text,
             "source": dataclasses.asdict(span)}
 
 

@@ -380,7 +380,7 @@ def run_summarize(bundle: Bundle, args: argparse.Namespace) -> int:
     cited = sorted({n for s in sentences for n in s.sources})
     print("\n\nSources:" if cited else "")
     for number in cited:
-        print(f"  [{number}] {summary.passages[number - 1].source.cite()}")
+        print(f"  [{number}] {summary.passages[number - 1].source.cite_with_copies()}")
     unsupported = [s for s in sentences if not s.sources]
     if unsupported:
         print(f"unsupported: {len(unsupported)} of {len(sentences)} sentence(s) share no words with the passages")

@@ -13,7 +13,7 @@ def source_record(hit) -> dict:
 
 def passage_record(number: int, chunk) -> dict:
     """A passage given to a summary (`passages` items of `summarize --json` and /v1/summarize)."""
-    return {"number": number, "citation": chunk.source.cite(), "text": chunk.text,
+    return {"number": number, "citation": chunk.source.cite_with_copies(), "text": chunk.text,
             "source": dataclasses.asdict(chunk.source)}
 
 

@@ -67,7 +67,9 @@ class Scope:
         return cls(match["path"], pages, lines)
 
     def covers(self, span: SourceSpan) -> bool:
-        if span.path != self.path:
+        # A passage stored once for several identical files belongs to each of them (the line and
+        # page numbers are those of the first file).
+        if span.path != self.path and self.path not in span.also_in:
             return False
         if self.pages and (span.page is None or not self.pages[0] <= span.page <= self.pages[1]):
             return False
@@ -81,7 +83,7 @@ def passages_in_scope(chunks, scope: Scope) -> list[Chunk]:
 
     A path given without its folders matches when it names exactly one file of the bundle."""
     found = [chunks[i] for i in range(len(chunks))]
-    paths = {c.source.path for c in found}
+    paths = {path for c in found for path in (c.source.path, *c.source.also_in)}
     if scope.path not in paths:
         tails = sorted(p for p in paths if p.endswith("/" + scope.path))
         if len(tails) != 1:

@@ -39,6 +39,8 @@ class Decoder(abc.ABC):
 
     length: int
     max_length: int
+    # Prompt tokens per forward call while prefilling; None: the whole prompt in one call.
+    prefill_chunk: Optional[int] = None
 
     @classmethod
     @abc.abstractmethod
@@ -50,8 +52,9 @@ class Decoder(abc.ABC):
         """Empty the cache."""
 
     @abc.abstractmethod
-    def forward(self, ids: list[int]) -> np.ndarray:
-        """Append `ids` to the cache; logits [len(ids), vocab] (float32) for those positions."""
+    def forward(self, ids: list[int], rows: Optional[int] = None) -> np.ndarray:
+        """Append `ids` to the cache; logits [rows, vocab] (float32) for the last `rows` of those
+        positions (all of them by default). A decoder may compute only the rows asked for."""
 
     @abc.abstractmethod
     def truncate(self, length: int) -> None:
@@ -71,6 +74,10 @@ def context_limit(bundle, max_length: Optional[int]) -> int:
 
 class OptimumDecoder(Decoder):
     """optimum's `text-generation-with-past` graph: past_key_values.N.key/value in, present.N.* out."""
+
+    # The graph returns logits for every fed position, [chunk, vocab] float32 (49152 × 128 × 4 B =
+    # 25 MB): a long prompt must not go in at once.
+    prefill_chunk = 128
 
     def __init__(self, session: ort.InferenceSession, max_length: int):
         self.session = session
@@ -96,7 +103,7 @@ class OptimumDecoder(Decoder):
         self.length = 0
         self._past = [ort.OrtValue.ortvalue_from_numpy(self._empty)] * len(self._past_names)
 
-    def forward(self, ids: list[int]) -> np.ndarray:
+    def forward(self, ids: list[int], rows: Optional[int] = None) -> np.ndarray:
         count = len(ids)
         self._check_room(count)
         feed = {"input_ids": np.asarray([ids], dtype=np.int64)}
@@ -110,7 +117,7 @@ class OptimumDecoder(Decoder):
         logits, *present = self.session.run_with_ort_values(self._outputs, feed)
         self._past = present
         self.length += count
-        return logits.numpy()[0]
+        return logits.numpy()[0][-rows:] if rows else logits.numpy()[0]
 
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.length:

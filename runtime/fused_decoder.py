@@ -29,7 +29,7 @@ def session_options(threads: Optional[int]) -> ort.SessionOptions:
 
 
 class FusedDecoder(Decoder):
-    """See runtime.decoder.Decoder; adds `forward(ids, rows=...)` to skip unneeded logits."""
+    """See runtime.decoder.Decoder; computes only the logits rows asked for."""
 
     def __init__(self, session: ort.InferenceSession, num_layers: int, num_kv_heads: int,
                  head_dim: int, max_length: int):

@@ -1,21 +1,13 @@
 """Token generation over a `Decoder`: greedy or sampled, streamed one id at a time."""
 from __future__ import annotations
 
-import importlib
-import inspect
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
 
 from runtime.repetition import RepetitionGuard
-
-# Prompt tokens fed per forward call: the optimum graph returns logits for every fed position,
-# [chunk, vocab] float32 (49152 × 128 × 4 B = 25 MB), so a long prompt must not go in at once.
-PREFILL_CHUNK = 128
-# Module providing `generate_speculative(decoder, prompt_ids, config, first_logits)` for lossless
-# greedy decoding with drafts; used when present (see runtime/speculative.py).
-SPECULATIVE_MODULE = "runtime.speculative"
+from runtime.speculative import generate_speculative
 
 
 @dataclass
@@ -48,11 +40,9 @@ def prefill(decoder, prompt_ids: list[int]) -> np.ndarray:
     if len(prompt_ids) > decoder.max_length:
         raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the context of {decoder.max_length}")
     decoder.reset()
-    if "rows" in inspect.signature(decoder.forward).parameters:
-        # A decoder that can skip logits takes the whole prompt in one pass.
-        return decoder.forward(list(prompt_ids), rows=1)[-1]
-    for start in range(0, len(prompt_ids), PREFILL_CHUNK):
-        logits = decoder.forward(list(prompt_ids[start : start + PREFILL_CHUNK]))
+    step = decoder.prefill_chunk or len(prompt_ids)
+    for start in range(0, len(prompt_ids), step):
+        logits = decoder.forward(list(prompt_ids[start : start + step]), rows=1)
     return logits[-1]
 
 
@@ -96,16 +86,6 @@ class TokenSampler:
         return int(candidates[self.rng.choice(candidates.size, p=probs)])
 
 
-def _speculative_generator():
-    try:
-        module = importlib.import_module(SPECULATIVE_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != SPECULATIVE_MODULE:
-            raise
-        return None
-    return module.generate_speculative
-
-
 def generate(decoder, prompt_ids: list[int], config: GenerationConfig,
              guard: Optional[RepetitionGuard] = None) -> Iterator[int]:
     """New token ids after `prompt_ids` (the decoder's cache is reset first).
@@ -119,9 +99,7 @@ def generate(decoder, prompt_ids: list[int], config: GenerationConfig,
     guard = guard if guard is not None else RepetitionGuard.from_config(config)
     logits = prefill(decoder, prompt_ids)
     if config.speculative and config.greedy and config.repeat_penalty == 1.0:
-        speculative = _speculative_generator()
-        if speculative is not None:
-            return speculative(decoder, list(prompt_ids), config, logits, guard)
+        return generate_speculative(decoder, list(prompt_ids), config, logits, guard)
     return _generate_stepwise(decoder, list(prompt_ids), config, logits, guard)
 
 

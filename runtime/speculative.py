@@ -14,7 +14,6 @@ two rows and only the first is used.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -57,13 +56,6 @@ class NgramIndex:
         return []
 
 
-def _rows_forward(decoder):
-    """decoder.forward with only the last `rows` logits computed where the decoder can."""
-    if "rows" in inspect.signature(decoder.forward).parameters:
-        return lambda ids, rows: decoder.forward(ids, rows=rows)
-    return lambda ids, rows: decoder.forward(ids)[-rows:]
-
-
 def generate_speculative(decoder, prompt_ids: list[int], config, first_logits: np.ndarray,
                          guard: RepetitionGuard | None = None) -> Iterator[int]:
     """runtime.generation's hook: greedy `config` after a prefilled prompt."""
@@ -83,7 +75,6 @@ def speculative_greedy(decoder, prompt_ids: list[int], first_token: int, limit: 
     (the admitted answer plus the draft up to that row), and every token passes `guard.admit`
     before it is yielded: the very decisions step-by-step decoding makes.
     """
-    forward = _rows_forward(decoder)
     guard = guard if guard is not None else RepetitionGuard()
     limit = min(limit, decoder.max_length - decoder.length)
     stats = stats if stats is not None else SpeculationStats()
@@ -105,7 +96,7 @@ def speculative_greedy(decoder, prompt_ids: list[int], first_token: int, limit: 
         if not draft and room > 0:
             draft = [token]  # keeps the step on the multi-token path; right now and then
         before = decoder.length
-        logits = forward([token] + draft, len(draft) + 1)
+        logits = decoder.forward([token] + draft, rows=len(draft) + 1)
         stats.steps += 1
         accepted = 0
         choice = int(np.argmax(guard.adjust(logits[0])))
@@ -132,7 +123,6 @@ def reference_greedy(decoder, first_token: int, limit: int, stop_token_ids=froze
     """Plain greedy decoding on the same numeric path as `speculative_greedy`: each step
     feeds the new token and a filler, keeps the first row and drops the filler from the
     cache (one row only when the context has room for no more)."""
-    forward = _rows_forward(decoder)
     guard = guard if guard is not None else RepetitionGuard()
     limit = min(limit, decoder.max_length - decoder.length)
     token = first_token
@@ -144,6 +134,6 @@ def reference_greedy(decoder, first_token: int, limit: int, stop_token_ids=froze
             return
         before = decoder.length
         fed = [token, token] if decoder.max_length - before >= 2 else [token]
-        logits = forward(fed, len(fed))
+        logits = decoder.forward(fed, rows=len(fed))
         decoder.truncate(before + 1)
         token = int(np.argmax(guard.adjust(logits[0])))

@@ -75,6 +75,20 @@ def save_model(model: onnx.ModelProto, model_dir: Path) -> None:
         os.replace(os.path.join(tmp, MODEL_FILE), model_dir / MODEL_FILE)
 
 
+def weight_summary(weights: LlamaWeights, plan: QuantizationPlan) -> str:
+    """Which GGUF tensor types the graph holds and whether exactly: shown by the build and `info`."""
+    if weights.kind != "gguf":
+        return ""
+    counts: dict[str, int] = {}
+    for tensor in weights.tensors.values():
+        if len(tensor.shape) == 2:
+            counts[tensor.type] = counts.get(tensor.type, 0) + 1
+    types = ", ".join(f"{kind} x{count}" for kind, count in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if plan.mode == "gguf-exact":
+        return f"exact GGUF blocks (bit for bit): {types}"
+    return f"requantized to {plan.label} from {types}"
+
+
 def model_info(weights: LlamaWeights, plan: QuantizationPlan) -> ModelInfo:
     spec = weights.spec
     parameters = sum(int(_size(t)) for t in weights.tensors.values())
@@ -92,6 +106,7 @@ def model_info(weights: LlamaWeights, plan: QuantizationPlan) -> ModelInfo:
         hidden_size=spec.hidden_size,
         vocab_size=spec.vocab_size,
         context_length=min(spec.context_length, MAX_ROPE_POSITIONS),
+        weights=weight_summary(weights, plan),
     )
 
 

@@ -233,6 +233,7 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     lines = [
         f"model:         {model.name} ({model.architecture}, {model.parameters / 1e6:.1f}M parameters)",
         f"quantization:  {model.quantization} ({model.graph} graph)",
+        *([f"weights:       {model.weights}"] if model.weights else []),
         f"context:       {model.context_length} tokens",
     ]
     if model.quality is not None:

@@ -56,6 +56,7 @@ class ModelInfo:
     license: str = "unknown"
     source_sha256: str = ""
     quality: Optional[QualityReport] = None
+    weights: str = ""  # how the source's tensor types were carried, e.g. "exact GGUF blocks: Q4_K x97, ..."
 
 
 @dataclass

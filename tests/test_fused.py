@@ -166,6 +166,16 @@ def test_bundle_of_a_fused_model_opens_with_the_fused_decoder(gguf_staging):
     assert (gguf_staging / "model" / "tokenizer.json").is_file()
 
 
+def test_info_names_the_model_and_how_its_gguf_types_were_carried(gguf_staging, tiny_gguf, capsys):
+    from runtime.cli import main
+
+    assert main(["--bundle", str(gguf_staging), "info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # No general.basename in this file: the file name, never general.name.
+    assert lines[0].startswith(f"model:         {tiny_gguf.stem} (llama, ")
+    assert "weights:       exact GGUF blocks (bit for bit): Q4_1 x10, Q8_0 x3, Q4_0 x2" in lines
+
+
 def test_quality_gate_passes_the_exact_export_and_reports_both_perplexities(gguf_staging, tiny_gguf):
     report = check_quality(gguf_staging / "model", tiny_gguf)
     assert report.tokens > 100 and report.ratio <= 1.05

@@ -8,6 +8,7 @@ from typing import Iterator, Optional, Sequence
 from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
+from runtime.memory import bundle_threads
 from runtime.prompt import Prompt, cited_sources, fit_prompt
 from runtime.retrieval import Hit, Retriever
 from runtime.stop_strings import StopStringFilter
@@ -75,6 +76,7 @@ class Assistant:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threads: Optional[int] = None, ctx: Optional[int] = None) -> "Assistant":
+        threads = bundle_threads(bundle.manifest, threads)
         return cls(
             tokenizer=ChatTokenizer.from_bundle(bundle),
             decoder=load_decoder(bundle, threads=threads, max_length=ctx),

@@ -94,7 +94,8 @@ class TargetInfo:
     python: str
     ram_mb: int
     threads: int
-    context: int
+    context: int  # the context the budget was checked at: min(model, profile); the runtime never exceeds it
+    memory_mb: int = 0  # the build's estimate of resident memory at that context (runtime.memory)
 
 
 @dataclass

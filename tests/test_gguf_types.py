@@ -1,7 +1,7 @@
 """Every GGUF tensor type a Llama 3.2 release uses is carried into the fused graph exactly.
 
 The `gguf` package has no quantizer for the K types, so the tensors here are random bytes in
-each type's block layout (sane float16 scale fields, every other byte random): the oracle is
+each type's block layout (tests.fixtures_fused.random_tensor_bytes): the oracle is
 `gguf.quants.dequantize` of those very bytes.
 """
 from __future__ import annotations
@@ -21,83 +21,12 @@ from bundler.gguf_reader import BLOCK_TYPES, FLOAT_TYPES, GgufTensor, read_gguf
 from bundler.llama_weights import load_llama
 from bundler.torch_reference import reference_logits, reference_model
 from runtime.fused_decoder import FusedDecoder
+from tests.fixtures_fused import TYPED_SHAPE, random_tensor_bytes, write_typed_gguf
 
-# Float16 fields of each block: (byte offset, low, high). Scales positive, Q4_1/Q5_1 minimums signed.
-_F16_FIELDS = {
-    "Q4_0": [(0, 0.002, 0.02)], "Q8_0": [(0, 2e-4, 2e-3)], "Q5_0": [(0, 0.001, 0.01)],
-    "Q4_1": [(0, 0.002, 0.02), (2, -0.15, 0.0)], "Q5_1": [(0, 0.001, 0.01), (2, -0.15, 0.0)],
-    "Q4_K": [(0, 2e-4, 8e-4), (2, 1e-3, 5e-3)], "Q5_K": [(0, 1e-4, 4e-4), (2, 1e-3, 5e-3)],
-    "Q6_K": [(208, 2e-5, 1e-4)],
-}
-# A K-type row must be a multiple of 256 wide: the smallest Llama shape that allows it.
-SHAPE = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 320}
 # llama.cpp's Q4_K_M recipe in miniature: mixed layouts inside one fused q/k/v and gate/up.
 Q4_K_M = {"token_embd": "Q6_K", "attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "Q4_K",
           "ffn_gate": "Q4_K", "ffn_up": "Q5_0", "ffn_down": "Q8_0"}
-PROMPT = [int(i) for i in np.random.default_rng(5).integers(0, SHAPE["vocab"], 24)]
-
-
-def random_tensor_bytes(qtype: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """[rows, bytes per row] of a valid `qtype` tensor (or the float values for float types)."""
-    import gguf
-
-    kind = gguf.GGMLQuantizationType[qtype]
-    if qtype in FLOAT_TYPES:
-        values = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
-        return gguf.quants.quantize(values, kind)
-    per_block, size = gguf.GGML_QUANT_SIZES[kind]
-    blocks = rng.integers(0, 256, (rows, cols // per_block, size), dtype=np.uint8)
-    for offset, low, high in _F16_FIELDS[qtype]:
-        field = rng.uniform(low, high, blocks.shape[:2]).astype(np.float16)
-        blocks[..., offset:offset + 2] = field[..., None].view(np.uint8)
-    return blocks.reshape(rows, -1)
-
-
-def write_typed_gguf(path: Path, types: dict[str, str], seed: int = 0) -> Path:
-    """A tiny tied-embedding Llama GGUF whose matrices have the given types (fragment -> type)."""
-    import gguf
-
-    rng = np.random.default_rng(seed)
-    s = SHAPE
-    head_dim = s["hidden"] // s["heads"]
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(s["layers"])
-    writer.add_context_length(256)
-    writer.add_embedding_length(s["hidden"])
-    writer.add_feed_forward_length(s["ffn"])
-    writer.add_head_count(s["heads"])
-    writer.add_head_count_kv(s["kv_heads"])
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(500000.0)
-    shapes = {"token_embd.weight": (s["vocab"], s["hidden"]), "output_norm.weight": (s["hidden"],)}
-    for layer in range(s["layers"]):
-        p = f"blk.{layer}."
-        shapes.update({
-            p + "attn_norm.weight": (s["hidden"],), p + "ffn_norm.weight": (s["hidden"],),
-            p + "attn_q.weight": (s["hidden"], s["hidden"]),
-            p + "attn_k.weight": (s["kv_heads"] * head_dim, s["hidden"]),
-            p + "attn_v.weight": (s["kv_heads"] * head_dim, s["hidden"]),
-            p + "attn_output.weight": (s["hidden"], s["hidden"]),
-            p + "ffn_gate.weight": (s["ffn"], s["hidden"]), p + "ffn_up.weight": (s["ffn"], s["hidden"]),
-            p + "ffn_down.weight": (s["hidden"], s["ffn"]),
-        })
-    for name, shape in shapes.items():
-        if len(shape) == 1:
-            writer.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32))
-            continue
-        qtype = next((t for fragment, t in types.items() if fragment in name), "F32")
-        data = random_tensor_bytes(qtype, *shape, rng)
-        if qtype in ("F32", "F16"):
-            writer.add_tensor(name, data)
-        else:
-            writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[qtype])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
+PROMPT = [int(i) for i in np.random.default_rng(5).integers(0, TYPED_SHAPE["vocab"], 24)]
 ALL_TYPES = BLOCK_TYPES + FLOAT_TYPES
 
 

@@ -52,12 +52,11 @@ def build_fused_model(source: str | Path | ModelSource, quantization: str | Quan
 def _write_tokenizer(source: ModelSource, model_dir: Path) -> None:
     """The model room's tokenizer files: rebuilt and checked from a GGUF, copied from a folder."""
     if source.kind == "gguf":
-        import gguf
-
         from bundler.gguf_convert import check_tokenizer
+        from bundler.gguf_reader import open_reader
         from bundler.gguf_tokenizer import read_vocabulary, write_tokenizer_files
 
-        vocab = read_vocabulary(source.path, gguf.GGUFReader(str(source.path)))
+        vocab = read_vocabulary(source.path, open_reader(source.path))
         check_tokenizer(source.path, vocab)
         write_tokenizer_files(vocab, model_dir)
     else:

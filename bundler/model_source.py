@@ -73,10 +73,10 @@ def _resolve_gguf(path: Path) -> ModelSource:
         raise BuildError(path, f"cannot read: {exc.strerror or exc}") from None
     if magic != GGUF_MAGIC:
         raise BuildError(path, "not a GGUF file (bad magic bytes)")
-    import gguf
+    from bundler.gguf_reader import open_reader
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = open_reader(path)
     except Exception as exc:  # the gguf package raises plain ValueError/struct errors on damaged files
         raise BuildError(path, f"unreadable GGUF: {exc}") from None
     field = reader.get_field("general.architecture")

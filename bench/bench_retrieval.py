@@ -23,6 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench_record import BenchRecord  # noqa: E402
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import ir_measures  # noqa: E402
@@ -271,14 +272,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=ChunkingConfig.max_tokens, help="chunk budget")
     parser.add_argument("--overlap-tokens", type=int, default=ChunkingConfig.overlap_tokens, help="chunk overlap")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as temp:
+    with BenchRecord("retrieval", vars(args)) as record, tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         chunking = ChunkingConfig(args.max_tokens, args.overlap_tokens)
+        record.figures["report"] = []
         for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads, chunking):
             print(line, flush=True)
+            record.figures["report"].append(line)
         if args.synthetic:
             for line in bench_synthetic(args.data / "cranfield", args.cache, work, args.synthetic, args.threads):
                 print(line, flush=True)
+                record.figures["report"].append(line)
 
 
 if __name__ == "__main__":

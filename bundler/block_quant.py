@@ -10,8 +10,8 @@ inputs (4 or 8 bits, uint8 zero points). GGUF types map onto it as follows, ever
 The types with a minimum (w = scale*q + m; for the K types scale = d*sc and m = -dmin*mn per
 sub-block of 32) do not fit a zero point: m is split into an integer zero point
 z = round(-m/scale) and a remainder c = m + z*scale, and the graph adds blocksum(x) @ c as a
-separate term (../shared/FINDINGS.md: a float zero point takes ONNX Runtime's slow path;
-dropping the remainder costs 20% perplexity).
+separate term (docs/MEASUREMENTS.md#q4-1-remainder: a float zero point takes ONNX Runtime's
+slow path; dropping the remainder costs 20% perplexity).
 """
 from __future__ import annotations
 

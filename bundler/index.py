@@ -35,7 +35,7 @@ from runtime.manifest import IndexInfo
 from runtime.retrieval import Chunk, SourceSpan
 from runtime.text_terms import ANALYZER
 
-# Weight of the dense z-score in hybrid fusion (FINDINGS: 0.6-0.7 best on Cranfield and a second collection).
+# Weight of the dense z-score in hybrid fusion (0.6-0.7 best on Cranfield and a second collection: docs/MEASUREMENTS.md#dense-weight).
 DENSE_WEIGHT = 0.65
 _EMBED_BATCH = 32
 

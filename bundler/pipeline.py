@@ -110,7 +110,7 @@ def model_choice(source, target, config: BuildConfig) -> tuple[str, str]:
     """Graph and quantization: what the user asked for, else the best the target's runtime runs.
 
     The fused graph needs contrib operators that old onnxruntime releases (the aarch64 glibc-2.31
-    targets) lack. Requantizing a GGUF's 4-bit blocks to int4 costs ~25% perplexity (FINDINGS), so
+    targets) lack. Requantizing a GGUF's 4-bit blocks to int4 costs ~25% perplexity (docs/MEASUREMENTS.md#requantized-int4), so
     without the fused graph's exact transfer a GGUF source falls back to near-lossless int8.
     """
     from bundler.fused_export import default_quantization

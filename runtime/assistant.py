@@ -12,6 +12,7 @@ from runtime.memory import bundle_threads
 from runtime.prompt import Prompt, cited_sources, fit_prompt
 from runtime.retrieval import Hit, Retriever
 from runtime.stop_strings import StopStringFilter
+from runtime.support_quote import Support, find_support
 from runtime.tokenizer import ChatTokenizer
 
 # Tokens kept free for the answer when the caller does not say how long it may be.
@@ -41,6 +42,7 @@ class Answer:
     _deltas: Iterator[str]
     text: str = ""
     stats: AnswerStats = field(default_factory=AnswerStats)
+    question: str = ""
 
     @property
     def sources(self) -> list[Hit]:
@@ -50,6 +52,11 @@ class Answer:
     def cited(self) -> list[Hit]:
         """Sources the answer cites; all sources given to the model when it cites none."""
         return cited_sources(self.text, self.sources) or list(self.sources)
+
+    @property
+    def support(self) -> Optional[Support]:
+        """The sentences of the cited passages that best back the text so far; None without passages."""
+        return find_support(self.question, self.text, self.sources)
 
     def __iter__(self) -> Iterator[str]:
         for delta in self._deltas:
@@ -119,6 +126,7 @@ class Assistant:
         stop_ids = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids
         config = GenerationConfig(**{**vars(config), "stop_token_ids": stop_ids})
         answer = Answer(prompt=prompt, _deltas=iter(()))
+        answer.question = question
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
         answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started)

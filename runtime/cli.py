@@ -9,17 +9,61 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from runtime.bundle import Bundle, BundleError
+from runtime.bundle import Bundle
+from runtime.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 from runtime.network_guard import install_network_guard
 from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
 
 PROG = "bundle"
+MODES = ("bm25", "dense", "hybrid")
 
 
 def default_bundle_path() -> Optional[Path]:
     """The executable itself carries the payload once frozen by PyInstaller."""
     return Path(sys.executable) if getattr(sys, "frozen", False) else None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,26 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bundle", type=Path, default=default_bundle_path(),
                         help="bundle file or staging folder (default: this executable)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the target profile's, at most all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for the model (default: the target profile's, at most all cores)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
     group = model.add_argument_group("model")
     # SUPPRESS keeps a value given before the command when none is given after it.
-    group.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+    group.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS,
                        help="CPU threads for the model (default: the target profile's, at most all cores)")
-    group.add_argument("--ctx", type=int, default=None, help="context window in tokens, at most the bundle's (default: the bundle's)")
+    group.add_argument("--ctx", type=positive_int, default=None,
+                       help="context window in tokens, at most the bundle's (default: the bundle's)")
 
     answering = argparse.ArgumentParser(add_help=False)
     group = answering.add_argument_group("answering")
-    group.add_argument("--k", type=int, default=4, help="passages to retrieve (default 4)")
-    group.add_argument("--mode", default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
+    group.add_argument("--k", type=positive_int, default=4, help="passages to retrieve (default 4)")
+    group.add_argument("--mode", choices=MODES, default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
     group.add_argument("--no-docs", action="store_true", help="answer from the model alone, without retrieval")
-    group.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
-    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default 0)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
-    group.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0: off)")
-    group.add_argument("--repeat-penalty", type=float, default=1.0,
+    group.add_argument("--max-tokens", type=positive_int, default=256, help="longest answer in tokens (default 256)")
+    group.add_argument("--temperature", type=non_negative_float, default=0.0, help="sampling temperature; 0 is greedy (default 0)")
+    group.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass (default 1.0: off)")
+    group.add_argument("--top-k", type=non_negative_int, default=0, help="sample among the k likeliest tokens (default 0: off)")
+    group.add_argument("--repeat-penalty", type=positive_float, default=1.0,
                        help="penalty on tokens already generated (default 1.0: off)")
     group.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same answer")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
@@ -66,22 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Serve the web page at / and an OpenAI-compatible API at /v1 "
                                             "(chat/completions, models), plus /v1/search and /health. "
                                             "The answering options set the defaults for requests.")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1, this machine only; any other needs an API key)")
+    serve.add_argument("--port", type=port_number, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--api-key", default=os.environ.get("EDGEBUNDLE_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on /v1 (default: $EDGEBUNDLE_API_KEY)")
-    serve.add_argument("--max-tokens-cap", type=int, default=1024,
+    serve.add_argument("--max-tokens-cap", type=positive_int, default=1024,
                        help="largest max_tokens a request may get (default 1024)")
-    serve.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
-    serve.add_argument("--queue", type=int, default=8,
+    serve.add_argument("--max-body", type=positive_int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
+    serve.add_argument("--queue", type=non_negative_int, default=8,
                        help="requests that may wait while one is answered; more get 429 (default 8)")
-    serve.add_argument("--queue-timeout", type=float, default=120.0,
+    serve.add_argument("--queue-timeout", type=positive_float, default=120.0,
                        help="seconds a request may wait for the model before 503 (default 120)")
+    serve.add_argument("--max-connections", type=positive_int, default=None,
+                       help="open connections; to admit one more, the one waiting longest for its request "
+                            "is cut (default 64)")
+    serve.add_argument("--request-timeout", type=positive_float, default=None,
+                       help="seconds a request's headers and body may take to arrive before 408 (default 30)")
 
     search = commands.add_parser("search", help="show the passages that best match a query")
     search.add_argument("query")
-    search.add_argument("--k", type=int, default=5, help="passages to show (default 5)")
-    search.add_argument("--mode", default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
+    search.add_argument("--k", type=positive_int, default=5, help="passages to show (default 5)")
+    search.add_argument("--mode", choices=MODES, default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
@@ -101,15 +153,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bundle is None:
         print("error: no bundle given (use --bundle PATH)", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     try:
         bundle = Bundle.open(args.bundle)
         return COMMANDS[args.command](bundle, args)
-    except BundleError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def load_assistant(bundle: Bundle, args: argparse.Namespace):
@@ -128,21 +180,18 @@ def ask_options(args: argparse.Namespace):
 
 
 def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
-    from runtime.prompt import ContextOverflow
+    from runtime.source_json import support_record
 
     options = ask_options(args)
     assistant = load_assistant(bundle, args)
-    try:
-        answer = assistant.ask(args.question, k=options.k, mode=options.mode, config=options.config,
-                               use_documents=options.use_documents, stop=options.stop)
-    except ContextOverflow as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    answer = assistant.ask(args.question, k=options.k, mode=options.mode, config=options.config,
+                           use_documents=options.use_documents, stop=options.stop)
     if args.json:
         answer.finish()
         print(json.dumps({
             "answer": answer.text.strip(),
             "sources": [source_record(hit) for hit in answer.cited],
+            **support_record(answer.support),
             "stats": {**vars(answer.stats), "decode_tokens_per_s": answer.stats.decode_tokens_per_s},
         }, indent=1))
         return 0
@@ -160,7 +209,16 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
                 print(f"  [{number}] {hit.chunk.source.cite()}")
     else:
         print()
+    if answer.support is not None:
+        print_support(answer.support)
     return 0
+
+
+def print_support(support) -> None:
+    for quote in support.quotes:
+        print(f"  quote [{quote.source}]: \"{quote.text}\"")
+    if not support.supported:
+        print("  unsupported: the answer shares no words with its sources; check it against them")
 
 
 def run_chat(bundle: Bundle, args: argparse.Namespace) -> int:
@@ -175,21 +233,23 @@ def run_chat(bundle: Bundle, args: argparse.Namespace) -> int:
 
 
 def run_serve(bundle: Bundle, args: argparse.Namespace) -> int:
-    from runtime.server import ServerConfig, exposure_warning, make_server
+    from runtime.server import ServerConfig, ServerRefused, exposure_error, make_server
 
     options = ask_options(args)
-    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_body_bytes=args.max_body,
+    bounds = {name: value for name, value in (("max_connections", args.max_connections),
+                                              ("request_timeout_s", args.request_timeout)) if value is not None}
+    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or None, max_body_bytes=args.max_body,
                           max_tokens_cap=args.max_tokens_cap, queue_size=args.queue,
-                          queue_timeout_s=args.queue_timeout, k=0 if args.no_docs else args.k, mode=args.mode)
+                          queue_timeout_s=args.queue_timeout, k=0 if args.no_docs else args.k, mode=args.mode,
+                          **bounds)
+    refusal = exposure_error(config.host, config.api_key)
+    if refusal:  # before the model loads: the mistake is reported at once
+        raise ServerRefused(refusal)
     assistant = load_assistant(bundle, args)
     try:
         server = make_server(assistant, config, bundle.manifest.model.name, options.config)
     except OSError as exc:
-        print(f"error: {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    warning = exposure_warning(args.host, args.api_key)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        raise ServerRefused(f"{args.host}:{args.port}: {exc.strerror or exc}") from None
     print(f"serving {server.url}/ (web page) and {server.url}/v1 (OpenAI API); Ctrl-C stops", file=sys.stderr,
           flush=True)
     # A service manager stops us with SIGTERM: shut down as on Ctrl-C.

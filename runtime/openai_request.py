@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 MAX_STOP_STRINGS = 16
+# More turns than any context window holds: the budget keeps only the newest few anyway.
+MAX_MESSAGES = 256
 
 
 class RequestError(Exception):
@@ -49,8 +51,11 @@ def _text_of(content: Any, where: str) -> str:
 
 def _number(body: dict, name: str, kind: type, low: float, high: float) -> Any:
     value = body[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    # Integral floats (2.0) count as integers; inf and nan are not integral and fail the range.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and isinstance(value, float) and not value.is_integer()):
         raise RequestError(f"{name} must be {'an integer' if kind is int else 'a number'}", name)
+    # Compared before converting: float() of a huge integer overflows.
     if not low <= value <= high:
         raise RequestError(f"{name} must be between {low:g} and {high:g}", name)
     return kind(value)
@@ -64,6 +69,8 @@ def parse_chat_request(body: Any, defaults, default_k: int, default_mode: str, m
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise RequestError(f"at most {MAX_MESSAGES} messages are accepted; send the newest ones", "messages")
     for name in ("tools", "functions"):
         if body.get(name):
             raise RequestError(f"{name} are not supported", name)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from runtime.errors import UserError
 from runtime.retrieval import Hit
 
 SYSTEM_PROMPT = (
@@ -22,7 +23,7 @@ SHORTENED_MARK = " …"
 _CITATION = re.compile(r"\[(\d+)\]")
 
 
-class ContextOverflow(Exception):
+class ContextOverflow(UserError):
     """Even the question alone does not fit the context window."""
 
 
@@ -57,30 +58,36 @@ def fit_prompt(question: str, hits: Sequence[Hit], tokenizer, budget: int, histo
     """The fullest prompt whose rendered chat is at most `budget` tokens.
 
     Oldest history turns go first, then passages from the lowest rank; when not even the
-    top passage fits whole, it is shortened at a token boundary. Counting is exact: every
-    candidate is rendered through the model's own chat template and tokenized.
+    top passage fits whole, it is shortened at a token boundary. Counting is exact: the
+    prompt returned is rendered through the model's own chat template and tokenized.
+    The work is linear in the conversation's length: each turn is tokenized at most once,
+    and text that cannot fit is never tokenized (a long history costs no more than a short one).
     """
     def count(prompt: Prompt) -> int:
         prompt.tokens = len(tokenizer.encode_chat(prompt.messages))
         return prompt.tokens
 
+    too_long = f"only {budget} tokens are left in the context window after the room kept for the answer"
+    chars = len(question) + len(instructions or "")
+    if chars > budget * tokenizer.max_token_chars:
+        raise ContextOverflow(f"the question and instructions are {chars} characters long but {too_long}")
     bare = build_prompt(question, [], (), instructions)
     if count(bare) > budget:
-        raise ContextOverflow(f"the question needs {bare.tokens} tokens but only {budget} are left in the "
-                              "context window after the room kept for the answer")
+        raise ContextOverflow(f"the question needs {bare.tokens} tokens but {too_long}")
     history = list(history)
     hits = list(hits)
     wanted = len(hits)
-    dropped_turns = 0
-    prompt = build_prompt(question, hits, history, instructions)
-    while count(prompt) > budget and history:
-        history.pop(0)
-        dropped_turns += 1
-        # A conversation shown to the model starts with the user speaking.
-        while history and history[0].get("role") != "user":
-            history.pop(0)
-            dropped_turns += 1
-        prompt = build_prompt(question, hits, history, instructions)
+    prompt = build_prompt(question, hits, (), instructions)
+    kept: list[dict] = []
+    if count(prompt) <= budget and history:
+        def with_turns(turns: Sequence[dict]) -> Prompt:
+            return build_prompt(question, hits, turns, instructions)
+
+        kept = _newest_turns_that_fit(history, with_turns, tokenizer, budget, count, prompt.tokens)
+        prompt = with_turns(kept)
+        count(prompt)
+    dropped_turns = len(history) - len(kept)
+    history = kept
     top = hits[0] if hits else None
     while prompt.tokens > budget and hits:
         hits.pop()
@@ -91,6 +98,57 @@ def fit_prompt(question: str, hits: Sequence[Hit], tokenizer, budget: int, histo
     prompt.dropped_turns = dropped_turns
     prompt.dropped_sources = wanted - len(prompt.sources)
     return prompt
+
+
+def _newest_turns_that_fit(history: list[dict], with_turns, tokenizer, budget: int, count, base: int) -> list[dict]:
+    """The longest tail of the history that fits beside the question and passages, starting with a user turn.
+
+    Chosen from per-turn token counts (the newest turns first, so text older than the cut is never
+    tokenized), then confirmed exactly on the rendered prompt. with_turns(turns): the prompt with
+    those turns; base: its token count with none.
+    """
+    overhead = {}       # tokens the template adds around one message, per role
+
+    def turn_tokens(turn: dict, room: int) -> int:
+        text = turn.get("content") or ""
+        if len(text) > room * tokenizer.max_token_chars:
+            return room + 1     # more characters than `room` tokens can spell: over, without tokenizing
+        role = turn.get("role")
+        if role not in overhead:
+            overhead[role] = count(with_turns([{"role": role, "content": ""}])) - base
+        return overhead[role] + len(tokenizer.encode(text))
+
+    start, used = len(history), base
+    while start > 0:
+        cost = turn_tokens(history[start - 1], budget - used)
+        if used + cost > budget:
+            break
+        start, used = start - 1, used + cost
+
+    def first_user(i: int) -> int:
+        # A conversation cut short starts with the user speaking.
+        while i < len(history) and history[i].get("role") != "user":
+            i += 1
+        return i
+
+    if start > 0:
+        start = first_user(start)
+
+    # The per-turn sums are close but not exact (the template's text around a message can merge
+    # with its first token): the rendered count decides, dropping or taking back whole turns.
+    def fits(i: int) -> bool:
+        return count(with_turns(history[i:])) <= budget
+
+    while start < len(history) and not fits(start):
+        start = first_user(start + 1)
+    room = budget - base
+    while start > 0:
+        earlier = max((i for i in range(start) if history[i].get("role") == "user"), default=0)
+        if sum(len(t.get("content") or "") for t in history[earlier:]) > room * tokenizer.max_token_chars \
+                or not fits(earlier):
+            break
+        start = earlier
+    return history[start:]
 
 
 def _shortened_top(question, top: Hit, tokenizer, budget, history, instructions, count) -> Optional[Prompt]:

@@ -14,14 +14,33 @@ import numpy as np
 from runtime import index_files
 from runtime.bm25_search import Bm25Search
 from runtime.dense_search import DenseSearch
+from runtime.errors import UserError
 from runtime.text_terms import ANALYZER
 
 # Weighted fusion normalises each method's scores over this many of its best candidates.
 FUSION_CANDIDATES = 100
 
 
-class RetrievalError(Exception):
+class RetrievalError(UserError):
     """The index cannot be used or the query options are wrong; the message says which."""
+
+
+def read_settings(bundle) -> dict:
+    """The index's settings entry, checked for the fields the runtime reads."""
+    where = f"{bundle.path}: {index_files.SETTINGS}"
+    try:
+        settings = json.loads(bytes(bundle.read(index_files.SETTINGS)))
+        modes, analyzer = settings["modes"], settings["analyzer"]
+        float(settings["fusion"]["dense_weight"])
+        if "dense" in modes:
+            int(settings["dense"]["max_length"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RetrievalError(f"{where}: malformed index settings ({type(exc).__name__}: {exc})") from None
+    if not isinstance(modes, list) or not modes or not set(modes) <= {"bm25", "dense"}:
+        raise RetrievalError(f"{where}: malformed index settings (modes {modes!r})")
+    if analyzer != ANALYZER:
+        raise RetrievalError(f"{where}: index built with analyzer {analyzer!r}, runtime has {ANALYZER!r}")
+    return settings
 
 
 @dataclass
@@ -122,11 +141,7 @@ class Retriever:
 
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None) -> "Retriever":
-        settings = json.loads(bytes(bundle.read(index_files.SETTINGS)))
-        if settings["analyzer"] != ANALYZER:
-            raise RetrievalError(
-                f"{index_files.SETTINGS}: index built with analyzer {settings['analyzer']!r}, runtime has {ANALYZER!r}"
-            )
+        settings = read_settings(bundle)
         chunks = ChunkStore.from_bundle(bundle)
         modes = settings["modes"]
         bm25 = Bm25Search.from_bundle(bundle, len(chunks)) if "bm25" in modes else None

@@ -7,7 +7,7 @@ longest agreeing prefix is kept, plus the model's own next token, and the cache 
 back past the rest.
 
 Numerics: ONNX Runtime computes a one-token step on a different path than a multi-token
-step (../shared/FINDINGS.md), and the two flip near-ties. Every step here therefore feeds at
+step (docs/MEASUREMENTS.md#one-vs-many-rows), and the two flip near-ties. Every step here therefore feeds at
 least two tokens (a one-token guess when no n-gram matches), so the output is identical,
 token for token, to `reference_greedy`: plain greedy decoding in which each step is fed as
 two rows and only the first is used.

@@ -1,7 +1,8 @@
 """Weights in MatMulNBits form: from GGUF blocks (exactly) or from float weights.
 
 MatMulNBits computes w[n, k] = scale[n, b] * (q[n, k] - zero[n, b]) per block b of `block`
-inputs (4 or 8 bits, uint8 zero points). GGUF types map onto it as follows, every one exactly:
+inputs (4 or 8 bits, uint8 zero points). GGUF types map onto it as follows, every one exactly
+(docs/MEASUREMENTS.md#gguf-types):
 
   Q4_0  4-bit blocks of 32, zero 8          Q8_0  8-bit blocks of 32, codes q+128, zero 128
   Q5_0  8-bit blocks of 32, zero 16         Q6_K  8-bit blocks of 16, scale d*sc, zero 32

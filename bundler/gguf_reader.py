@@ -50,8 +50,9 @@ class GgufFile:
 def open_reader(path: str | Path) -> GGUFReader:
     """The `gguf` package's reader for `path`, parsed once per build.
 
-    Parsing a Llama 3 vocabulary (128,256 tokens, 280,147 merges) field by field takes the
-    `gguf` package half a minute; the build's steps (source check, weights, tokenizer) share one.
+    Parsing a Llama 3 vocabulary field by field takes the `gguf` package half a minute
+    (docs/MEASUREMENTS.md#gguf-reader-vocabulary); the build's steps (source check, weights,
+    tokenizer) share one reader.
     """
     path = Path(path).resolve()
     stat = path.stat()

@@ -15,12 +15,12 @@ from runtime.manifest import Manifest, ModelInfo
 
 MB = 1024 * 1024
 DEFAULT_CONTEXT = 4096
-# The exported graphs keep the KV cache in float32. onnxruntime's CPU GroupQueryAttention also runs in
-# float16 (cache included), which would halve this at the price of a Cast around every attention and
-# float16 attention math: not measured for quality yet, so not taken.
+# The exported graphs keep the KV cache in float32; a float16 one is possible but not measured for
+# quality yet (docs/MEASUREMENTS.md#runtime-memory).
 KV_BYTES_PER_VALUE = 4
 # Python, numpy, onnxruntime and tokenizers with a session loaded (~70 MB RSS besides the weights,
-# bench/bench_startup.py) plus the ~130 MB the stub unpacks at start, which is RAM where /tmp is tmpfs.
+# bench/bench_startup.py) plus the ~130 MB the stub unpacks at start, which is RAM where /tmp is tmpfs;
+# a tiny-model bundle peaks at 202 MB against an estimate of 231 (docs/MEASUREMENTS.md#runtime-memory).
 RUNTIME_OVERHEAD_BYTES = 200 * MB
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # Importing bundler first turns off onnxruntime's telemetry and every model-hub lookup.
-from bundler.errors import BuildError
 from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build
-from runtime.errors import EXIT_USER_ERROR
+from runtime.errors import EXIT_USER_ERROR, UserError
 
 
 EPILOG = """examples:
@@ -121,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             public = generate_keypair(args.new_sign_key)
-        except BuildError as exc:
+        except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         print(f"wrote secret key {args.new_sign_key} (keep it private) and public key {public}")
@@ -134,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     try:
         result = build(config, progress=bars)
-    except BuildError as exc:
+    except UserError as exc:
         bars.close()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -148,13 +147,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "weights": result.manifest.model.weights,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
-            "skipped": result.skipped, "warnings": result.warnings,
+            "skipped": result.skipped, "warnings": result.warnings, "report": str(result.report),
         }, indent=1))
     else:
         for line in result.warnings:
             print(f"warning: {line}", file=sys.stderr)
-        if result.skipped:
-            print(f"warning: skipped {len(result.skipped)} file(s): {'; '.join(result.skipped)}", file=sys.stderr)
+        if result.skip_summary:
+            print(f"warning: {result.skip_summary}", file=sys.stderr)
         shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
         print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
               f"{result.manifest.model.name} {result.manifest.model.quantization}, "

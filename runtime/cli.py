@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--repeat-penalty", type=positive_float, default=1.0,
                        help="penalty on tokens already generated (default 1.0: off)")
     group.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same answer")
+    add_repetition_arguments(group)
+    add_grounding_arguments(group)
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="end the answer at this text (repeatable)")
 
@@ -136,6 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--mode", choices=MODES, default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    summarize = commands.add_parser(
+        "summarize", parents=[model], help="summarise a document, part of one, or what the documents say about a topic",
+        description="Summarise FILE (or its lines FILE:FIRST-LAST, or its pages FILE:pFIRST-LAST), or with --query "
+                    "what the documents say about a topic. Long texts are summarised in parts that fit the context "
+                    "window, then combined; each sentence cites the passages it came from.")
+    summarize.add_argument("scope", nargs="?", metavar="FILE[:LINES|:pPAGES]",
+                           help="a document of the bundle, as `search` cites it (e.g. guide.md:10-80, manual.pdf:p3-5)")
+    summarize.add_argument("--query", default=None, help="summarise what the documents say about this instead")
+    summarize.add_argument("--k", type=positive_int, default=8, help="passages to retrieve for --query (default 8)")
+    summarize.add_argument("--mode", choices=MODES, default=None, help="retrieval mode for --query (default: best available)")
+    summarize.add_argument("--max-tokens", type=positive_int, default=200,
+                           help="longest summary (and each partial summary) in tokens (default 200)")
+    summarize.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.add_argument("--licenses", action="store_true",
@@ -143,6 +159,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify_parser(commands)
     return parser
+
+
+def add_repetition_arguments(group) -> None:
+    """The repetition guard's flags; defaults come from GenerationConfig, their one source."""
+    from runtime.generation import GenerationConfig
+
+    defaults = GenerationConfig()
+    group.add_argument("--dry-multiplier", type=float, default=defaults.dry_multiplier,
+                       help="DRY penalty on tokens that extend a sequence already in the answer; 0 turns it off "
+                            f"(default {defaults.dry_multiplier})")
+    group.add_argument("--dry-base", type=float, default=defaults.dry_base,
+                       help=f"growth of the DRY penalty per repeated token (default {defaults.dry_base})")
+    group.add_argument("--dry-allowed-length", type=int, default=defaults.dry_allowed_length,
+                       help=f"repeats up to this many tokens go unpenalised (default {defaults.dry_allowed_length})")
+    group.add_argument("--loop-ngram", type=int, default=defaults.loop_ngram,
+                       help="stop the answer before any run of this many tokens occurs --loop-repeats times; "
+                            f"0 turns it off (default {defaults.loop_ngram})")
+    group.add_argument("--loop-repeats", type=int, default=defaults.loop_repeats,
+                       help=f"see --loop-ngram (default {defaults.loop_repeats})")
+
+
+def add_grounding_arguments(group) -> None:
+    """How passages are given to the model; defaults come from GroundingOptions, their one source."""
+    from runtime.prompt import SYSTEM_PROMPTS, GroundingOptions
+
+    defaults = GroundingOptions()
+    group.add_argument("--passages", type=int, default=defaults.passages,
+                       help=f"most passages shown to the model, best ranked first (default {defaults.passages})")
+    group.add_argument("--trim-sentences", type=int, default=defaults.trim_sentences, metavar="N",
+                       help="show only the N sentences of each passage around the question's words; "
+                            f"0 shows whole passages (default {defaults.trim_sentences})")
+    group.add_argument("--system-prompt", choices=sorted(SYSTEM_PROMPTS), default=defaults.system_prompt,
+                       help=f"wording of the instructions to the model (default {defaults.system_prompt})")
+    group.add_argument("--answer-first", action=argparse.BooleanOptionalAction, default=defaults.answer_first,
+                       help="ask for the answer in one sentence first")
+    group.add_argument("--stop-after-paragraph", action=argparse.BooleanOptionalAction,
+                       default=defaults.stop_after_paragraph,
+                       help="end the answer at the first blank line after a finished sentence")
+    group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
+                       help="answer \"I don't know\" without asking the model when no passage shown (heading "
+                            f"included) holds this share of the question's words; 0 never "
+                            f"(default {defaults.abstain_below})")
+
+
+def grounding_options(args: argparse.Namespace):
+    from runtime.prompt import GroundingOptions
+
+    return GroundingOptions(passages=args.passages, trim_sentences=args.trim_sentences,
+                            system_prompt=args.system_prompt, answer_first=args.answer_first,
+                            stop_after_paragraph=args.stop_after_paragraph, abstain_below=args.abstain_below)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -167,7 +233,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def load_assistant(bundle: Bundle, args: argparse.Namespace):
     from runtime.assistant import Assistant
 
-    return Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
+    assistant = Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
+    if hasattr(args, "passages"):  # the answering commands; summaries choose their own passages
+        assistant.grounding = grounding_options(args)
+    return assistant
 
 
 def ask_options(args: argparse.Namespace):
@@ -175,7 +244,10 @@ def ask_options(args: argparse.Namespace):
     from runtime.generation import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed)
+                              top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
+                              dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
+                              dry_allowed_length=args.dry_allowed_length, loop_ngram=args.loop_ngram,
+                              loop_repeats=args.loop_repeats)
     return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, config=config, stop=args.stop)
 
 
@@ -206,7 +278,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         print("\n\nSources:")
         for number, hit in enumerate(answer.sources, 1):
             if hit in answer.cited:
-                print(f"  [{number}] {hit.chunk.source.cite()}")
+                print(f"  [{number}] {hit.chunk.source.cite_with_copies()}")
     else:
         print()
     if answer.support is not None:
@@ -273,10 +345,47 @@ def run_search(bundle: Bundle, args: argparse.Namespace) -> int:
         print(json.dumps({"query": args.query, "mode": mode, "hits": [source_record(h) for h in hits]}, indent=1))
         return 0
     for hit in hits:
-        print(f"{hit.rank}. {hit.chunk.source.cite()}  score {hit.score:.3f}")
+        print(f"{hit.rank}. {hit.chunk.source.cite_with_copies()}  score {hit.score:.3f}")
         for line in hit.chunk.text.strip().splitlines()[:4]:
             print(f"     {line}")
         print()
+    return 0
+
+
+def run_summarize(bundle: Bundle, args: argparse.Namespace) -> int:
+    from runtime.generation import GenerationConfig
+    from runtime.source_json import summary_record
+    from runtime.summarize import Scope, Summarizer, SummaryError, passages_in_scope, reading_order
+
+    if (args.scope is None) == (args.query is None):
+        raise SummaryError("give either a document (FILE, FILE:FIRST-LAST or FILE:pFIRST-LAST) or --query TEXT")
+    scope = Scope.parse(args.scope) if args.scope is not None else None
+    assistant = load_assistant(bundle, args)
+    if scope is not None:
+        passages = passages_in_scope(assistant.retriever.chunks, scope)
+    else:
+        passages = reading_order(assistant.search(args.query, k=args.k, mode=args.mode))
+
+    def on_pass(done: int, total: int) -> None:
+        if not args.json:
+            print(f"(summarised part {done} of {total - 1})", file=sys.stderr, flush=True)
+
+    summary = Summarizer(assistant.tokenizer, assistant.decoder).summarize(
+        passages, GenerationConfig(max_new_tokens=args.max_tokens), topic=args.query, on_pass=on_pass)
+    if args.json:
+        print(json.dumps(summary_record(summary.finish()), indent=1))
+        return 0
+    for delta in summary:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sentences = summary.sentences
+    cited = sorted({n for s in sentences for n in s.sources})
+    print("\n\nSources:" if cited else "")
+    for number in cited:
+        print(f"  [{number}] {summary.passages[number - 1].source.cite_with_copies()}")
+    unsupported = [s for s in sentences if not s.sources]
+    if unsupported:
+        print(f"unsupported: {len(unsupported)} of {len(sentences)} sentence(s) share no words with the passages")
     return 0
 
 
@@ -327,5 +436,5 @@ def license_lines(manifest) -> list[str]:
     return lines
 
 
-COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "info": run_info, "serve": run_serve,
-            "verify": run_verify}
+COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "summarize": run_summarize, "info": run_info,
+            "serve": run_serve, "verify": run_verify}

@@ -146,6 +146,33 @@ class SearchRequest:
     mode: str
 
 
+@dataclass
+class SummarizeRequest:
+    document: Optional[str]     # FILE, FILE:FIRST-LAST or FILE:pFIRST-LAST
+    query: Optional[str]
+    k: int
+    mode: str
+    max_tokens: int
+
+
+def parse_summarize_request(body: Any, default_k: int, default_mode: str, modes: list[str],
+                            max_tokens_cap: int) -> SummarizeRequest:
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    document, query = body.get("document"), body.get("query")
+    if (document is None) == (query is None):
+        raise RequestError("give either document (FILE, FILE:FIRST-LAST or FILE:pFIRST-LAST) or query")
+    for name, value in (("document", document), ("query", query)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise RequestError(f"{name} must be a non-empty string", name)
+    k = _number(body, "k", int, 1, 100) if body.get("k") is not None else max(default_k, 8)
+    mode = body.get("mode", default_mode)
+    if mode not in modes:
+        raise RequestError(f"mode must be one of {', '.join(modes)}", "mode")
+    max_tokens = _number(body, "max_tokens", int, 1, max_tokens_cap) if body.get("max_tokens") is not None else 200
+    return SummarizeRequest(document=document, query=query, k=k, mode=mode, max_tokens=min(max_tokens, max_tokens_cap))
+
+
 def parse_search_request(body: Any, default_k: int, default_mode: str, modes: list[str]) -> SearchRequest:
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")

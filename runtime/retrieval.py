@@ -6,7 +6,7 @@ decoded only for the hits returned.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -36,6 +36,10 @@ def read_settings(bundle) -> dict:
             int(settings["dense"]["max_length"])
     except (ValueError, KeyError, TypeError) as exc:
         raise RetrievalError(f"{where}: malformed index settings ({type(exc).__name__}: {exc})") from None
+    version = settings.get("format", 1)  # format 1 had no field
+    if version != index_files.FORMAT:
+        raise RetrievalError(f"{where}: index format {version!r} is not supported by this runtime "
+                             f"(expected {index_files.FORMAT}); rebuild the executable with the current builder")
     if not isinstance(modes, list) or not modes or not set(modes) <= {"bm25", "dense"}:
         raise RetrievalError(f"{where}: malformed index settings (modes {modes!r})")
     if analyzer != ANALYZER:
@@ -52,11 +56,20 @@ class SourceSpan:
     heading: str          # heading path, " > " between levels
     char_start: int       # offsets into the decoded text of the file (of the page for paged formats)
     char_end: int
+    # other files holding the same passage, indexed once (absent from records of older builds)
+    also_in: list[str] = field(default_factory=list)
 
     def cite(self) -> str:
         lines = str(self.line_start) if self.line_start == self.line_end else f"{self.line_start}-{self.line_end}"
         page = f" p.{self.page}" if self.page is not None else ""
         return f"{self.path}{page}:{lines}"
+
+    def cite_with_copies(self) -> str:
+        """cite(), and how many other files hold the same passage: what a reader is shown."""
+        if not self.also_in:
+            return self.cite()
+        files = "file" if len(self.also_in) == 1 else "files"
+        return f"{self.cite()} (also in {len(self.also_in)} other {files})"
 
 
 @dataclass
@@ -66,7 +79,10 @@ class Chunk:
     source: SourceSpan
 
     def to_record(self) -> dict:
-        return {"id": self.id, "text": self.text, **vars(self.source)}
+        record = {"id": self.id, "text": self.text, **vars(self.source)}
+        if not record["also_in"]:
+            del record["also_in"]
+        return record
 
     @classmethod
     def from_record(cls, record: dict) -> "Chunk":
@@ -147,7 +163,7 @@ class Retriever:
         bm25 = Bm25Search.from_bundle(bundle, len(chunks)) if "bm25" in modes else None
         dense = None
         if "dense" in modes:
-            dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], threads)
+            dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], len(chunks), threads)
         return cls(chunks, bm25, dense, settings["fusion"]["dense_weight"])
 
     def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:

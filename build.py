@@ -145,6 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "executable": str(exe), "bytes": exe.stat().st_size, "seconds": round(seconds, 2),
             "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
+            "weights": result.manifest.model.weights,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
             "skipped": result.skipped, "warnings": result.warnings, "report": str(result.report),
         }, indent=1))
@@ -157,6 +158,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
               f"{result.manifest.model.name} {result.manifest.model.quantization}, "
               f"{result.manifest.index.documents} documents, {result.manifest.index.chunks} passages")
+        if result.manifest.model.weights:
+            print(f"weights: {result.manifest.model.weights}")
         print(f"ask it something:  {shlex.quote(shown if '/' in shown else './' + shown)} ask \"your question\"")
     if args.ask:
         sys.stdout.flush()

@@ -1,10 +1,18 @@
 """Weights in MatMulNBits form: from GGUF blocks (exactly) or from float weights.
 
 MatMulNBits computes w[n, k] = scale[n, b] * (q[n, k] - zero[n, b]) per block b of `block`
-inputs. GGUF's Q4_0 and Q8_0 fit that exactly. Q4_1 (w = d*q + m) does not: its minimum m
-is split into an integer zero point z = round(-m/d) and a remainder c = m + z*d, and the
-graph adds blocksum(x) @ c as a separate term (docs/MEASUREMENTS.md#q4-1-remainder: a float zero point
-takes ONNX Runtime's slow path; dropping the remainder costs 20% perplexity).
+inputs (4 or 8 bits, uint8 zero points). GGUF types map onto it as follows, every one exactly
+(docs/MEASUREMENTS.md#gguf-types):
+
+  Q4_0  4-bit blocks of 32, zero 8          Q8_0  8-bit blocks of 32, codes q+128, zero 128
+  Q5_0  8-bit blocks of 32, zero 16         Q6_K  8-bit blocks of 16, scale d*sc, zero 32
+  Q4_1, Q4_K  4-bit blocks of 32 with a minimum    Q5_1, Q5_K  8-bit blocks of 32 with a minimum
+
+The types with a minimum (w = scale*q + m; for the K types scale = d*sc and m = -dmin*mn per
+sub-block of 32) do not fit a zero point: m is split into an integer zero point
+z = round(-m/scale) and a remainder c = m + z*scale, and the graph adds blocksum(x) @ c as a
+separate term (docs/MEASUREMENTS.md#q4-1-remainder: a float zero point takes ONNX Runtime's
+slow path; dropping the remainder costs 20% perplexity).
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ INT4_METHODS = ("rtn", "kquant")
 
 @dataclass
 class NBitsWeight:
-    """A [N, K] weight for MatMulNBits (N outputs, K inputs), plus the optional Q4_1 remainder."""
+    """A [N, K] weight for MatMulNBits (N outputs, K inputs), plus the optional remainder of the types with a minimum."""
 
     bits: int
     block: int
@@ -66,8 +74,17 @@ def pack_nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def _gguf_blocks(tensor: GgufTensor) -> np.ndarray:
+    """[rows, blocks per row, bytes per block] view of a quantized tensor."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
     rows, cols = tensor.shape
-    return np.ascontiguousarray(tensor.blocks).reshape(rows, cols // GGUF_BLOCK, -1)
+    per_block, size = GGML_QUANT_SIZES[GGMLQuantizationType[tensor.type]]
+    return np.ascontiguousarray(tensor.blocks).reshape(rows, cols // per_block, size)
+
+
+def _f16(raw: np.ndarray) -> np.ndarray:
+    """Two bytes per entry along the last axis -> float32 (exact)."""
+    return raw.copy().view(np.float16)[..., 0].astype(np.float32)
 
 
 def _gguf_nibbles(qs: np.ndarray) -> np.ndarray:
@@ -75,29 +92,88 @@ def _gguf_nibbles(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
 
 
+def _high_bits(qh: np.ndarray, count: int) -> np.ndarray:
+    """Q5_0/Q5_1: bit j of the little-endian 32-bit qh is the fifth bit of element j."""
+    return np.unpackbits(qh, axis=-1, bitorder="little")[..., :count]
+
+
+def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: 12 bytes -> eight 6-bit scales and eight 6-bit minimums per super-block."""
+    d, m, md = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    scales = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
+    mins = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
+    return scales.astype(np.float32), mins.astype(np.float32)
+
+
+def _k_low_nibbles(qs: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K: each 32-byte chunk holds sub-block 2j in its low and 2j+1 in its high nibbles."""
+    chunks = qs.reshape(*qs.shape[:-1], 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
+    return (chunks & 0x0F).reshape(*qs.shape[:-1], 8, 32)
+
+
 def from_gguf(tensor: GgufTensor) -> NBitsWeight:
-    """Carry a Q4_0 / Q4_1 / Q8_0 tensor over without requantizing."""
+    """Carry a block-quantized GGUF tensor over without requantizing (see the module notes)."""
     rows, cols = tensor.shape
     blocks = _gguf_blocks(tensor)
-    scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    if tensor.type == "Q8_0":
+    kind = tensor.type
+    if kind == "Q8_0":
         codes = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-        return NBitsWeight(8, GGUF_BLOCK, rows, cols, np.ascontiguousarray(codes), scales)
-    if tensor.type == "Q4_0":
+        return NBitsWeight(8, GGUF_BLOCK, rows, cols, np.ascontiguousarray(codes), _f16(blocks[..., 0:2]))
+    if kind == "Q4_0":
         codes = _gguf_nibbles(blocks[..., 2:])
-        return NBitsWeight(4, GGUF_BLOCK, rows, cols, pack_nibbles(codes), scales)
-    if tensor.type == "Q4_1":
-        minimum = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        return NBitsWeight(4, GGUF_BLOCK, rows, cols, pack_nibbles(codes), _f16(blocks[..., 0:2]))
+    if kind == "Q4_1":
         codes = _gguf_nibbles(blocks[..., 4:])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zero = np.where(scales > 0, np.rint(-minimum / scales), 0.0)
-        zero = np.clip(zero, 0, 15)
-        remainder = (minimum + zero * scales).astype(np.float32)
-        return NBitsWeight(
-            4, GGUF_BLOCK, rows, cols, pack_nibbles(codes), scales,
-            zero_points=_pack_zero_points(zero.astype(np.uint8), 4), remainder=remainder,
-        )
-    raise ValueError(f"{tensor.name}: {tensor.type} has no MatMulNBits form")
+        return _with_minimum(4, GGUF_BLOCK, codes, _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4]))
+    if kind == "Q5_0":
+        codes = _gguf_nibbles(blocks[..., 6:]) | (_high_bits(blocks[..., 2:6], 32) << 4)
+        return _with_zero(8, GGUF_BLOCK, codes, _f16(blocks[..., 0:2]), 16)
+    if kind == "Q5_1":
+        codes = _gguf_nibbles(blocks[..., 8:]) | (_high_bits(blocks[..., 4:8], 32) << 4)
+        return _with_minimum(8, GGUF_BLOCK, codes, _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4]))
+    if kind in ("Q4_K", "Q5_K"):
+        d, dmin = _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4])
+        sc, mn = _k_scales(blocks[..., 4:16])
+        scales = (d[..., None] * sc).reshape(rows, -1)
+        minimum = -(dmin[..., None] * mn).reshape(rows, -1)
+        if kind == "Q4_K":
+            codes = _k_low_nibbles(blocks[..., 16:]).reshape(rows, -1, 32)
+            return _with_minimum(4, GGUF_BLOCK, codes, scales, minimum)
+        high = blocks[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)
+        codes = _k_low_nibbles(blocks[..., 48:]) | ((high & 1) << 4)
+        return _with_minimum(8, GGUF_BLOCK, codes.reshape(rows, -1, 32), scales, minimum)
+    if kind == "Q6_K":
+        low = blocks[..., 0:128].reshape(rows, -1, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
+        low = (low & 0x0F).reshape(rows, -1, 8, 32)
+        high = blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(4, 1)
+        high = (high & 0x03).reshape(rows, -1, 8, 32)
+        codes = (low | (high << 4)).reshape(rows, -1, 16)
+        scales = (_f16(blocks[..., 208:210])[..., None] * blocks[..., 192:208].view(np.int8)).reshape(rows, -1)
+        return _with_zero(8, 16, codes, scales.astype(np.float32), 32)
+    raise ValueError(f"{tensor.name}: {kind} has no MatMulNBits form")
+
+
+def _pack_codes(bits: int, codes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(codes.astype(np.uint8) if bits == 8 else pack_nibbles(codes))
+
+
+def _with_zero(bits: int, block: int, codes: np.ndarray, scales: np.ndarray, zero: int) -> NBitsWeight:
+    """w = scale * (q - zero) with one fixed zero point."""
+    rows = codes.shape[0]
+    zeros = np.full(scales.shape, zero, dtype=np.uint8)
+    return NBitsWeight(bits, block, rows, codes.shape[1] * block, _pack_codes(bits, codes), scales,
+                       zero_points=_pack_zero_points(zeros, bits))
+
+
+def _with_minimum(bits: int, block: int, codes: np.ndarray, scales: np.ndarray, minimum: np.ndarray) -> NBitsWeight:
+    """w = scale * q + minimum: integer zero point plus the exact float remainder per block."""
+    rows = codes.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zero = np.where(scales > 0, np.rint(-minimum / scales), 0.0)
+    zero = np.clip(zero, 0, (1 << bits) - 1)
+    remainder = (minimum + zero * scales).astype(np.float32)
+    return NBitsWeight(bits, block, rows, codes.shape[1] * block, _pack_codes(bits, codes), scales,
+                       zero_points=_pack_zero_points(zero.astype(np.uint8), bits), remainder=remainder)
 
 
 def _pack_zero_points(zero: np.ndarray, bits: int) -> np.ndarray:

@@ -52,12 +52,11 @@ def build_fused_model(source: str | Path | ModelSource, quantization: str | Quan
 def _write_tokenizer(source: ModelSource, model_dir: Path) -> None:
     """The model room's tokenizer files: rebuilt and checked from a GGUF, copied from a folder."""
     if source.kind == "gguf":
-        import gguf
-
         from bundler.gguf_convert import check_tokenizer
+        from bundler.gguf_reader import open_reader
         from bundler.gguf_tokenizer import read_vocabulary, write_tokenizer_files
 
-        vocab = read_vocabulary(source.path, gguf.GGUFReader(str(source.path)))
+        vocab = read_vocabulary(source.path, open_reader(source.path))
         check_tokenizer(source.path, vocab)
         write_tokenizer_files(vocab, model_dir)
     else:
@@ -73,6 +72,20 @@ def save_model(model: onnx.ModelProto, model_dir: Path) -> None:
                         all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
         os.replace(os.path.join(tmp, DATA_FILE), model_dir / DATA_FILE)
         os.replace(os.path.join(tmp, MODEL_FILE), model_dir / MODEL_FILE)
+
+
+def weight_summary(weights: LlamaWeights, plan: QuantizationPlan) -> str:
+    """Which GGUF tensor types the graph holds and whether exactly: shown by the build and `info`."""
+    if weights.kind != "gguf":
+        return ""
+    counts: dict[str, int] = {}
+    for tensor in weights.tensors.values():
+        if len(tensor.shape) == 2:
+            counts[tensor.type] = counts.get(tensor.type, 0) + 1
+    types = ", ".join(f"{kind} x{count}" for kind, count in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if plan.mode == "gguf-exact":
+        return f"exact GGUF blocks (bit for bit): {types}"
+    return f"requantized to {plan.label} from {types}"
 
 
 def model_info(weights: LlamaWeights, plan: QuantizationPlan) -> ModelInfo:
@@ -92,6 +105,7 @@ def model_info(weights: LlamaWeights, plan: QuantizationPlan) -> ModelInfo:
         hidden_size=spec.hidden_size,
         vocab_size=spec.vocab_size,
         context_length=min(spec.context_length, MAX_ROPE_POSITIONS),
+        weights=weight_summary(weights, plan),
     )
 
 

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bundler.block_quant import INT4_METHODS, NBitsWeight, from_gguf, quantize_float, quantize_symmetric8
-from bundler.gguf_reader import GgufTensor
+from bundler.gguf_reader import BLOCK_TYPES, GgufTensor
 from bundler.llama_weights import LlamaSpec, LlamaWeights
 
 GRAPH_NAME = "fused-gqa"
@@ -28,7 +28,6 @@ QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
 MS = "com.microsoft"
 # MatMulNBits accuracy level 4: int8 activations, MLAS's fast kernels on x86 and ARM.
 ACCURACY_LEVEL = 4
-EXACT_BLOCK_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 
 
 @dataclass
@@ -36,6 +35,8 @@ class QuantizationPlan:
     mode: str = "gguf-exact"
     block: int = 32
     method: str = "rtn"  # int4 only: one of INT4_METHODS
+    # 0 keeps activations in float32: exact but ~10x slower; for checking the graph's wiring.
+    accuracy_level: int = ACCURACY_LEVEL
 
     def check(self) -> None:
         if self.mode not in QUANTIZATIONS:
@@ -59,6 +60,7 @@ class _Graph:
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
     count: int = 0
+    accuracy_level: int = ACCURACY_LEVEL
 
     def name(self, stem: str) -> str:
         self.count += 1
@@ -78,7 +80,7 @@ class _Graph:
 def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) -> onnx.ModelProto:
     plan.check()
     spec = weights.spec
-    g = _Graph()
+    g = _Graph(accuracy_level=plan.accuracy_level)
     convert = _Converter(weights, plan)
 
     cos, sin = spec.rotary_tables()
@@ -148,7 +150,7 @@ class _Converter:
         if mode == "gguf-exact":
             if not isinstance(tensor, GgufTensor):
                 raise ValueError("gguf-exact needs a GGUF source (use int4, int8 or fp32 for float weights)")
-            if tensor.type in EXACT_BLOCK_TYPES:
+            if tensor.type in BLOCK_TYPES:
                 return from_gguf(tensor)
             return tensor.dequantize()
         values = self.weights.float(name)
@@ -196,30 +198,32 @@ def _linear(g: _Graph, x: str, parts: list[Linear]) -> str:
     return g.node("Concat", outputs, axis=-1)[0]
 
 
-def _one_linear(g: _Graph, x: str, weight: Linear) -> str:
+def _one_linear(g: _Graph, x: str, weight: Linear, packed: str = "", output: str = "") -> str:
+    """x @ weight.T; `packed` names an existing initializer holding the codes (the tied embedding's)."""
+    outputs = [output] if output else 1
     if isinstance(weight, np.ndarray):
-        return g.node("MatMul", [x, g.const("w", weight.T.astype(np.float32))])[0]
-    inputs = [x, g.const("w_q", weight.packed), g.const("w_scale", weight.scales.reshape(-1))]
+        return g.node("MatMul", [x, g.const("w", weight.T.astype(np.float32))], outputs)[0]
+    inputs = [x, packed or g.const("w_q", weight.packed), g.const("w_scale", weight.scales.reshape(-1))]
     if weight.zero_points is not None:
         inputs.append(g.const("w_zero", weight.zero_points.reshape(-1)))
-    (y,) = g.node("MatMulNBits", inputs, domain=MS, K=weight.k, N=weight.n, bits=weight.bits,
-                  block_size=weight.block, accuracy_level=ACCURACY_LEVEL)
+    (y,) = g.node("MatMulNBits", inputs, 1 if weight.remainder is not None else outputs, domain=MS,
+                  K=weight.k, N=weight.n, bits=weight.bits, block_size=weight.block, accuracy_level=g.accuracy_level)
     if weight.remainder is None:
         return y
-    # Q4_1 remainder: sum x over each block, times the per-block remainder of each output.
+    # Remainder of the types with a minimum: sum x over each block, times each output's per-block remainder.
     blocks = weight.k // weight.block
     shape = g.const("block_shape", np.array([-1, blocks, weight.block], dtype=np.int64))
     (xb,) = g.node("Reshape", [x, shape])
     (sums,) = g.node("ReduceSum", [xb, g.const("last_axis", np.array([-1], dtype=np.int64))], keepdims=0)
-    return g.node("Gemm", [sums, g.const("w_rem", weight.remainder.T.copy()), y])[0]
+    return g.node("Gemm", [sums, g.const("w_rem", weight.remainder.T.copy()), y], outputs)[0]
 
 
 def _embedding_weight(convert: _Converter) -> Linear:
-    """8-bit blocks where possible (GGUF Q8_0 exactly); other exact types as float values."""
+    """GGUF blocks exactly where the source has them; float types as float values; else 8-bit."""
     name = "model.embed_tokens.weight"
     tensor = convert.weights.tensors[name]
     if isinstance(tensor, GgufTensor):
-        if tensor.type == "Q8_0" and convert.plan.mode == "gguf-exact":
+        if tensor.type in BLOCK_TYPES and convert.plan.mode == "gguf-exact":
             return from_gguf(tensor)
         if convert.plan.mode in ("gguf-exact", "fp32"):
             return tensor.dequantize()
@@ -237,22 +241,33 @@ def _embedding(g: _Graph, convert: _Converter, spec: LlamaSpec) -> str:
         convert.embedding_name = g.const("embed", weight)
         (rows,) = g.node("Gather", [convert.embedding_name, "input_ids"], axis=0)
     else:
+        # One [vocab, blocks, bytes per block] initializer serves this and the tied lm_head's MatMulNBits.
         blocks = weight.k // weight.block
         convert.embedding_name = g.const("embed_q", weight.packed)
-        scales = g.const("embed_scale", weight.scales.reshape(weight.n, blocks, 1))
-        (rows,) = g.node("GatherBlockQuantized", [convert.embedding_name, "input_ids", scales], domain=MS,
-                         gather_axis=0, quantize_axis=2, block_size=weight.block, bits=8)
+        inputs = [convert.embedding_name, "input_ids", g.const("embed_scale", weight.scales.reshape(weight.n, blocks, 1))]
+        if weight.zero_points is not None:
+            # Along the quantized axis there is one block per row of the last axis: one zero point
+            # byte each (the low nibble for 4 bits).
+            inputs.append(g.const("embed_zero", weight.zeros().astype(np.uint8).reshape(weight.n, blocks, 1)))
+        (rows,) = g.node("GatherBlockQuantized", inputs, domain=MS, gather_axis=0, quantize_axis=2,
+                         block_size=weight.block, bits=weight.bits)
+        if weight.remainder is not None:
+            # [1, S, blocks, block] + the gathered per-block remainders broadcast over each block.
+            (rem,) = g.node("Gather", [g.const("embed_rem", weight.remainder), "input_ids"], axis=0)
+            (rem,) = g.node("Unsqueeze", [rem, g.const("last_axis", np.array([-1], dtype=np.int64))])
+            (rows,) = g.node("Add", [rows, rem])
     return g.node("Reshape", [rows, shape])[0]
 
 
 def _lm_head(g: _Graph, convert: _Converter, spec: LlamaSpec, x: str) -> None:
     shared = convert.embedding
     if not convert.weights.has("lm_head.weight") and isinstance(shared, NBitsWeight):
-        # Tied: the lm_head reads the embedding's own 8-bit blocks (one copy in the file).
-        g.nodes.append(helper.make_node(
-            "MatMulNBits", [x, convert.embedding_name, g.const("lm_scale", shared.scales.reshape(-1))],
-            ["logits"], name="lm_head", domain=MS, K=shared.k, N=shared.n, bits=8,
-            block_size=shared.block, accuracy_level=ACCURACY_LEVEL))
+        # Tied: the lm_head reads the embedding's own blocks (one copy in the file).
+        _one_linear(g, x, shared, packed=convert.embedding_name, output="logits")
+        return
+    if not convert.weights.has("lm_head.weight") and convert.plan.mode in ("gguf-exact", "fp32"):
+        # Tied float table: x @ E^T straight from the embedding's initializer, no second copy.
+        g.node("Gemm", [x, convert.embedding_name], ["logits"], transB=1)
         return
     if convert.weights.has("lm_head.weight"):
         weight = convert.one("lm_head.weight")

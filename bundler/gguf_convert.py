@@ -80,12 +80,13 @@ def rope_scaling_from_gguf(path: Path, reader, theta: float, head_dim: int) -> O
 
 def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no_progress) -> Path:
     """Write a Hugging Face folder for `gguf_path` into `out_dir` (created atomically) and return it."""
-    import gguf
     import torch
     from transformers import AutoModelForCausalLM
 
+    from bundler.gguf_reader import open_reader
+
     progress("convert gguf", 0, 3)
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = open_reader(gguf_path)
     vocab = read_vocabulary(gguf_path, reader)
     check_tokenizer(gguf_path, vocab)
     progress("convert gguf", 1, 3)

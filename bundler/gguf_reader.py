@@ -1,12 +1,14 @@
 """Reading a GGUF file: metadata and the raw quantized blocks of each tensor.
 
-Only the tensor types the fused graph can carry exactly (or dequantize losslessly) are
-accepted; anything else is refused up front, naming the type, so a build never fails
-half-way through writing the graph.
+Only the tensor types the fused graph can carry exactly are accepted (every type a Llama 3.2
+release uses); anything else (the IQ types, ternary, 2/3-bit K types) is refused up front,
+naming the type and a supported alternative, so a build never fails half-way through writing
+the graph.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,12 @@ from gguf.quants import dequantize
 
 from bundler.errors import BuildError
 
-SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+# Carried block for block into MatMulNBits / GatherBlockQuantized (bundler.block_quant).
+BLOCK_TYPES = ("Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# Carried as float weights (exact: every value is a float32).
+FLOAT_TYPES = ("F32", "F16", "BF16")
+SUPPORTED_TYPES = BLOCK_TYPES + FLOAT_TYPES
+ALTERNATIVE = "re-quantize the model to Q4_K_M (llama-quantize --allow-requantize IN.gguf OUT.gguf Q4_K_M)"
 
 
 @dataclass
@@ -40,11 +47,28 @@ class GgufFile:
     tensors: dict[str, GgufTensor]
 
 
+def open_reader(path: str | Path) -> GGUFReader:
+    """The `gguf` package's reader for `path`, parsed once per build.
+
+    Parsing a Llama 3 vocabulary field by field takes the `gguf` package half a minute
+    (docs/MEASUREMENTS.md#gguf-reader-vocabulary); the build's steps (source check, weights,
+    tokenizer) share one reader.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _cached_reader(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def _cached_reader(path: str, size: int, mtime_ns: int) -> GGUFReader:
+    return GGUFReader(path)
+
+
 def read_gguf(path: str | Path) -> GgufFile:
     """Open and check a GGUF file; tensor data stays memory-mapped."""
     path = Path(path)
     try:
-        reader = GGUFReader(path)
+        reader = open_reader(path)
     except FileNotFoundError:
         raise BuildError(path, "no such file") from None
     except (ValueError, IndexError, KeyError, OSError, EOFError) as exc:
@@ -64,7 +88,7 @@ def read_gguf(path: str | Path) -> GgufFile:
             raise BuildError(
                 path,
                 f"tensor {tensor.name} has type {type_name}, which is not supported "
-                f"(supported: {', '.join(SUPPORTED_TYPES)})",
+                f"(supported: {', '.join(SUPPORTED_TYPES)}); {ALTERNATIVE}",
             )
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
         data = tensor.data

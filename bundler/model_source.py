@@ -73,10 +73,10 @@ def _resolve_gguf(path: Path) -> ModelSource:
         raise BuildError(path, f"cannot read: {exc.strerror or exc}") from None
     if magic != GGUF_MAGIC:
         raise BuildError(path, "not a GGUF file (bad magic bytes)")
-    import gguf
+    from bundler.gguf_reader import open_reader
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = open_reader(path)
     except Exception as exc:  # the gguf package raises plain ValueError/struct errors on damaged files
         raise BuildError(path, f"unreadable GGUF: {exc}") from None
     field = reader.get_field("general.architecture")
@@ -85,15 +85,28 @@ def _resolve_gguf(path: Path) -> ModelSource:
     architecture = str(field.contents())
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise BuildError(path, f"unsupported GGUF architecture {architecture!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    name_field = reader.get_field("general.name")
     license_field = reader.get_field("general.license")
     return ModelSource(
         path=path,
         kind="gguf",
         architecture=architecture,
-        name=str(name_field.contents()) if name_field is not None else path.stem,
+        name=gguf_model_name(reader, path),
         license=str(license_field.contents()) if license_field is not None else "unknown",
     )
+
+
+def gguf_model_name(reader, path: Path) -> str:
+    """The model's own name: `general.basename` plus `general.size_label` ("Llama-3.2" "1B" ->
+    "Llama-3.2-1B"), else the file name. `general.name` is often the trainer's run name
+    ("Smollm2 135M 8k Lc100K Mix1 Ep2"), so it is not used."""
+    def text(key: str) -> str:
+        field = reader.get_field(key)
+        return str(field.contents()).strip() if field is not None else ""
+
+    basename, size = text("general.basename"), text("general.size_label")
+    if not basename:
+        return path.stem
+    return f"{basename}-{size}" if size else basename
 
 
 def _resolve_hf_folder(path: Path) -> ModelSource:

@@ -14,6 +14,7 @@ from bundler.sbom import stub_licenses
 from bundler.stub import build_stub
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import Manifest, TargetInfo
+from runtime.memory import MB
 from targets import TargetProfile
 
 # e_machine of ELF headers, Machine of PE headers, for the architectures targets name
@@ -40,7 +41,7 @@ def package(
 
     staging_dir, dest = Path(staging_dir), Path(dest)
     manifest = _read_manifest(staging_dir)
-    check_budget(staging_dir, manifest, target)
+    budget = check_budget(staging_dir, manifest, target)
     check_operators(staging_dir, target)
     if runtime_stub is not None:
         stub = Path(runtime_stub)
@@ -50,7 +51,8 @@ def package(
     manifest.target = target.name
     manifest.target_profile = TargetInfo(
         name=target.name, arch=target.arch, glibc_floor=target.glibc_floor, onnxruntime=target.onnxruntime,
-        python=target.python, ram_mb=target.ram_mb, threads=target.threads, context=target.context,
+        python=target.python, ram_mb=target.ram_mb, threads=target.threads, context=budget.memory.context,
+        memory_mb=-(-budget.total // MB),
     )
     manifest.stub_sha256 = _sha256(stub)
     manifest.licenses = stub_licenses(stub)

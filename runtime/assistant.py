@@ -9,6 +9,7 @@ from typing import Iterator, Optional, Sequence
 from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
+from runtime.memory import bundle_threads
 from runtime.prompt import GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage
 from runtime.repetition import RepetitionGuard
 from runtime.retrieval import Hit, Retriever
@@ -106,6 +107,7 @@ class Assistant:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threads: Optional[int] = None, ctx: Optional[int] = None) -> "Assistant":
+        threads = bundle_threads(bundle.manifest, threads)
         return cls(
             tokenizer=ChatTokenizer.from_bundle(bundle),
             decoder=load_decoder(bundle, threads=threads, max_length=ctx),

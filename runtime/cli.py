@@ -73,15 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bundle", type=Path, default=default_bundle_path(),
                         help="bundle file or staging folder (default: this executable)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the model (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for the model (default: the target profile's, at most all cores)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
     group = model.add_argument_group("model")
     # SUPPRESS keeps a value given before the command when none is given after it.
     group.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS,
-                       help="CPU threads for the model (default: all cores)")
-    group.add_argument("--ctx", type=positive_int, default=None, help="context window in tokens (default: the bundle's)")
+                       help="CPU threads for the model (default: the target profile's, at most all cores)")
+    group.add_argument("--ctx", type=positive_int, default=None,
+                       help="context window in tokens, at most the bundle's (default: the bundle's)")
 
     answering = argparse.ArgumentParser(add_help=False)
     group = answering.add_argument_group("answering")
@@ -388,6 +390,8 @@ def run_summarize(bundle: Bundle, args: argparse.Namespace) -> int:
 
 
 def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
+    from runtime.memory import bundle_context
+
     manifest = bundle.manifest
     if args.json:
         print(manifest.to_json())
@@ -400,8 +404,13 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     lines = [
         f"model:         {model.name} ({model.architecture}, {model.parameters / 1e6:.1f}M parameters)",
         f"quantization:  {model.quantization} ({model.graph} graph)",
-        f"context:       {model.context_length} tokens",
+        *([f"weights:       {model.weights}"] if model.weights else []),
+        f"context:       {bundle_context(manifest)} tokens (model's own: {model.context_length})",
     ]
+    profile = manifest.target_profile
+    if profile is not None and profile.memory_mb:
+        lines.append(f"memory:        ~{profile.memory_mb} MB at that context ({profile.threads} threads on "
+                     f"{profile.name}, {profile.ram_mb} MB RAM)")
     if model.quality is not None:
         q = model.quality
         lines.append(f"quality:       perplexity {q.bundle_ppl:.3f} vs source {q.source_ppl:.3f} "

@@ -68,8 +68,10 @@ class Decoder(abc.ABC):
 
 
 def context_limit(bundle, max_length: Optional[int]) -> int:
-    limit = bundle.manifest.model.context_length
-    return min(limit, max_length) if max_length else limit
+    """min(model, target profile, `max_length`): the KV cache the build's budget approved, or less."""
+    from runtime.memory import bundle_context
+
+    return bundle_context(bundle.manifest, max_length)
 
 
 class OptimumDecoder(Decoder):

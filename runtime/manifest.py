@@ -56,6 +56,7 @@ class ModelInfo:
     license: str = "unknown"
     source_sha256: str = ""
     quality: Optional[QualityReport] = None
+    weights: str = ""  # how the source's tensor types were carried, e.g. "exact GGUF blocks: Q4_K x97, ..."
 
 
 @dataclass
@@ -93,7 +94,8 @@ class TargetInfo:
     python: str
     ram_mb: int
     threads: int
-    context: int
+    context: int  # the context the budget was checked at: min(model, profile); the runtime never exceeds it
+    memory_mb: int = 0  # the build's estimate of resident memory at that context (runtime.memory)
 
 
 @dataclass

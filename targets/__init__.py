@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from runtime.errors import UserError  # importing runtime also turns onnxruntime's telemetry off
+from runtime.memory import DEFAULT_CONTEXT
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 HOST = "host"
@@ -80,7 +81,7 @@ def host_target() -> TargetProfile:
         ram_share=0.5,
         threads=os.cpu_count() or 1,
         quantization="int4",
-        context=2048,
+        context=DEFAULT_CONTEXT,
         python=platform.python_version(),
         onnxruntime=onnxruntime.__version__,
         stub_builder="host",

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -116,4 +117,84 @@ def tiny_gguf(tiny_llama_dir) -> Path:
         tmp = path.with_suffix(".tmp")
         write_tiny_gguf(tmp, tiny_llama_dir, GGUF_TYPES, default_model_path())
         os.replace(tmp, path)
+    return path
+
+
+# Random GGUF tensors in every block layout, for types the `gguf` package cannot quantize (K types).
+# Float16 fields of each block: (byte offset, low, high). Scales positive, Q4_1/Q5_1 minimums signed;
+# every other byte random.
+_F16_FIELDS = {
+    "Q4_0": [(0, 0.002, 0.02)], "Q8_0": [(0, 2e-4, 2e-3)], "Q5_0": [(0, 0.001, 0.01)],
+    "Q4_1": [(0, 0.002, 0.02), (2, -0.15, 0.0)], "Q5_1": [(0, 0.001, 0.01), (2, -0.15, 0.0)],
+    "Q4_K": [(0, 2e-4, 8e-4), (2, 1e-3, 5e-3)], "Q5_K": [(0, 1e-4, 4e-4), (2, 1e-3, 5e-3)],
+    "Q6_K": [(208, 2e-5, 1e-4)],
+}
+# A K-type row must be a multiple of 256 wide: the smallest Llama shape that allows it.
+TYPED_SHAPE = {"hidden": 256, "ffn": 512, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 320, "context": 256}
+
+
+def random_tensor_bytes(qtype: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """[rows, bytes per row] of a valid `qtype` tensor (or the float values for float types)."""
+    import gguf
+
+    from bundler.gguf_reader import FLOAT_TYPES
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    if qtype in FLOAT_TYPES:
+        values = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+        return gguf.quants.quantize(values, kind)
+    per_block, size = gguf.GGML_QUANT_SIZES[kind]
+    blocks = rng.integers(0, 256, (rows, cols // per_block, size), dtype=np.uint8)
+    for offset, low, high in _F16_FIELDS[qtype]:
+        field = rng.uniform(low, high, blocks.shape[:2]).astype(np.float16)
+        blocks[..., offset:offset + 2] = field[..., None].view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+def write_typed_gguf(path: Path, types: dict[str, str], seed: int = 0, shape: Optional[dict] = None,
+                     metadata: Optional[Callable] = None) -> Path:
+    """A tied-embedding Llama GGUF with random weights whose matrices have the given types
+    (name fragment -> type; "" matches all); `metadata(writer)` adds more keys (a tokenizer)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    s = shape or TYPED_SHAPE
+    head_dim = s["hidden"] // s["heads"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(s["layers"])
+    writer.add_context_length(s["context"])
+    writer.add_embedding_length(s["hidden"])
+    writer.add_feed_forward_length(s["ffn"])
+    writer.add_head_count(s["heads"])
+    writer.add_head_count_kv(s["kv_heads"])
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(500000.0)
+    if metadata is not None:
+        metadata(writer)
+    shapes = {"token_embd.weight": (s["vocab"], s["hidden"]), "output_norm.weight": (s["hidden"],)}
+    for layer in range(s["layers"]):
+        p = f"blk.{layer}."
+        shapes.update({
+            p + "attn_norm.weight": (s["hidden"],), p + "ffn_norm.weight": (s["hidden"],),
+            p + "attn_q.weight": (s["hidden"], s["hidden"]),
+            p + "attn_k.weight": (s["kv_heads"] * head_dim, s["hidden"]),
+            p + "attn_v.weight": (s["kv_heads"] * head_dim, s["hidden"]),
+            p + "attn_output.weight": (s["hidden"], s["hidden"]),
+            p + "ffn_gate.weight": (s["ffn"], s["hidden"]), p + "ffn_up.weight": (s["ffn"], s["hidden"]),
+            p + "ffn_down.weight": (s["hidden"], s["ffn"]),
+        })
+    for name, dims in shapes.items():
+        if len(dims) == 1:
+            writer.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(dims)).astype(np.float32))
+            continue
+        qtype = next((t for fragment, t in types.items() if fragment in name), "F32")
+        data = random_tensor_bytes(qtype, *dims, rng)
+        if qtype in ("F32", "F16"):
+            writer.add_tensor(name, data)
+        else:
+            writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[qtype])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return path

@@ -178,7 +178,11 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> None:
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
 
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-llama-3.2-shaped")
+    # As published GGUFs: general.name is often a training-run name, the model's own name is
+    # basename + size label.
+    writer.add_name("Tiny Run 7 Ep2")
+    writer.add_basename("Tiny-Llama-3.2")
+    writer.add_size_label("3M")
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -232,5 +236,5 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> None:
 @pytest.fixture(scope="session")
 def tiny_llama_gguf(tiny_llama_dir) -> Path:
     """The tiny Llama-3.2-shaped model as an F32 GGUF file (llama.cpp layout, llama3 rope_freqs)."""
-    folder = cached_folder("tiny-gguf", _digest(TINY_LLAMA, TINY_SEED, "gguf"), lambda f: write_llama_gguf(tiny_llama_dir, f / "tiny.gguf"))
+    folder = cached_folder("tiny-gguf", _digest(TINY_LLAMA, TINY_SEED, "gguf", "basename"), lambda f: write_llama_gguf(tiny_llama_dir, f / "tiny.gguf"))
     return folder / "tiny.gguf"

@@ -22,7 +22,6 @@ from runtime.fused_decoder import FusedDecoder
 from runtime.generation import GenerationConfig, generate, prefill
 from runtime.repetition import RepetitionGuard
 from runtime.speculative import SpeculationStats, reference_greedy, speculative_greedy
-from tests.fixtures_fused import GGUF_TYPES, write_tiny_gguf
 from tests.fixtures_model import write_model_manifest
 
 PROMPT = [int(i) for i in np.random.default_rng(7).integers(0, 49152, 48)]
@@ -134,16 +133,6 @@ def test_gguf_q_and_k_rows_are_unpermuted_from_llama_cpp_order(tiny_gguf, tiny_l
     assert error < 0.2 * np.abs(original.float(name)).mean()
 
 
-def test_unsupported_gguf_tensor_type_is_refused_naming_it(tmp_path, tiny_llama_dir):
-    from bundler.model_source import default_model_path
-
-    path = write_tiny_gguf(tmp_path / "q5.gguf", tiny_llama_dir, {**GGUF_TYPES, "ffn_up": "Q5_0"},
-                           default_model_path())
-    with pytest.raises(BuildError) as error:
-        read_gguf(path)
-    assert "Q5_0" in str(error.value) and "Q4_1" in str(error.value) and str(path) in str(error.value)
-
-
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_gguf_is_refused_with_a_clear_error(tmp_path, tiny_gguf, damage):
     data = tiny_gguf.read_bytes()
@@ -178,6 +167,16 @@ def test_bundle_of_a_fused_model_opens_with_the_fused_decoder(gguf_staging):
     assert (gguf_staging / "model" / "tokenizer.json").is_file()
 
 
+def test_info_names_the_model_and_how_its_gguf_types_were_carried(gguf_staging, tiny_gguf, capsys):
+    from runtime.cli import main
+
+    assert main(["--bundle", str(gguf_staging), "info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # No general.basename in this file: the file name, never general.name.
+    assert lines[0].startswith(f"model:         {tiny_gguf.stem} (llama, ")
+    assert "weights:       exact GGUF blocks (bit for bit): Q4_1 x10, Q8_0 x3, Q4_0 x2" in lines
+
+
 def test_quality_gate_passes_the_exact_export_and_reports_both_perplexities(gguf_staging, tiny_gguf):
     report = check_quality(gguf_staging / "model", tiny_gguf)
     assert report.tokens > 100 and report.ratio <= 1.05
@@ -188,8 +187,9 @@ def test_quality_gate_refuses_a_damaged_model_naming_both_figures(tmp_path, gguf
     damaged = tmp_path / "model"
     shutil.copytree(gguf_staging / "model", damaged)
     model = onnx.load(str(damaged / "model.onnx"))
+    lm_head = next(node for node in model.graph.node if node.output[0] == "logits")
     for tensor in model.graph.initializer:
-        if tensor.name.startswith("lm_scale"):
+        if tensor.name == lm_head.input[2]:  # the tied lm_head's scales
             tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 4, tensor.name))
     save_model(model, damaged)
     with pytest.raises(BuildError, match=r"perplexity [\d.]+ against the source's [\d.]+"):

@@ -333,6 +333,8 @@ def test_default_model_resolves_to_the_packaged_gguf():
     source = resolve_model(default_model_path())
     assert source.kind == "gguf" and source.architecture == "llama"
     assert source.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # basename + size label, not general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2", a training run)
+    assert source.name == "smollm2-135M"
 
 
 # --- SentencePiece GGUF vocabularies (TinyLlama-style) ------------------------------------------
@@ -408,7 +410,7 @@ def test_llama3_gguf_converts_to_the_same_model(tiny_llama_gguf, tiny_llama_dir,
     from bundler.gguf_convert import convert_gguf
 
     source = resolve_model(tiny_llama_gguf)
-    assert source.kind == "gguf" and source.name == "tiny-llama-3.2-shaped"
+    assert source.kind == "gguf" and source.name == "Tiny-Llama-3.2-3M"
     converted = convert_gguf(tiny_llama_gguf, tmp_path / "hf")
     config = json.loads((converted / "config.json").read_text())
     assert config["rope_scaling"]["rope_type"] == "llama3"

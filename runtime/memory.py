@@ -1,0 +1,69 @@
+"""Memory and threads of a running bundle: one formula, used here and by the build's RAM budget check.
+
+resident = weights + KV cache + index + runtime overhead, where the KV cache is allocated in
+full at start for the context: min(model's own context, target profile's, --ctx). Models that
+declare a huge context (Llama 3.2: 131,072 tokens, 4 GB of fp32 cache for 1B) get
+DEFAULT_CONTEXT unless a profile says otherwise.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from runtime.manifest import Manifest, ModelInfo
+
+MB = 1024 * 1024
+DEFAULT_CONTEXT = 4096
+# The exported graphs keep the KV cache in float32; a float16 one is possible but not measured for
+# quality yet (docs/MEASUREMENTS.md#runtime-memory).
+KV_BYTES_PER_VALUE = 4
+# Python, numpy, onnxruntime and tokenizers with a session loaded (~70 MB RSS besides the weights,
+# bench/bench_startup.py) plus the ~130 MB the stub unpacks at start, which is RAM where /tmp is tmpfs;
+# a tiny-model bundle peaks at 202 MB against an estimate of 231 (docs/MEASUREMENTS.md#runtime-memory).
+RUNTIME_OVERHEAD_BYTES = 200 * MB
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    kv_cache: int
+    index: int
+    overhead: int
+    context: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.index + self.overhead
+
+
+def kv_bytes_per_token(model: ModelInfo) -> int:
+    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * KV_BYTES_PER_VALUE
+
+
+def context_tokens(model: ModelInfo, profile_context: Optional[int] = None, requested: Optional[int] = None) -> int:
+    """min(model, profile, requested); DEFAULT_CONTEXT stands in for a missing profile."""
+    limits = [model.context_length, profile_context or DEFAULT_CONTEXT]
+    if requested:
+        limits.append(requested)
+    return min(limits)
+
+
+def bundle_context(manifest: Manifest, requested: Optional[int] = None) -> int:
+    """The context a bundle runs with: never more than its build approved."""
+    profile = manifest.target_profile.context if manifest.target_profile is not None else None
+    return context_tokens(manifest.model, profile, requested)
+
+
+def bundle_threads(manifest: Manifest, requested: Optional[int] = None) -> Optional[int]:
+    """--threads, else the target profile's (at most this machine's cores); None: onnxruntime's default."""
+    if requested:
+        return requested
+    if manifest.target_profile is None:
+        return None
+    return max(1, min(manifest.target_profile.threads, os.cpu_count() or 1))
+
+
+def estimate_memory(model: ModelInfo, weights_bytes: int, index_bytes: int, context: int) -> MemoryEstimate:
+    return MemoryEstimate(weights=weights_bytes, kv_cache=kv_bytes_per_token(model) * context, index=index_bytes,
+                          overhead=RUNTIME_OVERHEAD_BYTES, context=context)

@@ -1,0 +1,149 @@
+"""Every GGUF tensor type a Llama 3.2 release uses is carried into the fused graph exactly.
+
+The `gguf` package has no quantizer for the K types, so the tensors here are random bytes in
+each type's block layout (tests.fixtures_fused.random_tensor_bytes): the oracle is
+`gguf.quants.dequantize` of those very bytes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from bundler.block_quant import NBitsWeight, from_gguf
+from bundler.errors import BuildError
+from bundler.fused_export import save_model
+from bundler.fused_graph import QuantizationPlan, build_graph
+from bundler.gguf_reader import BLOCK_TYPES, FLOAT_TYPES, GgufTensor, read_gguf
+from bundler.llama_weights import load_llama
+from bundler.torch_reference import reference_logits, reference_model
+from runtime.fused_decoder import FusedDecoder
+from tests.fixtures_fused import TYPED_SHAPE, random_tensor_bytes, write_typed_gguf
+
+# llama.cpp's Q4_K_M recipe in miniature: mixed layouts inside one fused q/k/v and gate/up.
+Q4_K_M = {"token_embd": "Q6_K", "attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "Q4_K",
+          "ffn_gate": "Q4_K", "ffn_up": "Q5_0", "ffn_down": "Q8_0"}
+PROMPT = [int(i) for i in np.random.default_rng(5).integers(0, TYPED_SHAPE["vocab"], 24)]
+ALL_TYPES = BLOCK_TYPES + FLOAT_TYPES
+
+
+@pytest.mark.parametrize("qtype", BLOCK_TYPES)
+def test_block_types_dequantize_exactly_as_the_gguf_package(qtype):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    rows, cols = 24, 512
+    raw = random_tensor_bytes(qtype, rows, cols, np.random.default_rng(len(qtype)))
+    expected = dequantize(raw, GGMLQuantizationType[qtype]).reshape(rows, cols)
+    weight = from_gguf(GgufTensor("w", qtype, (rows, cols), raw))
+    assert weight.bits in (4, 8) and weight.block in (16, 32)
+    assert np.array_equal(weight.dequantize(), expected)
+    assert np.abs(expected).max() > 0  # the layout was filled, not zeros
+
+
+@pytest.fixture(scope="module")
+def typed_model(tmp_path_factory):
+    """types label -> (gguf path, model folder); built on first use."""
+    root = tmp_path_factory.mktemp("typed")
+    built = {}
+
+    def get(label: str, types: dict[str, str]):
+        if label not in built:
+            path = write_typed_gguf(root / f"{label}.gguf", types)
+            folder = root / label
+            folder.mkdir()
+            # Float32 activations: a wiring mistake then shows as more than float rounding.
+            plan = QuantizationPlan("gguf-exact", accuracy_level=0)
+            save_model(build_graph(load_llama(path), plan), folder)
+            built[label] = (path, folder)
+        return built[label]
+
+    return get
+
+
+CASES = [(t, {"": t}) for t in ALL_TYPES] + [("Q4_K_M", Q4_K_M)]
+
+
+def _graph_weights(model: onnx.ModelProto) -> tuple[list[np.ndarray], np.ndarray]:
+    """Dequantize every MatMulNBits weight (with its remainder Gemm) and the embedding table."""
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consumers = {name: node for node in model.graph.node for name in node.input}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
+        zero = values[node.input[3]].reshape(n, -1) if len(node.input) > 3 else None
+        follower = consumers.get(node.output[0])
+        remainder = values[follower.input[1]].T if follower is not None and follower.op_type == "Gemm" else None
+        weight = NBitsWeight(attrs["bits"], block, n, k, values[node.input[1]],
+                             values[node.input[2]].reshape(n, k // block), zero, remainder)
+        found.append(weight.dequantize())
+    gather = next(n for n in model.graph.node if n.op_type in ("GatherBlockQuantized", "Gather"))
+    if gather.op_type == "Gather":
+        return found, values[gather.input[0]]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gather.attribute}
+    codes = values[gather.input[0]]
+    if attrs["bits"] == 4:
+        codes = np.stack([codes & 0x0F, codes >> 4], axis=-1).reshape(codes.shape[0], codes.shape[1], -1)
+    zero = values[gather.input[3]] if len(gather.input) > 3 else 1 << (attrs["bits"] - 1)
+    table = (codes.astype(np.int32) - zero).astype(np.float32) * values[gather.input[2]]
+    added = next((n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"), None)
+    if added is not None:
+        table = table + values[added.input[0]][:, :, None]
+    return found, table.reshape(table.shape[0], -1)
+
+
+@pytest.mark.parametrize("label,types", CASES, ids=[c[0] for c in CASES])
+def test_every_llama_3_2_gguf_type_is_carried_exactly_and_runs(typed_model, label, types):
+    path, folder = typed_model(label, types)
+    weights = load_llama(path)
+    model = onnx.load(str(folder / "model.onnx"))
+    found, table = _graph_weights(model)
+
+    def expect(name: str) -> np.ndarray:
+        return weights.float(name)
+
+    expected = []
+    for layer in range(weights.spec.num_layers):
+        p = f"model.layers.{layer}."
+        expected += [expect(p + f"self_attn.{x}_proj.weight") for x in "qkv"]
+        expected += [expect(p + "self_attn.o_proj.weight")]
+        expected += [expect(p + "mlp.gate_proj.weight"), expect(p + "mlp.up_proj.weight")]
+        expected += [expect(p + "mlp.down_proj.weight")]
+    embedding = expect("model.embed_tokens.weight")
+    assert np.array_equal(table, embedding)
+    if label in FLOAT_TYPES:
+        assert not found  # float weights stay float MatMuls
+    else:
+        # Fused q/k/v and gate/up come as one MatMulNBits where the parts share a layout.
+        carried = np.concatenate([w.ravel() for w in found[:-1]])
+        assert np.array_equal(carried, np.concatenate([w.ravel() for w in expected]))
+        assert np.array_equal(found[-1], embedding)  # the tied lm_head reads the same blocks
+
+    reference = reference_logits(reference_model(weights), PROMPT)
+    decoder = FusedDecoder.from_model_dir(folder, threads=2, max_length=64)
+    logits = decoder.forward(PROMPT)
+    assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
+def test_iq_types_are_refused_with_one_line_naming_type_and_alternative(tmp_path):
+    import gguf
+
+    path = tmp_path / "iq.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    raw = np.random.default_rng(0).integers(0, 256, (4, 256 // 32 * 18), dtype=np.uint8)
+    writer.add_tensor("blk.0.attn_q.weight", raw, raw_dtype=gguf.GGMLQuantizationType.IQ4_NL)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(BuildError) as error:
+        read_gguf(path)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message
+    assert "blk.0.attn_q.weight has type IQ4_NL" in message and "Q4_K_M" in message

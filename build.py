@@ -34,6 +34,13 @@ the executable it writes:
 Progress bars go to stderr when it is a terminal; --json prints one object on stdout."""
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def ppl_ratio(text: str) -> float:
     value = float(text)
     if not value >= 1.0:  # also refuses nan
@@ -68,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse the bundle when its perplexity exceeds the source model's by more than "
                              "this ratio (default 1.05)")
     parser.add_argument("--target", default="host", help="target platform profile (default: this machine)")
+    parser.add_argument("--ctx", type=positive_int, default=None, metavar="TOKENS",
+                        help="context window the bundle runs with, at most the model's and the target's "
+                             "(default: the smaller of those two, 4,096 when neither says)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="where exported models, index parts and runtime stubs are kept between builds")
     parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
@@ -128,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
                          graph=args.graph, quality_text=args.quality_text, max_ppl_ratio=args.max_ppl_ratio,
                          target=args.target, cache_dir=args.cache_dir, strict=args.strict,
-                         sign_key=args.sign_key, runtime_stub=args.runtime_stub)
+                         sign_key=args.sign_key, runtime_stub=args.runtime_stub, context=args.ctx)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
     started = time.perf_counter()
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from bundler.errors import BuildError
 from runtime.manifest import Manifest
@@ -33,15 +34,17 @@ class BudgetReport:
         return self.total <= self.budget
 
 
-def estimate(staging: Path, manifest: Manifest, target: TargetProfile) -> BudgetReport:
-    context = context_tokens(manifest.model, target.context)
+def estimate(staging: Path, manifest: Manifest, target: TargetProfile, context: Optional[int] = None) -> BudgetReport:
+    """context: the build's --ctx, which can only lower min(model, profile)."""
+    context = context_tokens(manifest.model, target.context, context)
     memory = estimate_memory(manifest.model, _folder_bytes(staging / "model"), _folder_bytes(staging / "index"),
                              context)
     return BudgetReport(memory=memory, budget=target.ram_budget_bytes)
 
 
-def check_budget(staging: Path, manifest: Manifest, target: TargetProfile) -> BudgetReport:
-    report = estimate(staging, manifest, target)
+def check_budget(staging: Path, manifest: Manifest, target: TargetProfile,
+                 context: Optional[int] = None) -> BudgetReport:
+    report = estimate(staging, manifest, target, context)
     if not report.fits:
         raise BuildError(None, _refusal(report, manifest, target))
     return report
@@ -64,7 +67,7 @@ def _refusal(report: BudgetReport, manifest: Manifest, target: TargetProfile) ->
     room = report.budget - m.weights - m.index - m.overhead
     context = (room // kv_bytes_per_token(manifest.model)) // CONTEXT_STEP * CONTEXT_STEP if room > 0 else 0
     if context >= CONTEXT_STEP:
-        options.append(f"a context of at most {context} tokens")
+        options.append(f"--ctx {context} (a context of at most {context} tokens)")
     would_fit = "; would fit: " + " or ".join(options) if options else "; nothing smaller fits: choose a smaller model"
     return need + would_fit
 

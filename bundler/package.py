@@ -31,6 +31,7 @@ def package(
     progress: ProgressCallback = no_progress,
     runtime_stub: Optional[Path] = None,
     signer: Optional[Signer] = None,
+    context: Optional[int] = None,
 ) -> Path:
     """Write `dest`: the target's runtime stub (cached, or `runtime_stub`) with the staging folder appended.
 
@@ -41,7 +42,7 @@ def package(
 
     staging_dir, dest = Path(staging_dir), Path(dest)
     manifest = _read_manifest(staging_dir)
-    budget = check_budget(staging_dir, manifest, target)
+    budget = check_budget(staging_dir, manifest, target, context)
     check_operators(staging_dir, target)
     if runtime_stub is not None:
         stub = Path(runtime_stub)

@@ -49,6 +49,7 @@ class BuildConfig:
     strict: bool = False
     sign_key: Optional[Path] = None        # ed25519 secret key file: sign the manifest
     runtime_stub: Optional[Path] = None    # a stub built elsewhere (e.g. natively on Windows) instead of the cache
+    context: Optional[int] = None          # lowers the context the bundle runs with (min with model and target)
 
     def output_path(self) -> Path:
         return self.output or REPO_ROOT / "dist" / self.docs.resolve().name
@@ -86,7 +87,7 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
         staging = Path(tmp)
         staged = stage(config, staging, progress)
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
-                             progress, runtime_stub=config.runtime_stub, signer=signer)
+                             progress, runtime_stub=config.runtime_stub, signer=signer, context=config.context)
     index = staged.index
     report = report_path(executable)
     write_build_report(report, index.info.documents, index.info.chunks, index.duplicate_passages, index.skipped, index.warnings)

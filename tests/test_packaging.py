@@ -247,6 +247,22 @@ def test_budget_suggests_what_would_fit(tmp_path):
         package(staging, load_target("arm-board-1gb"), tmp_path / "station", STUB_CACHE)
 
 
+def test_budget_suggests_a_smaller_context_and_the_build_context_option_is_honoured(tmp_path):
+    from bundler.budget import check_budget
+    from runtime.manifest import Manifest
+
+    staging = staging_of_size(tmp_path / "staging", 110_000_000, parameters=100_000_000, quantization="int8",
+                              num_layers=28, num_kv_heads=8, head_dim=128, context_length=32768)
+    manifest = Manifest.from_json((staging / "manifest.json").read_text())
+    board = load_target("arm-board-1gb")
+    with pytest.raises(BuildError, match=r"would fit: .*--ctx 768 \(a context of at most 768 tokens\)"):
+        check_budget(staging, manifest, board)
+    report = check_budget(staging, manifest, board, context=768)
+    assert report.fits and report.memory.context == 768
+    with pytest.raises(BuildError, match="KV cache at 1024 tokens"):  # --ctx only ever lowers the context
+        check_budget(staging, manifest, board, context=100_000)
+
+
 # --- stubs ----------------------------------------------------------------------------------------
 
 def test_macos_stub_is_refused_clearly(synthetic_staging, tmp_path):

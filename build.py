@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # Importing bundler first turns off onnxruntime's telemetry and every model-hub lookup.
-from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build
+from bundler.graph_kinds import GRAPH_KINDS, GRAPHS, QUANTIZATIONS
+from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, BuildConfig, build
 from runtime.errors import EXIT_USER_ERROR, UserError
 
 
@@ -63,12 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="path of the executable to write (default: dist/<name of the docs folder>)")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
-                        help="weight format: gguf-exact (the GGUF's own Q4_0/Q4_1/Q8_0 blocks, not requantized; "
+                        help="weight format: gguf-exact (the GGUF's own blocks, Q4_K/Q6_K/Q8_0/... carried bit for bit; "
                              "default for .gguf), int4 (block-wise MatMulNBits; default for float weights), "
                              "int8 (weight-only; default for .gguf on targets without the fused graph) or fp32")
     parser.add_argument("--graph", choices=GRAPHS, default=None,
-                        help="fused: ONNX Runtime contrib operators, fast (default where the target's "
-                             "onnxruntime has them); optimum: optimum's plain export, the reference")
+                        help="; ".join(f"{kind.name}: {kind.summary} (onnxruntime >= "
+                                       f"{'.'.join(map(str, kind.min_onnxruntime))})" for kind in GRAPH_KINDS.values())
+                             + " (default: the first the target's onnxruntime runs)")
     parser.add_argument("--quality-text", type=Path, default=None, metavar="FILE",
                         help="UTF-8 text on which the quality gate compares perplexities (default: a built-in sample)")
     parser.add_argument("--max-ppl-ratio", type=ppl_ratio, default=1.05, metavar="RATIO",

@@ -17,9 +17,10 @@ from bundler.model_source import ModelSource
 from bundler.progress import ProgressCallback, no_progress
 from bundler.silence import silence_third_party
 from bundler.quantize import QUANTIZATIONS, quantize
+from runtime.decoder import OPTIMUM_GRAPH
 from runtime.manifest import ModelInfo
 
-GRAPH_KIND = "optimum-kv"
+GRAPH_KIND = OPTIMUM_GRAPH
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

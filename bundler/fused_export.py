@@ -20,11 +20,6 @@ DATA_FILE = "model.onnx.data"
 STEP = "fused graph"
 
 
-def default_quantization(source: ModelSource) -> str:
-    """GGUF blocks are carried over as they are; float weights become int4."""
-    return "gguf-exact" if source.kind == "gguf" else "int4"
-
-
 def build_fused_model(source: str | Path | ModelSource, quantization: str | QuantizationPlan, out_dir: str | Path,
                       progress: ProgressCallback = no_progress) -> ModelInfo:
     """Write `out_dir/model/`: model.onnx, model.onnx.data and the tokenizer files."""
@@ -96,7 +91,7 @@ def model_info(weights: LlamaWeights, plan: QuantizationPlan) -> ModelInfo:
         source=str(weights.source),
         architecture="llama",
         graph=GRAPH_NAME,
-        quantization=plan.label,
+        quantization=plan.mode,
         parameters=parameters,
         num_layers=spec.num_layers,
         num_heads=spec.num_heads,

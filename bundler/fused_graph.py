@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 from bundler.block_quant import INT4_METHODS, NBitsWeight, from_gguf, quantize_float, quantize_symmetric8
 from bundler.gguf_reader import BLOCK_TYPES, GgufTensor
 from bundler.llama_weights import LlamaSpec, LlamaWeights
+from runtime.decoder import FUSED_GRAPH
 
-GRAPH_NAME = "fused-gqa"
+GRAPH_NAME = FUSED_GRAPH
 QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
 MS = "com.microsoft"
 # MatMulNBits accuracy level 4: int8 activations, MLAS's fast kernels on x86 and ARM.

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from bundler import __version__
+from bundler.code_digest import code_digest
 from bundler.errors import BuildError
+from bundler.graph_kinds import GraphKind, choose
 from bundler.progress import ProgressCallback, no_progress
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo, from_plain
@@ -26,11 +28,10 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "build"
-QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
-GRAPHS = ("fused", "optimum")
 # The code a model export depends on: a change here invalidates cached exports, other changes do not.
-MODEL_CODE = ("model_source.py", "gguf_convert.py", "gguf_tokenizer.py", "gguf_reader.py", "llama_weights.py",
-              "block_quant.py", "export_onnx.py", "quantize.py", "fused_graph.py", "fused_export.py")
+# What makes a staged model: every exporter, the quality gate and the decoders it runs (their import
+# closure keys the model cache; runtime.decoder names its implementations by string, hence listed).
+MODEL_MAKERS = ("bundler.graph_kinds", "bundler.quality_gate", "runtime.decoder", "runtime.fused_decoder")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class BuildConfig:
     model: Optional[Path] = None
     docs: Path = DEFAULT_DOCS
     output: Optional[Path] = None
-    quantization: Optional[str] = None    # None: chosen by model_choice() from the source and the graph
+    quantization: Optional[str] = None    # None: the graph kind's default for the source (graph_kinds.py)
     graph: Optional[str] = None           # fused contrib-op graph, or optimum's plain export; None: by target
     quality_text: Optional[Path] = None   # None: the built-in sample
     max_ppl_ratio: float = 1.05
@@ -102,53 +103,25 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     from bundler.model_source import default_model_path, resolve_model
     from targets import load_target
 
-    if config.quantization is not None and config.quantization not in QUANTIZATIONS:
-        raise BuildError(None, f"unknown quantization {config.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
-    if config.graph is not None and config.graph not in GRAPHS:
-        raise BuildError(None, f"unknown graph {config.graph!r} (choose from {', '.join(GRAPHS)})")
     target = load_target(config.target)
     source = resolve_model(config.model or default_model_path())
+    # Checked before the documents are indexed: a wrong combination is known at once.
+    kind, quantization = choose(source, target.onnxruntime, config.graph, config.quantization)
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
     index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
-    graph, quantization = model_choice(source, target, config)
-    model_info, model_cached = _stage_model(source, graph, quantization, config, staging, progress)
+    model_info, model_cached = _stage_model(source, kind, quantization, config, staging, progress)
     manifest = _write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
                        model_cached=model_cached, index=index)
 
 
-def model_choice(source, target, config: BuildConfig) -> tuple[str, str]:
-    """Graph and quantization: what the user asked for, else the best the target's runtime runs.
-
-    The fused graph needs contrib operators that old onnxruntime releases (the aarch64 glibc-2.31
-    targets) lack. Requantizing a GGUF's 4-bit blocks to int4 costs ~25% perplexity (docs/MEASUREMENTS.md#requantized-int4), so
-    without the fused graph's exact transfer a GGUF source falls back to near-lossless int8.
-    """
-    from bundler.fused_export import default_quantization
-    from bundler.target_ops import runs_fused_graph
-
-    graph = config.graph or ("fused" if runs_fused_graph(target) else "optimum")
-    if config.quantization:
-        quantization = config.quantization
-    elif graph == "fused":
-        quantization = default_quantization(source)
-    else:
-        quantization = "int8" if source.kind == "gguf" else "int4"
-    if graph == "optimum" and quantization == "gguf-exact":
-        raise BuildError(None, "gguf-exact needs the fused graph (drop --graph optimum, or choose a target "
-                               "whose onnxruntime runs it)")
-    return graph, quantization
-
-
-def _stage_model(source, graph: str, quantization: str, config: BuildConfig, staging: Path,
+def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig, staging: Path,
                  progress: ProgressCallback) -> tuple[ModelInfo, bool]:
     """Export and gate the model once per (source, graph, quantization, exporter code, quality text).
 
     Later builds copy the cached result and only re-apply the perplexity limit.
     """
-    from bundler.export_onnx import export_model
-    from bundler.fused_export import build_fused_model
     from bundler.quality_gate import DEFAULT_TEXT, check_quality, enforce_quality
     from runtime.bundle import DirectoryBundle
     from runtime.decoder import load_decoder
@@ -158,17 +131,14 @@ def _stage_model(source, graph: str, quantization: str, config: BuildConfig, sta
         text_digest = hashlib.sha256(text.read_bytes()).hexdigest()
     except OSError as exc:
         raise BuildError(text, f"cannot read quality text ({exc.strerror})") from None
-    key = _digest([source.fingerprint(), graph, quantization, _code_digest(MODEL_CODE), text_digest])
+    key = _digest([source.fingerprint(), kind.name, quantization, code_digest(*MODEL_MAKERS), text_digest])
     cached = config.cache_dir / "models" / key
     hit = (cached / "model_info.json").is_file()
     if not hit:
         cached.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cached.parent))
         try:
-            if graph == "fused":
-                info = build_fused_model(source, quantization, work, progress)
-            else:
-                info = export_model(source, quantization, work / "model", progress)
+            info = kind.export(source, quantization, work, progress)
             # The gate runs the model through the runtime's own decoder, as the bundle will.
             _write_manifest(work, info, target_name="host")
             progress("quality gate", 0, 1)
@@ -207,11 +177,3 @@ def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Op
 
 def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
-
-
-def _code_digest(modules: tuple[str, ...]) -> str:
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update(name.encode())
-        digest.update((REPO_ROOT / "bundler" / name).read_bytes())
-    return digest.hexdigest()

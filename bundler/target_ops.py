@@ -34,11 +34,6 @@ def model_operators(model_path: Path) -> set[tuple[str, str]]:
     return found
 
 
-def runs_fused_graph(target: TargetProfile) -> bool:
-    """Whether the target's onnxruntime has every operator the fused graph may use."""
-    return _version(target.onnxruntime) >= max(MIN_ONNXRUNTIME.values())
-
-
 def _version(text: str) -> tuple[int, int]:
     major, minor = text.split(".")[:2]
     return int(major), int(minor)

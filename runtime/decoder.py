@@ -16,10 +16,14 @@ from runtime.bundle import BundleError
 
 MODEL_ONNX = "model/model.onnx"
 
-# graph kind (manifest.model.graph) -> "module:Class"; imported only when a bundle asks for it
+# Graph names as manifests record them (model.graph); the builder's registry (bundler/graph_kinds.py)
+# writes these names.
+OPTIMUM_GRAPH = "optimum-kv"
+FUSED_GRAPH = "fused-gqa"
+# graph name -> "module:Class"; imported only when a bundle asks for it
 IMPLEMENTATIONS = {
-    "optimum-kv": "runtime.decoder:OptimumDecoder",
-    "fused-gqa": "runtime.fused_decoder:FusedDecoder",
+    OPTIMUM_GRAPH: "runtime.decoder:OptimumDecoder",
+    FUSED_GRAPH: "runtime.fused_decoder:FusedDecoder",
 }
 
 

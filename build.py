@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="ed25519 secret key file: sign the bundle (check with `BUNDLE verify --pubkey KEY.pub`)")
+    parser.add_argument("--require-signature", action="store_true",
+                        help="pin the --sign-key's public key into the executable: it refuses to start unless "
+                             "its manifest signature checks and every entry it uses matches its sha256")
     parser.add_argument("--new-sign-key", type=Path, default=None, metavar="KEY",
                         help="write a new ed25519 key pair to KEY and KEY.pub, then exit")
     parser.add_argument("--runtime-stub", type=Path, default=None,
@@ -121,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
                          graph=args.graph, quality_text=args.quality_text, max_ppl_ratio=args.max_ppl_ratio,
                          target=args.target, cache_dir=args.cache_dir, strict=args.strict,
-                         sign_key=args.sign_key, runtime_stub=args.runtime_stub)
+                         sign_key=args.sign_key, require_signature=args.require_signature,
+                         runtime_stub=args.runtime_stub)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
     started = time.perf_counter()
     try:
@@ -135,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     exe = result.executable
     if args.json:
         print(json.dumps({
-            "executable": str(exe), "bytes": exe.stat().st_size, "seconds": round(seconds, 2),
+            "executable": str(exe), "bytes": exe.stat().st_size, "sha256": result.sha256, "seconds": round(seconds, 2),
             "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
@@ -150,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
               f"{result.manifest.model.name} {result.manifest.model.quantization}, "
               f"{result.manifest.index.documents} documents, {result.manifest.index.chunks} passages")
+        print(f"sha256 {result.sha256} (the same inputs rebuild these exact bytes)")
         print(f"ask it something:  {shlex.quote(shown if '/' in shown else './' + shown)} ask \"your question\"")
     if args.ask:
         sys.stdout.flush()

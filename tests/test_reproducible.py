@@ -6,9 +6,11 @@ import os
 import time
 from pathlib import Path
 
+from bundler.index import build_index
 from bundler.pipeline import BuildConfig, build
+from runtime import index_files
 from runtime.bundle import Bundle
-from tests.fixtures_station import write_docs
+from tests.fixtures_station import STATION_DOCS, write_docs
 
 
 def _changed_parts(first: Path, second: Path) -> list[str]:
@@ -37,3 +39,23 @@ def test_same_inputs_built_twice_from_empty_caches_in_other_folders_at_other_tim
         time.sleep(1)  # another second on the clock
     first, second = outputs
     assert first.sha256 == second.sha256, f"differs in {_changed_parts(first.executable, second.executable)}"
+
+
+def test_dense_index_does_not_depend_on_which_documents_the_cache_already_held(tmp_path, index_cache, shared_embedder):
+    """The int8 embedder scales activations per batch: batches that mixed cached and new documents
+    made a document's vectors depend on what an earlier build had cached."""
+    docs = write_docs(tmp_path / "docs")
+    build_index(docs, tmp_path / "cold", index_cache)
+
+    warm_cache = tmp_path / "warm-cache"
+    (warm_cache / "embedder").mkdir(parents=True)
+    (warm_cache / "embedder" / shared_embedder.key).symlink_to(shared_embedder.folder.resolve())
+    one = sorted(STATION_DOCS)[0]
+    (tmp_path / "one" / Path(one).parent).mkdir(parents=True)
+    (tmp_path / "one" / one).write_text(STATION_DOCS[one])
+    build_index(tmp_path / "one", tmp_path / "first", warm_cache)
+    warm = build_index(docs, tmp_path / "warm", warm_cache)
+
+    assert warm.embedded == len(STATION_DOCS) - 1
+    for name in (index_files.DENSE_SCORER, index_files.CHUNKS, index_files.BM25_WEIGHTS):
+        assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name

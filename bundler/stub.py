@@ -47,6 +47,9 @@ EXCLUDED_MODULES = (
 
 ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"
 
+# PyNaCl's compiled module imports cffi's backend from C, where PyInstaller's analysis cannot see it.
+HIDDEN_IMPORTS = ["_cffi_backend"]
+
 # PyInstaller's reproducibility settings: the marshalled frozenset constants of `x in {...}` follow
 # the string hash seed, and a fixed SOURCE_DATE_EPOCH leaves no build time in anything it stamps.
 REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": "315532800"}
@@ -68,6 +71,7 @@ def write_spec(work: Path, build_dir: Path) -> list[str]:
     """Write the spec for sources prepared in `work`; returns PyInstaller's arguments, with paths as
     the building Python sees them (`build_dir` is `work` itself, or its path inside an emulated root)."""
     modules = sorted("runtime." + p.stem for p in (work / "src" / "runtime").glob("*.py") if p.stem != "__main__")
+    modules += HIDDEN_IMPORTS
     # an empty pinned-key slot, stored uncompressed so that a signature-requiring build can fill it in
     pin_folder, pin_name = posixpath.split(PIN_FILE)
     (work / pin_name).write_bytes(pin_slot(None))
@@ -105,7 +109,8 @@ def stub_key(target: TargetProfile, locked: dict[str, str]) -> str:
     recipe = {
         "runtime": runtime_source_digest(),
         "deps": locked,
-        "recipe": [ENTRY_SCRIPT, SPEC_TEMPLATE, list(EXCLUDED_MODULES), REPRODUCIBLE_ENV],
+        "recipe": [ENTRY_SCRIPT, SPEC_TEMPLATE, list(EXCLUDED_MODULES), HIDDEN_IMPORTS, REPRODUCIBLE_ENV, PIN_FILE,
+                   pin_slot(None).hex()],
         "target": [target.os, target.arch, target.python if target.stub_builder != "host" else "",
                    target.onnxruntime if target.stub_builder != "host" else "",
                    target.stub_builder, target.debian_suite],

@@ -59,3 +59,11 @@ def test_dense_index_does_not_depend_on_which_documents_the_cache_already_held(t
     assert warm.embedded == len(STATION_DOCS) - 1
     for name in (index_files.DENSE_SCORER, index_files.CHUNKS, index_files.BM25_WEIGHTS):
         assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
+
+
+def test_info_prints_the_sha256_of_the_whole_file(bare_payload, capsys):
+    from runtime import cli
+
+    assert cli.main(["--bundle", str(bare_payload), "info"]) == 0
+    digest = hashlib.sha256(bare_payload.read_bytes()).hexdigest()
+    assert f"sha256:        {digest} (the whole file, as sha256sum prints it)" in capsys.readouterr().out.splitlines()

@@ -245,13 +245,10 @@ class FileBundle(Bundle):
         return digest.hexdigest()
 
     def verify(self) -> None:
-        for entry in self.manifest.entries:
-            digest = hashlib.sha256()
-            view = self.read(entry.name)
-            for start in range(0, len(view), 1 << 22):
-                digest.update(view[start:start + (1 << 22)])
-            if digest.hexdigest() != entry.sha256:
-                raise BundleError(f"{self.path}: entry {entry.name!r} does not match its sha256 (file altered)")
+        try:
+            (self._hashes or EntryHashes(self._map, self.manifest.entries, str(self.path))).check_all()
+        except EntryMismatch as exc:
+            raise BundleError(str(exc)) from None
         try:
             check_uncovered_bytes(self._map, self.layout, self.manifest, str(self.path))
         except CoverageError as exc:

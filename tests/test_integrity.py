@@ -136,6 +136,17 @@ def test_trusted_verifier_refuses_a_bundle_pinned_to_another_key(pinned_bundle, 
     assert checked.returncode == 2 and "signature does not match public key" in checked.stderr
 
 
+def test_a_trusted_executable_checks_another_bundle_given_with_bundle(host_bundle, synthetic_staging, signing_key,
+                                                                     tmp_path):
+    received = write_payload_file(synthetic_staging, tmp_path / "received", signer=load_signer(signing_key[0]))
+    checked = run(host_bundle, "verify", "--bundle", str(received), "--pubkey", str(signing_key[1]))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(f"ok: {received}: ") and "signature good" in checked.stdout
+    change_weights_and_recompute_hashes(received, keep_signature=True)
+    checked = run(host_bundle, "verify", "--bundle", str(received), "--pubkey", str(signing_key[1]))
+    assert checked.returncode == 2 and "signature does not match public key" in checked.stderr
+
+
 def test_require_signature_without_a_signing_key_is_refused_before_building(capsys):
     import build
 

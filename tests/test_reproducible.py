@@ -67,3 +67,18 @@ def test_info_prints_the_sha256_of_the_whole_file(bare_payload, capsys):
     assert cli.main(["--bundle", str(bare_payload), "info"]) == 0
     digest = hashlib.sha256(bare_payload.read_bytes()).hexdigest()
     assert f"sha256:        {digest} (the whole file, as sha256sum prints it)" in capsys.readouterr().out.splitlines()
+
+
+def test_build_date_is_source_date_epoch_when_set_and_absent_otherwise(monkeypatch):
+    import pytest
+
+    from bundler.errors import BuildError
+    from bundler.pipeline import build_date
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert build_date() == ""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert build_date() == "2023-11-14T22:13:20+00:00"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(BuildError, match="SOURCE_DATE_EPOCH='yesterday' is not a number"):
+        build_date()

@@ -87,8 +87,7 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
                              progress, runtime_stub=config.runtime_stub, signer=signer, pinned_key=pinned_key)
     return BuildResult(executable=executable, manifest=staged.manifest, sha256=file_sha256(executable),
-                       skipped=staged.skipped,
-                       warnings=staged.warnings, model_cached=staged.model_cached)
+                       skipped=staged.skipped, warnings=staged.warnings, model_cached=staged.model_cached)
 
 
 def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_progress) -> StagedBuild:

@@ -114,7 +114,7 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
         """Raises ValueError naming the first field that is missing, unknown or of the wrong type."""
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_object_without_repeated_keys)
         if not isinstance(data, dict):
             raise ValueError("manifest is not a JSON object")
         version = data.get("format_version")
@@ -133,6 +133,16 @@ class Manifest:
             if entry.name == name:
                 return entry
         raise KeyError(name)
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object; a key given twice is refused, not silently the last one."""
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
 
 
 # JSON types each annotation accepts (bool is an int in Python, never in a manifest)

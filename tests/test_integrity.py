@@ -196,6 +196,13 @@ def test_malformed_manifest_is_refused_with_one_error_line(bare_payload, tmp_pat
     assert captured.err.startswith(f"error: {subject}: ") and expected in captured.err
 
 
+def test_manifest_key_given_twice_is_refused_with_one_error_line(bare_payload, tmp_path, capsys):
+    subject = copy(bare_payload, tmp_path)
+    rewrite_manifest(subject, lambda data: data.replace(b'"target": "host"', b'"target": "host", "target": "x"', 1))
+    assert cli.main(["--bundle", str(subject), "info"]) == 2
+    assert capsys.readouterr().err == f"error: {subject}: manifest: key 'target' appears twice in one object\n"
+
+
 def _npy(header: str, data: bytes = b"") -> bytes:
     text = header.encode("latin1")
     text += b" " * (-(10 + len(text) + 1) % 64) + b"\n"

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 from bundler.errors import BuildError
 from bundler.signing import read_pinned_key
-from runtime.bundle import BundleError, FileBundle
+from runtime.bundle import FileBundle
+from runtime.errors import EXIT_USER_ERROR, UserError
 from runtime.signature import SignatureError, read_key
 from runtime.verify_command import verify_bundle
 
@@ -50,9 +51,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         print(run_verify(args.bundle, args.pubkey))
-    except (BuildError, BundleError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -58,7 +58,7 @@ REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": "315532800"}
 
 
 # Stored uncompressed: every start unpacks these files, and inflating them is about half of the
-# start-up time (FINDINGS: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
+# start-up time (docs/MEASUREMENTS.md#uncompressed-stub: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
 SPEC_TEMPLATE = """
 a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})],
              hiddenimports={modules!r}, excludes={excludes!r})

@@ -16,6 +16,7 @@ from typing import Optional
 import onnxruntime as ort
 
 from runtime.bundle import Bundle, BundleError, FileBundle
+from runtime.errors import EXIT_USER_ERROR
 from runtime.signature import SignatureError, check_signature
 
 QUICK_WITH_PUBKEY = "--quick cannot be combined with --pubkey: a signature vouches only for entries that are hashed"
@@ -70,6 +71,6 @@ def verify_bundle(bundle: Bundle, pubkey: Optional[Path], quick: bool = False) -
 def run_verify(bundle: Bundle, args: argparse.Namespace) -> int:
     if args.quick and args.pubkey is not None:
         print(f"error: {QUICK_WITH_PUBKEY}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     print(verify_bundle(bundle, args.pubkey, args.quick))
     return 0

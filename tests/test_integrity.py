@@ -150,7 +150,7 @@ def test_a_trusted_executable_checks_another_bundle_given_with_bundle(host_bundl
 def test_require_signature_without_a_signing_key_is_refused_before_building(capsys):
     import build
 
-    assert build.main(["--require-signature"]) == 1
+    assert build.main(["--require-signature"]) == 2
     assert capsys.readouterr().err == "error: --require-signature needs --sign-key KEY (make a key pair with --new-sign-key KEY)\n"
 
 

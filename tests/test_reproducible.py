@@ -57,7 +57,7 @@ def test_dense_index_does_not_depend_on_which_documents_the_cache_already_held(t
     warm = build_index(docs, tmp_path / "warm", warm_cache)
 
     assert warm.embedded == len(STATION_DOCS) - 1
-    for name in (index_files.DENSE_SCORER, index_files.CHUNKS, index_files.BM25_WEIGHTS):
+    for name in (index_files.DENSE_VECTORS, index_files.DENSE_SCALES, index_files.CHUNKS, index_files.BM25_WEIGHTS):
         assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
 
 

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="ed25519 secret key file: sign the bundle (check with `BUNDLE verify --pubkey KEY.pub`)")
+    parser.add_argument("--require-signature", action="store_true",
+                        help="pin the --sign-key's public key into the executable: it refuses to start unless "
+                             "its manifest signature checks and every entry it uses matches its sha256")
     parser.add_argument("--new-sign-key", type=Path, default=None, metavar="KEY",
                         help="write a new ed25519 key pair to KEY and KEY.pub, then exit")
     parser.add_argument("--runtime-stub", type=Path, default=None,
@@ -140,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
                          graph=args.graph, quality_text=args.quality_text, max_ppl_ratio=args.max_ppl_ratio,
                          target=args.target, cache_dir=args.cache_dir, strict=args.strict,
-                         sign_key=args.sign_key, runtime_stub=args.runtime_stub, context=args.ctx)
+                         sign_key=args.sign_key, require_signature=args.require_signature,
+                         runtime_stub=args.runtime_stub, context=args.ctx)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
     started = time.perf_counter()
     try:
@@ -154,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     exe = result.executable
     if args.json:
         print(json.dumps({
-            "executable": str(exe), "bytes": exe.stat().st_size, "seconds": round(seconds, 2),
+            "executable": str(exe), "bytes": exe.stat().st_size, "sha256": result.sha256, "seconds": round(seconds, 2),
             "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "weights": result.manifest.model.weights,
@@ -172,6 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{result.manifest.index.documents} documents, {result.manifest.index.chunks} passages")
         if result.manifest.model.weights:
             print(f"weights: {result.manifest.model.weights}")
+        print(f"sha256 {result.sha256} (the same inputs rebuild these exact bytes)")
         print(f"ask it something:  {shlex.quote(shown if '/' in shown else './' + shown)} ask \"your question\"")
     if args.ask:
         sys.stdout.flush()

@@ -227,7 +227,8 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
         Tokenizer.from_file(str(embedder.tokenizer)),
         embedder.max_length,
     )
-    folder = cache_dir / "embeddings" / embedder.key
+    # "-doc": vectors embedded in batches of their own document only (see _embed); older ones were not
+    folder = cache_dir / "embeddings" / f"{embedder.key}-doc"
     vectors: list[np.ndarray | None] = []
     pending: list[int] = []  # documents to embed now
     start = 0
@@ -241,15 +242,12 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
         else:
             vectors.append(None)
             pending.append(index)
-    todo = [i for d in pending for i in range(*spans[d])]
-    embedded = _embed(encoder, [texts[i] for i in todo], progress)
-    fresh = dict(zip(todo, embedded))
-    for d in pending:
-        doc_vectors = np.stack([fresh[i] for i in range(*spans[d])]).astype(np.float32)
-        vectors[d] = doc_vectors
-        _write_atomic(folder / f"{documents[d].key}.npy", _npy_bytes(doc_vectors))
+    embedded = _embed(encoder, [texts[slice(*spans[d])] for d in pending], progress)
+    for d, doc_vectors in zip(pending, embedded):
+        vectors[d] = np.stack(doc_vectors).astype(np.float32)
+        _write_atomic(folder / f"{documents[d].key}.npy", _npy_bytes(vectors[d]))
     result.embedded = len(pending)
-    result.chunks_embedded = len(todo)
+    result.chunks_embedded = sum(len(group) for group in embedded)
 
     matrix = np.concatenate(vectors)[kept]
     quantized, scales = quantize_vectors(matrix)
@@ -261,16 +259,26 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}
 
 
-def _embed(encoder, texts: list[str], progress) -> list[np.ndarray]:
-    """Embeds in batches of similar length (little padding), returns vectors in input order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[np.ndarray | None] = [None] * len(texts)
-    for start in range(0, len(order), _EMBED_BATCH):
-        progress("embed chunks", start, len(texts))
-        batch = order[start : start + _EMBED_BATCH]
-        for i, vector in zip(batch, encoder.encode([texts[i] for i in batch])):
-            out[i] = vector
-    progress("embed chunks", len(texts), len(texts))
+def _embed(encoder, groups: list[list[str]], progress) -> list[list[np.ndarray]]:
+    """Vectors of each group's texts, in input order, embedded in batches of similar length.
+
+    A batch holds texts of one group (document) only: the int8 embedder scales its activations
+    per batch, so a vector depends on its batch mates, and a document's vectors must not depend on
+    which other documents happened to be missing from the cache (reproducible builds).
+    """
+    total, done = sum(len(texts) for texts in groups), 0
+    out: list[list[np.ndarray]] = []
+    for texts in groups:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[np.ndarray | None] = [None] * len(texts)
+        for start in range(0, len(order), _EMBED_BATCH):
+            progress("embed chunks", done, total)
+            batch = order[start : start + _EMBED_BATCH]
+            for i, vector in zip(batch, encoder.encode([texts[i] for i in batch])):
+                vectors[i] = vector
+            done += len(batch)
+        out.append(vectors)
+    progress("embed chunks", total, total)
     return out
 
 

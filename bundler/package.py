@@ -11,6 +11,7 @@ from bundler.errors import BuildError
 from bundler.payload_writer import Signer, write_bundle
 from bundler.progress import ProgressCallback, no_progress
 from bundler.sbom import stub_licenses
+from bundler.signing import write_pinned_stub
 from bundler.stub import build_stub
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import Manifest, TargetInfo
@@ -32,10 +33,12 @@ def package(
     runtime_stub: Optional[Path] = None,
     signer: Optional[Signer] = None,
     context: Optional[int] = None,
+    pinned_key: Optional[bytes] = None,
 ) -> Path:
     """Write `dest`: the target's runtime stub (cached, or `runtime_stub`) with the staging folder appended.
 
     Checks the RAM budget and the operators the target's onnxruntime has first. `dest` is replaced in one step; a failed build leaves no file there.
+    With `pinned_key` (the signer's public key) the executable starts only while its signature checks.
     """
     from bundler.budget import check_budget
     from bundler.target_ops import check_operators
@@ -55,9 +58,20 @@ def package(
         python=target.python, ram_mb=target.ram_mb, threads=target.threads, context=budget.memory.context,
         memory_mb=-(-budget.total // MB),
     )
-    manifest.stub_sha256 = _sha256(stub)
     manifest.licenses = stub_licenses(stub)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if pinned_key is None:
+        return _write_stub_and_payload(dest, stub, staging_dir, manifest, signer, progress)
+    if signer is None:
+        raise BuildError(None, "a pinned key needs a signing key")
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
+        pinned = write_pinned_stub(stub, pinned_key, Path(tmp) / stub.name)
+        return _write_stub_and_payload(dest, pinned, staging_dir, manifest, signer, progress)
+
+
+def _write_stub_and_payload(dest: Path, stub: Path, staging_dir: Path, manifest: Manifest,
+                            signer: Optional[Signer], progress: ProgressCallback) -> Path:
+    manifest.stub_sha256 = _sha256(stub)
     return _write_atomically(dest, lambda out: write_bundle(out, staging_dir, manifest, stub=stub, signer=signer,
                                                             progress=progress), mode=0o755)
 

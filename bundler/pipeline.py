@@ -49,6 +49,7 @@ class BuildConfig:
     cache_dir: Path = DEFAULT_CACHE
     strict: bool = False
     sign_key: Optional[Path] = None        # ed25519 secret key file: sign the manifest
+    require_signature: bool = False        # pin sign_key's public key: the executable starts only while signed by it
     runtime_stub: Optional[Path] = None    # a stub built elsewhere (e.g. natively on Windows) instead of the cache
     context: Optional[int] = None          # lowers the context the bundle runs with (min with model and target)
 
@@ -60,6 +61,7 @@ class BuildConfig:
 class BuildResult:
     executable: Path
     manifest: Manifest
+    sha256: str                # of the whole executable: what `sha256sum` and `EXE info` print
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     model_cached: bool = False
@@ -78,23 +80,29 @@ class StagedBuild:
 
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
     from bundler.build_report import report_path, summarise_skips, write_build_report
+    from bundler.model_source import file_sha256
     from bundler.package import package
-    from bundler.signing import load_signer
+    from bundler.signing import load_signer, public_key
     from targets import load_target
 
+    if config.require_signature and config.sign_key is None:
+        raise BuildError(None, "--require-signature needs --sign-key KEY (make a key pair with --new-sign-key KEY)")
     signer = load_signer(config.sign_key) if config.sign_key is not None else None
+    pinned_key = public_key(config.sign_key) if config.require_signature else None
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
         staging = Path(tmp)
         staged = stage(config, staging, progress)
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
-                             progress, runtime_stub=config.runtime_stub, signer=signer, context=config.context)
+                             progress, runtime_stub=config.runtime_stub, signer=signer, context=config.context,
+                             pinned_key=pinned_key)
     index = staged.index
     report = report_path(executable)
     write_build_report(report, index.info.documents, index.info.chunks, index.duplicate_passages, index.skipped, index.warnings)
     summary = summarise_skips(index.skipped, report.name) if index.skipped else ""
-    return BuildResult(executable=executable, manifest=staged.manifest, skipped=staged.skipped,
-                       warnings=staged.warnings, model_cached=staged.model_cached, report=report, skip_summary=summary)
+    return BuildResult(executable=executable, manifest=staged.manifest, sha256=file_sha256(executable),
+                       skipped=staged.skipped, warnings=staged.warnings, model_cached=staged.model_cached,
+                       report=report, skip_summary=summary)
 
 
 def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_progress) -> StagedBuild:
@@ -164,7 +172,7 @@ def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Op
         model=model,
         index=index or IndexInfo(documents=0, chunks=0),
         build=BuildInfo(
-            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            created=build_date(),
             builder_version=__version__,
             host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
             python=platform.python_version(),
@@ -173,6 +181,18 @@ def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Op
     )
     (staging / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest
+
+
+def build_date() -> str:
+    """The build date the manifest records: SOURCE_DATE_EPOCH (reproducible-builds.org) when set,
+    else none, so that the same inputs built at another time give the same bytes."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return ""
+    try:
+        return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat()
+    except (ValueError, OverflowError, OSError):
+        raise BuildError(None, f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds since 1970") from None
 
 
 def _digest(parts: list[str]) -> str:

@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import posixpath
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback, no_progress
+from runtime.signature import PIN_FILE, pin_slot
 from targets import TargetProfile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,27 +32,35 @@ RUNTIME_DISTRIBUTIONS = ("onnxruntime", "numpy", "tokenizers", "jinja2", "Markup
 
 # Modules PyInstaller's analysis might reach that the runtime never uses: builder-only libraries,
 # GUI toolkits, the parts of onnxruntime for training, quantization and model tooling, and
-# standard modules whose shared libraries every start would unpack for nothing (TLS and OpenSSL:
-# hashlib falls back to its built-in sha256; decimal; CJK codecs; readline).
+# standard modules whose shared libraries every start would unpack for nothing (TLS; decimal; CJK
+# codecs; readline). OpenSSL's libcrypto stays: hashlib's sha256 from it is ~6x faster than the
+# built-in one (SHA-NI), which `verify`, `info` and --require-signature starts spend their time in.
 EXCLUDED_MODULES = (
     "bundler", "torch", "transformers", "optimum", "onnx", "onnxscript", "onnx_ir", "scipy", "sklearn",
     "pandas", "matplotlib", "sympy", "IPython", "PIL", "pytest", "tkinter", "_tkinter", "unittest",
     "pydoc", "xmlrpc", "lib2to3", "distutils", "setuptools", "pip", "sqlite3", "curses",
     "onnxruntime.training", "onnxruntime.tools", "onnxruntime.transformers", "onnxruntime.quantization",
     "onnxruntime.backend", "onnxruntime.datasets", "coloredlogs", "humanfriendly", "huggingface_hub",
-    "requests", "urllib3", "charset_normalizer", "yaml", "ssl", "_ssl", "_hashlib", "decimal", "_decimal",
+    "requests", "urllib3", "charset_normalizer", "yaml", "ssl", "_ssl", "decimal", "_decimal",
     "readline", "pdb", "bz2", "_bz2", "lzma", "_lzma", "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw",
     "_codecs_hk", "_codecs_iso2022",
 )
 
 ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"
 
+# PyNaCl's compiled module imports cffi's backend from C, where PyInstaller's analysis cannot see it.
+HIDDEN_IMPORTS = ["_cffi_backend"]
+
+# PyInstaller's reproducibility settings: the marshalled frozenset constants of `x in {...}` follow
+# the string hash seed, and a fixed SOURCE_DATE_EPOCH leaves no build time in anything it stamps.
+REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": "315532800"}
+
 
 
 # Stored uncompressed: every start unpacks these files, and inflating them is about half of the
 # start-up time (docs/MEASUREMENTS.md#uncompressed-stub: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
 SPEC_TEMPLATE = """
-a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web")],
+a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})],
              hiddenimports={modules!r}, excludes={excludes!r})
 pyz = PYZ(a.pure)
 exe = EXE(pyz, a.scripts, a.binaries, a.datas, [], name={name!r}, strip=False, upx=False, console=True,
@@ -62,9 +72,14 @@ def write_spec(work: Path, build_dir: Path) -> list[str]:
     """Write the spec for sources prepared in `work`; returns PyInstaller's arguments, with paths as
     the building Python sees them (`build_dir` is `work` itself, or its path inside an emulated root)."""
     modules = sorted("runtime." + p.stem for p in (work / "src" / "runtime").glob("*.py") if p.stem != "__main__")
+    modules += HIDDEN_IMPORTS
+    # an empty pinned-key slot, stored uncompressed so that a signature-requiring build can fill it in
+    pin_folder, pin_name = posixpath.split(PIN_FILE)
+    (work / pin_name).write_bytes(pin_slot(None))
     (work / "stub.spec").write_text(SPEC_TEMPLATE.format(
         entry=str(build_dir / "entry.py"), src=str(build_dir / "src"), web=str(build_dir / "src" / "runtime" / "web"),
-        modules=modules, excludes=list(EXCLUDED_MODULES), name=STUB_NAME,
+        pin=str(build_dir / pin_name), pin_folder=pin_folder, modules=modules, excludes=list(EXCLUDED_MODULES),
+        name=STUB_NAME,
     ))
     return ["--noconfirm", "--clean", "--log-level=WARN", f"--distpath={build_dir / 'dist'}",
             f"--workpath={build_dir / 'build'}", str(build_dir / "stub.spec")]
@@ -95,7 +110,8 @@ def stub_key(target: TargetProfile, locked: dict[str, str]) -> str:
     recipe = {
         "runtime": runtime_source_digest(),
         "deps": locked,
-        "recipe": [ENTRY_SCRIPT, SPEC_TEMPLATE, list(EXCLUDED_MODULES)],
+        "recipe": [ENTRY_SCRIPT, SPEC_TEMPLATE, list(EXCLUDED_MODULES), HIDDEN_IMPORTS, REPRODUCIBLE_ENV, PIN_FILE,
+                   pin_slot(None).hex()],
         "target": [target.os, target.arch, target.python if target.stub_builder != "host" else "",
                    target.onnxruntime if target.stub_builder != "host" else "",
                    target.stub_builder, target.debian_suite],
@@ -156,7 +172,7 @@ def prepare_sources(work: Path) -> Path:
 def _build_on_host(work: Path) -> Path:
     prepare_sources(work)
     command = [sys.executable, "-m", "PyInstaller", *write_spec(work, work)]
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, env={**os.environ, **REPRODUCIBLE_ENV})
     if result.returncode != 0:
         raise BuildError(None, f"PyInstaller failed building the runtime stub: {_last_lines(result.stderr)}")
     return work / "dist" / STUB_NAME

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback
-from bundler.stub import STUB_NAME, prepare_sources, write_spec
+from bundler.stub import REPRODUCIBLE_ENV, STUB_NAME, prepare_sources, write_spec
 from targets import TargetProfile
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -71,7 +71,9 @@ def build_in_chroot(target: TargetProfile, work: Path, cache_dir: Path, progress
         inside = Path("/build") / Path(tmp).name
         prepare_sources(Path(tmp))
         args = write_spec(Path(tmp), inside)
-        _run(rootfs_command(root, [python, "-m", "PyInstaller", *args]), "PyInstaller in the emulated root")
+        environment = [f"{name}={value}" for name, value in REPRODUCIBLE_ENV.items()]
+        _run(rootfs_command(root, ["env", *environment, python, "-m", "PyInstaller", *args]),
+             "PyInstaller in the emulated root")
         built = Path(tmp) / "dist" / STUB_NAME
         shutil.move(str(built), work / STUB_NAME)
     return work / STUB_NAME

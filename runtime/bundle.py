@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from runtime.entry_hashes import EntryHashes, EntryMismatch
 from runtime.errors import UserError
 from runtime.manifest import Entry, Manifest
 from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, padded_location, read_layout
 from runtime.payload_coverage import CoverageError, check_uncovered_bytes
+from runtime.signature import SignatureError, check_signature_by
 
 MANIFEST_NAME = "manifest.json"
 _FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
@@ -141,6 +143,37 @@ class FileBundle(Bundle):
             raise BundleError(f"{path}: manifest: {exc}") from None
         self._entries = {entry.name: entry for entry in self.manifest.entries}
         self._check_entries()
+        self._hashes: EntryHashes | None = None
+        self.pinned_signature = False  # require_signature() has checked the signature
+
+    def require_signature(self, public_key: bytes) -> None:
+        """Refuse the bundle unless its manifest is signed by `public_key` and covers the runtime stub;
+        from then on every entry must match its sha256 before it is used (docs/SECURITY.md)."""
+        signature = self.layout.trailer.signature
+        if signature is None:
+            raise BundleError(f"{self.path}: not signed, but this executable runs only bundles signed by its pinned key")
+        if self.layout.trailer.payload_start and not self.manifest.stub_sha256:
+            raise BundleError(f"{self.path}: the signed manifest does not cover the runtime stub (no stub_sha256)")
+        try:
+            check_signature_by(self.layout.manifest_bytes, signature, public_key, str(self.path),
+                               f"the key pinned in this executable ({public_key.hex()[:16]}…)")
+        except SignatureError as exc:
+            raise BundleError(str(exc)) from None
+        self.pinned_signature = True
+        self._hashes = EntryHashes(self._map, self.manifest.entries, str(self.path))
+        self._hashes.start()
+
+    def _checked(self, name: str | None) -> None:
+        """With a required signature: `name` (None: every entry) has matched its sha256."""
+        if self._hashes is None:
+            return
+        try:
+            if name is None:
+                self._hashes.check_all()
+            else:
+                self._hashes.check(name)
+        except EntryMismatch as exc:
+            raise BundleError(str(exc)) from None
 
     def _check_entries(self) -> None:
         start = self.layout.trailer.payload_start
@@ -164,15 +197,20 @@ class FileBundle(Bundle):
 
     def read(self, name: str) -> memoryview:
         entry = self._entry(name)
+        self._checked(name)
         return memoryview(self._map)[entry.offset:entry.offset + entry.size]
 
     def array(self, name: str) -> np.ndarray:
         entry = self._entry(name)
         view = self.read(name)
-        dtype, shape, fortran, header_size = _npy_header(bytes(view[:min(len(view), 4096)]), f"{self.path}: {name}")
-        count = int(np.prod(shape, dtype=np.int64))
-        if header_size + count * dtype.itemsize > entry.size:
-            raise BundleError(f"{self.path}: {name}: array data shorter than its header says")
+        where = f"{self.path}: {name}"
+        dtype, shape, fortran, header_size = _npy_header(bytes(view[:min(len(view), _NPY_HEAD)]), where)
+        count = 1
+        for length in shape:  # Python integers: a product of huge dimensions cannot wrap around
+            count *= length
+        if header_size + count * dtype.itemsize != entry.size:
+            raise BundleError(f"{where}: array header says {count * dtype.itemsize} bytes of data, "
+                              f"the entry holds {entry.size - header_size}")
         flat = np.frombuffer(self._map, dtype=dtype, count=count, offset=entry.offset + header_size)
         return flat.reshape(shape, order="F" if fortran else "C")
 
@@ -180,6 +218,7 @@ class FileBundle(Bundle):
         # The stored model names its weights by SELF_PLACEHOLDER at absolute offsets; pointing
         # that at this very file (whatever it is called now) lets onnxruntime mmap them in place.
         proto = bytes(self.read(name))
+        external = SELF_PLACEHOLDER in proto
         try:
             if _ORT_HAS_FOLDER_OPTION:
                 # newer onnxruntime refuses absolute locations but resolves them in a given folder
@@ -190,42 +229,63 @@ class FileBundle(Bundle):
                 location = padded_location(str(self.path.resolve()))
         except PayloadFormatError as exc:
             raise BundleError(str(exc)) from None
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             proto.replace(SELF_PLACEHOLDER, location), sess_options=options, providers=["CPUExecutionProvider"]
         )
+        if external:
+            # the weights may lie in any entry; they were hashed while the session was made
+            self._checked(None)
+        return session
+
+    def file_sha256(self) -> str:
+        """sha256 of the whole file: what a rebuild from the same inputs reproduces."""
+        digest = hashlib.sha256()
+        view = memoryview(self._map)
+        for start in range(0, len(view), 1 << 22):
+            digest.update(view[start:start + (1 << 22)])
+        return digest.hexdigest()
 
     def verify(self) -> None:
-        for entry in self.manifest.entries:
-            digest = hashlib.sha256()
-            view = self.read(entry.name)
-            for start in range(0, len(view), 1 << 22):
-                digest.update(view[start:start + (1 << 22)])
-            if digest.hexdigest() != entry.sha256:
-                raise BundleError(f"{self.path}: entry {entry.name!r} does not match its sha256 (file altered)")
+        try:
+            (self._hashes or EntryHashes(self._map, self.manifest.entries, str(self.path))).check_all()
+        except EntryMismatch as exc:
+            raise BundleError(str(exc)) from None
         try:
             check_uncovered_bytes(self._map, self.layout, self.manifest, str(self.path))
         except CoverageError as exc:
             raise BundleError(str(exc)) from None
 
 
+_NPY_HEAD = 4096  # NumPy pads headers to 64 bytes; ours are a few hundred
+
+
 def _npy_header(head: bytes, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     """Parse a .npy header without reading the data (np.load cannot mmap at an offset of a file)."""
-    if not head.startswith(b"\x93NUMPY") or len(head) < 10:
+    if not head.startswith(b"\x93NUMPY") or len(head) < 10 or head[6] not in (1, 2, 3):
         raise BundleError(f"{where}: not a .npy array")
-    major = head[6]
-    if major == 1:
+    if head[6] == 1:
         length, start = int.from_bytes(head[8:10], "little"), 10
     else:
         length, start = int.from_bytes(head[8:12], "little"), 12
+    if start + length > len(head):
+        raise BundleError(f"{where}: .npy header runs past the entry or is longer than {_NPY_HEAD} bytes")
     try:
         header = ast.literal_eval(head[start:start + length].decode("latin1"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise BundleError(f"{where}: unreadable .npy header") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "shape", "fortran_order"}:
+        raise BundleError(f"{where}: .npy header is not a dict of descr, shape and fortran_order")
+    shape, fortran = header["shape"], header["fortran_order"]
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise BundleError(f"{where}: .npy shape {shape!r} is not a tuple of non-negative integers")
+    if not isinstance(fortran, bool):
+        raise BundleError(f"{where}: .npy fortran_order is not true or false")
+    try:
         dtype = np.dtype(header["descr"])
-        shape = tuple(int(n) for n in header["shape"])
-        fortran = bool(header["fortran_order"])
-    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-        raise BundleError(f"{where}: unreadable .npy header ({exc})") from None
-    if dtype.hasobject:
-        raise BundleError(f"{where}: object arrays are not allowed")
+    except (ValueError, TypeError, SyntaxError):
+        raise BundleError(f"{where}: .npy dtype {header['descr']!r} is not understood") from None
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise BundleError(f"{where}: .npy dtype {dtype} is not allowed (objects or empty items)")
     return dtype, shape, fortran, start + length
 
 

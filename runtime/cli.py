@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, BundleError, FileBundle
 from runtime.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 from runtime.network_guard import install_network_guard
+from runtime.signature import SignatureError, pinned_key
 from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
 
@@ -222,12 +223,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USER_ERROR
     try:
         bundle = Bundle.open(args.bundle)
+        enforce_pinned_key(bundle)
         return COMMANDS[args.command](bundle, args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def enforce_pinned_key(bundle: Bundle) -> None:
+    """An executable built with --require-signature runs only bundles its pinned key signed."""
+    try:
+        key = pinned_key()
+    except SignatureError as exc:
+        raise BundleError(str(exc)) from None
+    if key is None:
+        return
+    if not isinstance(bundle, FileBundle):
+        raise BundleError(f"{bundle.path}: this executable runs only bundle files signed by its pinned key")
+    bundle.require_signature(key)
 
 
 def load_assistant(bundle: Bundle, args: argparse.Namespace):
@@ -417,10 +432,12 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
                      f"(ratio {q.ratio:.4f}, limit {q.max_ratio}) on {q.text}, {q.tokens} tokens")
     lines += [
         f"documents:     {index.documents} files, {index.chunks} passages; search: {', '.join(index.modes)}",
-        f"built:         {build.created} by edgebundle {build.builder_version} on {build.host}",
+        f"built:         {build.created or 'undated'} by edgebundle {build.builder_version} on {build.host}",
         f"target:        {manifest.target}",
         f"size:          {size / 1e6:.1f} MB",
     ]
+    if isinstance(bundle, FileBundle):
+        lines.append(f"sha256:        {bundle.file_sha256()} (the whole file, as sha256sum prints it)")
     for entry in manifest.entries:
         lines.append(f"  {entry.size / 1e6:9.2f} MB  {entry.name}")
     print("\n".join(lines))

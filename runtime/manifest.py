@@ -115,13 +115,20 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
-        data = json.loads(text)
+        """Raises ValueError naming the first field that is missing, unknown or of the wrong type."""
+        data = json.loads(text, object_pairs_hook=_object_without_repeated_keys)
         if not isinstance(data, dict):
             raise ValueError("manifest is not a JSON object")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"manifest format {version!r} is not supported (expected {FORMAT_VERSION})")
-        return from_plain(cls, data)
+        manifest = from_plain(cls, data)
+        seen: set[str] = set()
+        for entry in manifest.entries:
+            if entry.name in seen:
+                raise ValueError(f"entry {entry.name!r} is listed twice")
+            seen.add(entry.name)
+        return manifest
 
     def entry(self, name: str) -> Entry:
         for entry in self.entries:
@@ -130,22 +137,54 @@ class Manifest:
         raise KeyError(name)
 
 
-def from_plain(kind: Any, value: Any) -> Any:
-    """Rebuild a (nested) dataclass of this module from plain JSON values, checking keys."""
-    if value is None:
-        return None
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object; a key given twice is refused, not silently the last one."""
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+# JSON types each annotation accepts (bool is an int in Python, never in a manifest)
+_SCALARS = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def from_plain(kind: Any, value: Any, where: str = "manifest") -> Any:
+    """Rebuild a (nested) dataclass of this module from plain JSON values, checking keys and types."""
     origin = typing.get_origin(kind)
     if origin is typing.Union:
+        if value is None:
+            return None
         inner = [a for a in typing.get_args(kind) if a is not type(None)]
-        return from_plain(inner[0], value)
+        return from_plain(inner[0], value, where)
     if origin is list:
         (item,) = typing.get_args(kind)
-        return [from_plain(item, v) for v in value]
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {_json_type(value)}")
+        return [from_plain(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {_json_type(value)}")
         hints = typing.get_type_hints(kind, vars(sys.modules[kind.__module__]))
-        names = {f.name for f in dataclasses.fields(kind)}
-        unknown = set(value) - names
+        fields = dataclasses.fields(kind)
+        unknown = set(value) - {f.name for f in fields}
         if unknown:
             raise ValueError(f"{kind.__name__}: unknown keys {sorted(unknown)}")
-        return kind(**{k: from_plain(hints[k], v) for k, v in value.items()})
+        required = [f.name for f in fields
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in value]
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(missing)}")
+        return kind(**{k: from_plain(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    accepted = _SCALARS.get(kind)
+    if accepted is not None and (not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool)):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {_json_type(value)}")
     return value
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "an integer",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.assistant import Assistant  # noqa: E402
+from runtime.assistant import Assistant, AskOptions  # noqa: E402
 from runtime.bundle import Bundle  # noqa: E402
 from runtime.generation import GenerationConfig  # noqa: E402
 from runtime.prompt import GroundingOptions  # noqa: E402
@@ -125,7 +125,7 @@ def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: i
     grounding = GroundingOptions(**grounding_changes)
     rows = []
     for number, item in enumerate(items, 1):
-        answer = assistant.ask(item["question"], config=config, grounding=grounding).finish()
+        answer = assistant.ask(item["question"], AskOptions(generation=config, grounding=grounding)).finish()
         print(f"{name} {number}/{len(items)}: {answer.stats.new_tokens} tokens, {answer.stats.total_s:.1f} s",
               file=sys.stderr, flush=True)
         text = answer.text.strip()

@@ -104,14 +104,14 @@ def _rss() -> int:
 
 
 def load_table(bundle: Path, requests: int, concurrency: int) -> dict:
-    from runtime.assistant import Assistant
+    from runtime.assistant import Assistant, AskOptions
     from runtime.bundle import Bundle
     from runtime.generation import GenerationConfig
     from runtime.server import ServerConfig, make_server
 
     assistant = Assistant.from_bundle(Bundle.open(bundle), threads=2, ctx=1024)
     server = make_server(assistant, ServerConfig(port=0, queue_size=concurrency, max_tokens_cap=1), "m",
-                         GenerationConfig(max_new_tokens=1))
+                         AskOptions(generation=GenerationConfig(max_new_tokens=1)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     errors = 0

@@ -59,9 +59,27 @@ REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": "315532800"}
 
 # Stored uncompressed: every start unpacks these files, and inflating them is about half of the
 # start-up time (docs/MEASUREMENTS.md#uncompressed-stub: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
+# Shared libraries are stripped of their symbols one by one (libpython alone: 23 MB -> 6 MB), except
+# the libraries vendored into a wheel's `*.libs/` folder (numpy's OpenBLAS stops loading when stripped,
+# which is why PyInstaller's own all-or-nothing `strip` stays off); a library strip refuses is kept as is.
 SPEC_TEMPLATE = """
+import os, shutil, subprocess
+
+def stripped(binaries, folder):
+    os.makedirs(folder, exist_ok=True)
+    kept = []
+    for dest, src, kind in binaries:
+        if kind in ("BINARY", "EXTENSION") and ".libs/" not in dest.replace(os.sep, "/"):
+            copy = os.path.join(folder, dest.replace("/", "__"))
+            shutil.copyfile(src, copy)
+            if subprocess.run(["strip", "--strip-unneeded", copy], capture_output=True).returncode == 0:
+                src = copy
+        kept.append((dest, src, kind))
+    return kept
+
 a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})],
              hiddenimports={modules!r}, excludes={excludes!r})
+a.binaries = stripped(a.binaries, {stripped_dir!r})
 pyz = PYZ(a.pure)
 exe = EXE(pyz, a.scripts, a.binaries, a.datas, [], name={name!r}, strip=False, upx=False, console=True,
           cdict={{kind: False for kind in ("EXTENSION", "DATA", "BINARY", "EXECUTABLE", "PYSOURCE", "PYMODULE")}})
@@ -79,7 +97,7 @@ def write_spec(work: Path, build_dir: Path) -> list[str]:
     (work / "stub.spec").write_text(SPEC_TEMPLATE.format(
         entry=str(build_dir / "entry.py"), src=str(build_dir / "src"), web=str(build_dir / "src" / "runtime" / "web"),
         pin=str(build_dir / pin_name), pin_folder=pin_folder, modules=modules, excludes=list(EXCLUDED_MODULES),
-        name=STUB_NAME,
+        name=STUB_NAME, stripped_dir=str(build_dir / "stripped"),
     ))
     return ["--noconfirm", "--clean", "--log-level=WARN", f"--distpath={build_dir / 'dist'}",
             f"--workpath={build_dir / 'build'}", str(build_dir / "stub.spec")]

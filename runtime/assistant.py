@@ -97,13 +97,25 @@ def generation_settings(config: GenerationConfig, grounding: GroundingOptions) -
     return {**settings, **vars(grounding)}
 
 
+@dataclass
+class AskOptions:
+    """How a question is answered: the one parameter object from the CLI, the chat and the server to
+    Assistant.ask, with every default here."""
+
+    k: int = 4                          # passages retrieved
+    mode: Optional[str] = None          # retrieval mode; None: the best the index has
+    use_documents: bool = True
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=DEFAULT_ANSWER_TOKENS))
+    grounding: GroundingOptions = field(default_factory=GroundingOptions)
+    stop: Sequence[str] = ()            # strings that end the answer; they are not part of it
+    instructions: Optional[str] = None  # added to the system prompt (an API client's own system message)
+
+
 class Assistant:
-    def __init__(self, tokenizer: ChatTokenizer, decoder: Decoder, retriever: Retriever,
-                 grounding: GroundingOptions = GroundingOptions()):
+    def __init__(self, tokenizer: ChatTokenizer, decoder: Decoder, retriever: Retriever):
         self.tokenizer = tokenizer
         self.decoder = decoder
         self.retriever = retriever
-        self.grounding = grounding  # for every ask() that does not bring its own
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threads: Optional[int] = None, ctx: Optional[int] = None) -> "Assistant":
@@ -122,28 +134,16 @@ class Assistant:
     def search(self, query: str, k: int = 4, mode: Optional[str] = None) -> list[Hit]:
         return self.retriever.search(query, k=k, mode=mode or self.default_mode)
 
-    def ask(
-        self,
-        question: str,
-        k: int = 4,
-        mode: Optional[str] = None,
-        config: Optional[GenerationConfig] = None,
-        history: Sequence[dict] = (),
-        use_documents: bool = True,
-        instructions: Optional[str] = None,
-        stop: Sequence[str] = (),
-        grounding: Optional[GroundingOptions] = None,
-    ) -> Answer:
+    def ask(self, question: str, options: Optional[AskOptions] = None, history: Sequence[dict] = ()) -> Answer:
         """Raises runtime.prompt.ContextOverflow when the question cannot fit the context window.
 
-        instructions: added to the system prompt (an API client's own system message).
-        stop: strings that end the answer; they are not part of it.
-        grounding: how passages are given and the answer bounded (default: self.grounding).
+        history: the conversation so far, as chat messages (oldest first).
         """
-        config = config or GenerationConfig(max_new_tokens=DEFAULT_ANSWER_TOKENS)
-        grounding = grounding or self.grounding
+        options = options or AskOptions()
+        config, grounding, instructions = options.generation, options.grounding, options.instructions
         started = time.perf_counter()
-        hits = self.search(question, k=k, mode=mode) if use_documents and k > 0 else []
+        hits = (self.search(question, k=options.k, mode=options.mode)
+                if options.use_documents and options.k > 0 else [])
         retrieval_s = time.perf_counter() - started
         hits = ground_hits(question, hits, grounding)
         if hits and grounding.abstain_below > 0 and max(
@@ -162,7 +162,7 @@ class Assistant:
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
         answer.stats.settings = generation_settings(config, grounding)
-        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started,
+        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(options.stop), answer.stats, started,
                                       grounding.stop_after_paragraph)
         return answer
 

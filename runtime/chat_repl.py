@@ -4,10 +4,9 @@ This is terminal UI, so it writes to the stream it is given (stdout from the CLI
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional, TextIO
+from typing import Callable, TextIO
 
-from runtime.generation import GenerationConfig
+from runtime.assistant import AskOptions
 from runtime.prompt import ContextOverflow
 
 HELP = """commands:
@@ -15,17 +14,6 @@ HELP = """commands:
   /reset     forget the conversation so far
   /exit      leave (Ctrl-D does too)
 Ctrl-C stops the answer being written; the conversation goes on."""
-
-
-@dataclass
-class AskOptions:
-    """What every question of a session is asked with (from the command line)."""
-
-    k: int = 4
-    mode: Optional[str] = None
-    use_documents: bool = True
-    config: Optional[GenerationConfig] = None
-    stop: list[str] = field(default_factory=list)
 
 
 class ChatRepl:
@@ -90,12 +78,9 @@ class ChatRepl:
                 self._say(f"    | {text_line}")
 
     def _answer(self, question: str) -> None:
-        options = self.options
         answer = None
         try:
-            answer = self.assistant.ask(question, k=options.k, mode=options.mode, config=options.config,
-                                        history=self.history, use_documents=options.use_documents,
-                                        stop=options.stop)
+            answer = self.assistant.ask(question, self.options, history=self.history)
             for delta in answer:
                 self.out.write(delta)
                 self.out.flush()

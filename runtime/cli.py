@@ -86,12 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--ctx", type=positive_int, default=None,
                        help="context window in tokens, at most the bundle's (default: the bundle's)")
 
+    from runtime.assistant import AskOptions
+
+    defaults = AskOptions()  # the one source of the answering defaults
     answering = argparse.ArgumentParser(add_help=False)
     group = answering.add_argument_group("answering")
-    group.add_argument("--k", type=positive_int, default=4, help="passages to retrieve (default 4)")
+    group.add_argument("--k", type=positive_int, default=defaults.k, help=f"passages to retrieve (default {defaults.k})")
     group.add_argument("--mode", choices=MODES, default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
     group.add_argument("--no-docs", action="store_true", help="answer from the model alone, without retrieval")
-    group.add_argument("--max-tokens", type=positive_int, default=256, help="longest answer in tokens (default 256)")
+    group.add_argument("--max-tokens", type=positive_int, default=defaults.generation.max_new_tokens,
+                       help=f"longest answer in tokens (default {defaults.generation.max_new_tokens})")
     group.add_argument("--temperature", type=non_negative_float, default=0.0, help="sampling temperature; 0 is greedy (default 0)")
     group.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass (default 1.0: off)")
     group.add_argument("--top-k", type=non_negative_int, default=0, help="sample among the k likeliest tokens (default 0: off)")
@@ -248,14 +252,11 @@ def enforce_pinned_key(bundle: Bundle) -> None:
 def load_assistant(bundle: Bundle, args: argparse.Namespace):
     from runtime.assistant import Assistant
 
-    assistant = Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
-    if hasattr(args, "passages"):  # the answering commands; summaries choose their own passages
-        assistant.grounding = grounding_options(args)
-    return assistant
+    return Assistant.from_bundle(bundle, threads=args.threads, ctx=args.ctx)
 
 
 def ask_options(args: argparse.Namespace):
-    from runtime.chat_repl import AskOptions
+    from runtime.assistant import AskOptions
     from runtime.generation import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -263,7 +264,8 @@ def ask_options(args: argparse.Namespace):
                               dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
                               dry_allowed_length=args.dry_allowed_length, loop_ngram=args.loop_ngram,
                               loop_repeats=args.loop_repeats)
-    return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, config=config, stop=args.stop)
+    return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, generation=config,
+                      grounding=grounding_options(args), stop=tuple(args.stop))
 
 
 def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
@@ -271,8 +273,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
 
     options = ask_options(args)
     assistant = load_assistant(bundle, args)
-    answer = assistant.ask(args.question, k=options.k, mode=options.mode, config=options.config,
-                           use_documents=options.use_documents, stop=options.stop)
+    answer = assistant.ask(args.question, options)
     if args.json:
         answer.finish()
         print(json.dumps({
@@ -334,7 +335,7 @@ def run_serve(bundle: Bundle, args: argparse.Namespace) -> int:
         raise ServerRefused(refusal)
     assistant = load_assistant(bundle, args)
     try:
-        server = make_server(assistant, config, bundle.manifest.model.name, options.config)
+        server = make_server(assistant, config, bundle.manifest.model.name, options)
     except OSError as exc:
         raise ServerRefused(f"{args.host}:{args.port}: {exc.strerror or exc}") from None
     print(f"serving {server.url}/ (web page) and {server.url}/v1 (OpenAI API); Ctrl-C stops", file=sys.stderr,

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Optional
 
+from runtime.assistant import AskOptions
 from runtime.connection_gate import ConnectionGate
 from runtime.errors import UserError
 from runtime.generation import GenerationConfig
@@ -92,7 +93,7 @@ class QueryServer(ThreadingHTTPServer):
     # they should get an answer or a clean 429 instead.
     request_queue_size = 128
 
-    def __init__(self, assistant, config: ServerConfig, model_id: str, generation_defaults):
+    def __init__(self, assistant, config: ServerConfig, model_id: str, defaults: AskOptions):
         refusal = exposure_error(config.host, config.api_key)
         if refusal:
             raise ServerRefused(refusal)
@@ -101,7 +102,7 @@ class QueryServer(ThreadingHTTPServer):
         self.assistant = assistant
         self.config = config
         self.model_id = model_id
-        self.generation_defaults = generation_defaults
+        self.defaults = defaults  # what a request leaves out; its k and mode come from config
         self.queue = ModelQueue(config.queue_size, config.queue_timeout_s)
         # Retrieval is fast and has its own lock, so searches never wait behind a generation.
         self.search_lock = threading.Lock()
@@ -358,7 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
                         passages = passages_in_scope(assistant.retriever.chunks, Scope.parse(request.document))
                     else:
                         passages = reading_order(assistant.search(request.query, k=request.k, mode=request.mode))
-                config = GenerationConfig(**{**vars(server.generation_defaults), "max_new_tokens": request.max_tokens})
+                config = GenerationConfig(**{**vars(server.defaults.generation), "max_new_tokens": request.max_tokens})
                 summary = Summarizer(assistant.tokenizer, assistant.decoder).summarize(
                     passages, config, topic=request.query).finish()
         except QueueFull as exc:
@@ -371,16 +372,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: Any) -> None:
         server = self.server
-        request = parse_chat_request(body, server.generation_defaults, server.config.k, server.mode,
+        request = parse_chat_request(body, server.defaults.generation, server.config.k, server.mode,
                                      server.assistant.retriever.modes, server.config.max_tokens_cap)
         try:
             with server.queue.turn():
                 # ask() retrieves at once (under the retriever's lock) and generates lazily.
                 with server.search_lock:
-                    answer = server.assistant.ask(request.question, k=request.k, mode=request.mode,
-                                                  config=request.generation, history=request.history,
-                                                  use_documents=request.k > 0, instructions=request.system,
-                                                  stop=request.stop)
+                    options = AskOptions(k=request.k, mode=request.mode, use_documents=request.k > 0,
+                                         generation=request.generation, grounding=server.defaults.grounding,
+                                         stop=tuple(request.stop), instructions=request.system)
+                    answer = server.assistant.ask(request.question, options, history=request.history)
                 try:
                     if request.stream:
                         self._stream(request, answer)
@@ -459,6 +460,6 @@ def _usage(answer) -> dict:
             "total_tokens": stats.prompt_tokens + stats.new_tokens}
 
 
-def make_server(assistant, config: ServerConfig, model_id: str, generation_defaults) -> QueryServer:
+def make_server(assistant, config: ServerConfig, model_id: str, defaults: Optional[AskOptions] = None) -> QueryServer:
     """Bind (port 0 picks a free port) without serving yet; call serve_forever() on the result."""
-    return QueryServer(assistant, config, model_id, generation_defaults)
+    return QueryServer(assistant, config, model_id, defaults or AskOptions())

@@ -48,10 +48,12 @@ def query_assistant(query_staging):
 @contextmanager
 def running_server(assistant, **settings) -> Iterator:
     """A real server on a free loopback port, serving from a background thread."""
+    from runtime.assistant import AskOptions
     from runtime.generation import GenerationConfig
     from runtime.server import ServerConfig, make_server
 
-    server = make_server(assistant, ServerConfig(port=0, **settings), MODEL_ID, GenerationConfig(max_new_tokens=16))
+    server = make_server(assistant, ServerConfig(port=0, **settings), MODEL_ID,
+                         AskOptions(generation=GenerationConfig(max_new_tokens=16)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

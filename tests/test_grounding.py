@@ -56,38 +56,37 @@ def test_unknown_system_prompt_is_refused_by_name():
 
 
 def test_assistant_says_it_does_not_know_when_the_passages_lack_the_question(query_assistant):
-    from runtime.assistant import ABSTAIN_ANSWER
+    from runtime.assistant import ABSTAIN_ANSWER, AskOptions
 
     answer = query_assistant.ask("Which telescope mirror coating resists xenon plasma?",
-                                 grounding=GroundingOptions(abstain_below=0.5)).finish()
+                                 AskOptions(grounding=GroundingOptions(abstain_below=0.5))).finish()
     assert answer.text == ABSTAIN_ANSWER
     assert answer.sources == [] and answer.stats.new_tokens == 0
     assert answer.stats.settings["abstain_below"] == 0.5
 
 
 def test_assistant_answers_when_the_passages_hold_the_question(query_assistant):
-    from runtime.assistant import ABSTAIN_ANSWER
+    from runtime.assistant import ABSTAIN_ANSWER, AskOptions
     from runtime.generation import GenerationConfig
 
-    answer = query_assistant.ask(PUMP_QUESTION, config=GenerationConfig(max_new_tokens=4),
-                                 grounding=GroundingOptions(passages=1, abstain_below=0.5)).finish()
+    answer = query_assistant.ask(PUMP_QUESTION, AskOptions(generation=GenerationConfig(max_new_tokens=4),
+                                                           grounding=GroundingOptions(passages=1, abstain_below=0.5))).finish()
     assert answer.text != ABSTAIN_ANSWER and answer.stats.new_tokens > 0
     assert [hit.chunk.source.path for hit in answer.sources] == ["pumps/coolant-pump.md"]
 
 
 def test_command_line_flags_reach_the_generation_and_grounding_settings():
-    from runtime.cli import ask_options, build_parser, grounding_options
+    from runtime.assistant import AskOptions
+    from runtime.cli import ask_options, build_parser
 
     args = build_parser().parse_args(["ask", "q", "--dry-multiplier", "0.5", "--loop-ngram", "0", "--passages", "1",
                                       "--trim-sentences", "3", "--system-prompt", "brief", "--answer-first",
                                       "--stop-after-paragraph", "--abstain-below", "0.25"])
-    config = ask_options(args).config
-    assert (config.dry_multiplier, config.loop_ngram) == (0.5, 0)
-    assert grounding_options(args) == GroundingOptions(passages=1, trim_sentences=3, system_prompt="brief",
-                                                       answer_first=True, stop_after_paragraph=True,
-                                                       abstain_below=0.25)
-    defaults = build_parser().parse_args(["ask", "q"])
-    assert grounding_options(defaults) == GroundingOptions()
+    options = ask_options(args)
+    assert (options.generation.dry_multiplier, options.generation.loop_ngram) == (0.5, 0)
+    assert options.grounding == GroundingOptions(passages=1, trim_sentences=3, system_prompt="brief",
+                                                 answer_first=True, stop_after_paragraph=True, abstain_below=0.25)
+    assert ask_options(build_parser().parse_args(["ask", "q"])) == AskOptions()  # one source of defaults
 
 
 def test_a_paragraph_ends_at_a_blank_line_after_a_finished_sentence_only():

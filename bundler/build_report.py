@@ -3,12 +3,11 @@ and the one-line summary of the skips the CLI prints."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from bundler.formats import suffix_of
+from bundler.fs import write_atomic
 from bundler.ingest import SkippedFile
 
 # kinds whose summary lists the file suffixes seen, and their plural for the summary line
@@ -47,12 +46,4 @@ def write_build_report(path: Path, documents: int, passages: int, duplicate_pass
         "skipped": [{"path": s.path, "kind": s.kind, "reason": s.reason} for s in skipped],
         "warnings": warnings,
     }
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=1, ensure_ascii=False)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    write_atomic(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")

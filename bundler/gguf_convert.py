@@ -7,15 +7,13 @@ reference BPE over the GGUF's own vocabulary.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from bundler.errors import BuildError
+from bundler.fs import atomic_folder
 from bundler.gguf_tokenizer import GgufVocabulary, build_tokenizer, read_vocabulary, reference_tokenizer, write_tokenizer_files
 from bundler.silence import silence_third_party
 from bundler.progress import ProgressCallback, no_progress
@@ -91,9 +89,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no
     check_tokenizer(gguf_path, vocab)
     progress("convert gguf", 1, 3)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as work:
         try:
             with silence_third_party():
                 model = AutoModelForCausalLM.from_pretrained(
@@ -115,11 +111,5 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: ProgressCallback = no
         model.generation_config.pad_token_id = vocab.pad_id
         model.save_pretrained(str(work), safe_serialization=True)
         write_tokenizer_files(vocab, work)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     progress("convert gguf", 3, 3)
     return out_dir

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from bundler.embedder_export import export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
 from bundler.formats import PARSER_VERSION, SkipFile
+from bundler.fs import replace_folder, write_atomic
 from bundler.index_bm25 import Bm25Config, build_bm25
 from bundler.isolated_parse import ParseLimitExceeded, ParseLimits, run_isolated
 from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
@@ -116,7 +116,7 @@ def build_index(
             settings["dense"] = _write_dense(documents, all_texts, [i for i, _ in kept], work, cache_dir, progress, result)
             result.info.embedding_model = settings["dense"]["model"]
         (work / index_files.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
-        _swap_in(work / "index", out_dir / "index")
+        replace_folder(work / "index", out_dir / "index")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -168,7 +168,7 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
                 result.skipped.append(SkippedFile(source.relative, str(exc), "parse limit"))
                 continue
             result.parsed += 1
-            _write_atomic(cached, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+            write_atomic(cached, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
         if "skip" in entry:
             result.skipped.append(SkippedFile(source.relative, entry["skip"], entry["kind"]))
@@ -245,7 +245,7 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
     embedded = _embed(encoder, [texts[slice(*spans[d])] for d in pending], progress)
     for d, doc_vectors in zip(pending, embedded):
         vectors[d] = np.stack(doc_vectors).astype(np.float32)
-        _write_atomic(folder / f"{documents[d].key}.npy", _npy_bytes(vectors[d]))
+        write_atomic(folder / f"{documents[d].key}.npy", _npy_bytes(vectors[d]))
     result.embedded = len(pending)
     result.chunks_embedded = sum(len(group) for group in embedded)
 
@@ -288,19 +288,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(handle, "wb") as stream:
-        stream.write(data)
-    os.replace(temp, path)
-
-
-def _swap_in(new: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}-old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(new, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, final)

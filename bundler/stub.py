@@ -11,8 +11,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import posixpath
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,98 +18,10 @@ from pathlib import Path
 
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback, no_progress
+from bundler.stub_recipe import (ENTRY_SCRIPT, EXCLUDED_MODULES, HIDDEN_IMPORTS, REPRODUCIBLE_ENV, RUNTIME_DISTRIBUTIONS,
+                                 SPEC_TEMPLATE, STUB_NAME, prepare_sources, runtime_source_digest, write_spec)
 from runtime.signature import PIN_FILE, pin_slot
 from targets import TargetProfile
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNTIME_DIR = REPO_ROOT / "runtime"
-STUB_NAME = "edgebundle-runtime"
-
-# What the runtime imports, and what it needs at run time (pinned for emulated builds by the target).
-RUNTIME_DISTRIBUTIONS = ("onnxruntime", "numpy", "tokenizers", "jinja2", "MarkupSafe", "PyNaCl", "cffi", "PyStemmer")
-
-# Modules PyInstaller's analysis might reach that the runtime never uses: builder-only libraries,
-# GUI toolkits, the parts of onnxruntime for training, quantization and model tooling, and
-# standard modules whose shared libraries every start would unpack for nothing (TLS; decimal; CJK
-# codecs; readline). OpenSSL's libcrypto stays: hashlib's sha256 from it is ~6x faster than the
-# built-in one (SHA-NI), which `verify`, `info` and --require-signature starts spend their time in.
-EXCLUDED_MODULES = (
-    "bundler", "torch", "transformers", "optimum", "onnx", "onnxscript", "onnx_ir", "scipy", "sklearn",
-    "pandas", "matplotlib", "sympy", "IPython", "PIL", "pytest", "tkinter", "_tkinter", "unittest",
-    "pydoc", "xmlrpc", "lib2to3", "distutils", "setuptools", "pip", "sqlite3", "curses",
-    "onnxruntime.training", "onnxruntime.tools", "onnxruntime.transformers", "onnxruntime.quantization",
-    "onnxruntime.backend", "onnxruntime.datasets", "coloredlogs", "humanfriendly", "huggingface_hub",
-    "requests", "urllib3", "charset_normalizer", "yaml", "ssl", "_ssl", "decimal", "_decimal",
-    "readline", "pdb", "bz2", "_bz2", "lzma", "_lzma", "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw",
-    "_codecs_hk", "_codecs_iso2022",
-)
-
-ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"
-
-# PyNaCl's compiled module imports cffi's backend from C, where PyInstaller's analysis cannot see it.
-HIDDEN_IMPORTS = ["_cffi_backend"]
-
-# PyInstaller's reproducibility settings: the marshalled frozenset constants of `x in {...}` follow
-# the string hash seed, and a fixed SOURCE_DATE_EPOCH leaves no build time in anything it stamps.
-REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": "315532800"}
-
-
-
-# Stored uncompressed: every start unpacks these files, and inflating them is about half of the
-# start-up time (docs/MEASUREMENTS.md#uncompressed-stub: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
-# Shared libraries are stripped of their symbols one by one (libpython alone: 23 MB -> 6 MB), except
-# the libraries vendored into a wheel's `*.libs/` folder (numpy's OpenBLAS stops loading when stripped,
-# which is why PyInstaller's own all-or-nothing `strip` stays off); a library strip refuses is kept as is.
-SPEC_TEMPLATE = """
-import os, shutil, subprocess
-
-def stripped(binaries, folder):
-    os.makedirs(folder, exist_ok=True)
-    kept = []
-    for dest, src, kind in binaries:
-        if kind in ("BINARY", "EXTENSION") and ".libs/" not in dest.replace(os.sep, "/"):
-            copy = os.path.join(folder, dest.replace("/", "__"))
-            shutil.copyfile(src, copy)
-            if subprocess.run(["strip", "--strip-unneeded", copy], capture_output=True).returncode == 0:
-                src = copy
-        kept.append((dest, src, kind))
-    return kept
-
-a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})],
-             hiddenimports={modules!r}, excludes={excludes!r})
-a.binaries = stripped(a.binaries, {stripped_dir!r})
-pyz = PYZ(a.pure)
-exe = EXE(pyz, a.scripts, a.binaries, a.datas, [], name={name!r}, strip=False, upx=False, console=True,
-          cdict={{kind: False for kind in ("EXTENSION", "DATA", "BINARY", "EXECUTABLE", "PYSOURCE", "PYMODULE")}})
-"""
-
-
-def write_spec(work: Path, build_dir: Path) -> list[str]:
-    """Write the spec for sources prepared in `work`; returns PyInstaller's arguments, with paths as
-    the building Python sees them (`build_dir` is `work` itself, or its path inside an emulated root)."""
-    modules = sorted("runtime." + p.stem for p in (work / "src" / "runtime").glob("*.py") if p.stem != "__main__")
-    modules += HIDDEN_IMPORTS
-    # an empty pinned-key slot, stored uncompressed so that a signature-requiring build can fill it in
-    pin_folder, pin_name = posixpath.split(PIN_FILE)
-    (work / pin_name).write_bytes(pin_slot(None))
-    (work / "stub.spec").write_text(SPEC_TEMPLATE.format(
-        entry=str(build_dir / "entry.py"), src=str(build_dir / "src"), web=str(build_dir / "src" / "runtime" / "web"),
-        pin=str(build_dir / pin_name), pin_folder=pin_folder, modules=modules, excludes=list(EXCLUDED_MODULES),
-        name=STUB_NAME, stripped_dir=str(build_dir / "stripped"),
-    ))
-    return ["--noconfirm", "--clean", "--log-level=WARN", f"--distpath={build_dir / 'dist'}",
-            f"--workpath={build_dir / 'build'}", str(build_dir / "stub.spec")]
-
-
-def runtime_source_digest() -> str:
-    """Every file of runtime/ (sources and web assets), by name and content."""
-    digest = hashlib.sha256()
-    for path in sorted(RUNTIME_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(RUNTIME_DIR).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
 
 def host_locked_dependencies() -> dict[str, str]:
     """Versions of the runtime's distributions in the environment PyInstaller collects from."""
@@ -177,14 +87,6 @@ def build_stub(target: TargetProfile, cache_dir: Path, progress: ProgressCallbac
                 raise
     progress("runtime stub", 1, 1)
     return cached
-
-
-def prepare_sources(work: Path) -> Path:
-    """A copy of runtime/ (sources only) and the entry script, so the build sees no builder code."""
-    src = work / "src"
-    shutil.copytree(RUNTIME_DIR, src / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (work / "entry.py").write_text(ENTRY_SCRIPT)
-    return src
 
 
 def _build_on_host(work: Path) -> Path:

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from bundler.errors import BuildError
+from bundler.fs import atomic_folder
 from bundler.progress import ProgressCallback
-from bundler.stub import REPRODUCIBLE_ENV, STUB_NAME, prepare_sources, write_spec
+from bundler.stub_recipe import REPRODUCIBLE_ENV, STUB_NAME, prepare_sources, write_spec
 from targets import TargetProfile
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -103,9 +104,7 @@ def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCall
         return root
     _require_emulation(target)
     progress("debian root (once)", 0, 2)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-    try:
+    with atomic_folder(root) as staging:
         _run(["debootstrap", f"--arch={DEBIAN_ARCH[target.arch]}", "--foreign", "--variant=minbase",
               f"--include={','.join(packages)}", target.debian_suite, str(staging), DEBIAN_MIRROR], "debootstrap")
         progress("debian root (once)", 1, 2)
@@ -114,12 +113,6 @@ def ensure_rootfs(target: TargetProfile, cache_dir: Path, progress: ProgressCall
         (staging / ".edgebundle-base").write_text(f"{target.debian_suite} {target.arch}\n")
         (staging / ".edgebundle-packages").write_text("\n".join(packages) + "\n")
         _write_cpu_topology(staging)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     progress("debian root (once)", 2, 2)
     return root
 

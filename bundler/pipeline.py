@@ -17,6 +17,7 @@ from typing import Optional
 from bundler import __version__
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback, no_progress
+from bundler.scratch import scratch_folder
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo, from_plain
 
@@ -75,7 +76,9 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
 
     signer = load_signer(config.sign_key) if config.sign_key is not None else None
     config.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp, \
+            tempfile.TemporaryDirectory(prefix="scratch-", dir=config.cache_dir) as scratch, \
+            scratch_folder(Path(scratch)):
         staging = Path(tmp)
         staged = stage(config, staging, progress)
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",

@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -149,7 +148,8 @@ def _stage_model(source, graph: str, quantization: str, config: BuildConfig, sta
         text_digest = hashlib.sha256(text.read_bytes()).hexdigest()
     except OSError as exc:
         raise BuildError(text, f"cannot read quality text ({exc.strerror})") from None
-    key = _digest([source.fingerprint(), graph, quantization, _code_digest(MODEL_CODE), text_digest])
+    fingerprint = source.fingerprint()
+    key = _digest([fingerprint, graph, quantization, _code_digest(MODEL_CODE), text_digest])
     cached = config.cache_dir / "models" / key
     hit = (cached / "model_info.json").is_file()
     if not hit:
@@ -174,6 +174,11 @@ def _stage_model(source, graph: str, quantization: str, config: BuildConfig, sta
         finally:
             shutil.rmtree(work, ignore_errors=True)
     info = from_plain(ModelInfo, json.loads((cached / "model_info.json").read_text()))
+    # The manifest tells nothing about the build machine: inputs by file name and content hash,
+    # from this build's own inputs (the cached export may have read them from another path).
+    info.source, info.source_sha256 = source.path.name, fingerprint
+    if config.quality_text is not None:
+        info.quality.text = text.name
     info.quality.max_ratio = config.max_ppl_ratio
     enforce_quality(info.quality, source.path)
     shutil.copytree(cached / "model", staging / "model")
@@ -187,7 +192,7 @@ def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Op
         build=BuildInfo(
             created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
             builder_version=__version__,
-            host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
+            host=f"{platform.system()} {platform.machine()}",  # the platform, never the machine's name
             python=platform.python_version(),
         ),
         target=target_name,

@@ -1,7 +1,7 @@
 """Running a program as an air-gapped station would, and recording what it reaches for.
 
-The program runs under `strace -f` inside a network namespace that has only loopback, with HOME,
-the XDG folders and TMPDIR pointed at empty folders. From the trace come two lists: every
+The program runs under `strace -f` inside a network namespace that has only loopback (and a UTS
+namespace with a made-up hostname), with HOME, the XDG folders and TMPDIR pointed at empty folders. From the trace come two lists: every
 connect/sendto/sendmsg aimed at anything but loopback (DNS included), and every path created,
 written, renamed or removed outside the folders the caller allows.
 
@@ -30,11 +30,14 @@ WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
 # Terminals and the null device are not storage; POSIX semaphores (multiprocessing's locks) are
 # shared-memory objects that are unlinked as soon as they are open.
 DEVICE_PATHS = re.compile(r"^/dev/(null|tty|ptmx|pts/\d+|shm/sem\.[\w.-]+)$")
+# Names no real machine or account has, so that a program that records them is caught.
+ROOM_HOSTNAME = "offline-room-host"
+ROOM_USER = "offline-room-user"
 # PyInstaller's one-file bootloader unpacks the stub's Python runtime into $TMPDIR/_MEIxxxxxx.
 EXTRACTION_FOLDER = re.compile(r"^_MEI\w+$")
 
-TOOLS_MISSING = next((f"{tool} is not installed" for tool in ("strace", "unshare", "ip") if shutil.which(tool) is None),
-                     None) or (None if os.geteuid() == 0 else "network namespaces need root here")
+TOOLS_MISSING = next((f"{tool} is not installed" for tool in ("strace", "unshare", "ip", "hostname")
+                      if shutil.which(tool) is None), None) or (None if os.geteuid() == 0 else "network namespaces need root here")
 
 _CALL = re.compile(r"^(\w+)\((.*)\)\s+= (-?\d+)(?:<(.*)>)?\s*$")
 _DEVICE_NUMBER = re.compile(r"<(?:char|block) [\d:]+>$")
@@ -105,6 +108,7 @@ class OfflineRoom:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "TMPDIR": str(self.tmp), "LANG": "C.UTF-8",
+                "USER": ROOM_USER, "LOGNAME": ROOM_USER,
                 **{name: str(path) for name, path in self.xdg.items()}, **extra}
 
     def strace(self, *argv: str) -> list[str]:
@@ -113,7 +117,7 @@ class OfflineRoom:
                 *argv]
 
     def command(self, *argv: str) -> list[str]:
-        """`argv` under strace, in a new network namespace whose only link is loopback."""
+        """`argv` under strace, in new network and hostname namespaces (only loopback, ROOM_HOSTNAME)."""
         return in_namespace(self.strace(*argv))
 
     def trace(self, returncode: Optional[int], stdout: str, allowed: tuple[Path, ...] = (),
@@ -143,7 +147,8 @@ class OfflineRoom:
 
 
 def in_namespace(argv: list[str]) -> list[str]:
-    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+    return ["unshare", "-n", "-u", "sh", "-c", f'ip link set lo up && hostname {ROOM_HOSTNAME} && exec "$@"', "sh",
+            *argv]
 
 
 def run_traced(room: OfflineRoom, argv: list[str], allowed: tuple[Path, ...] = (), sources: tuple[Path, ...] = (),

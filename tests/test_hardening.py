@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -111,21 +113,63 @@ def test_serve_idle_for_20_s_then_busy_connects_only_to_loopback_and_writes_noth
     assert_offline(trace)
 
 
-@OFFLINE_PROOF
-def test_build_py_sends_nothing_and_writes_only_its_output_and_cache(tiny_llama_dir, host_stub, tmp_path):
+@pytest.fixture(scope="module")
+def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
+    """build.py run once in an offline room on the tiny model (exported afresh): (trace, named folder, executable)."""
     from tests.fixtures_station import write_docs
 
-    docs = write_docs(tmp_path / "docs")
-    cache, out = tmp_path / "named" / "cache", tmp_path / "named" / "out"
+    root = tmp_path_factory.mktemp("offline-build")
+    docs = write_docs(root / "named" / "docs")
+    cache, out = root / "named" / "cache", root / "named" / "out"
     embedder = REPO_ROOT / ".cache" / "build" / "index" / "embedder"
-    if embedder.is_dir():  # exporting the embedder again would only cost time; the model is exported afresh
+    if embedder.is_dir():  # exporting the embedder again would only cost time
         shutil.copytree(embedder, cache / "index" / "embedder")
-    trace = run_traced(OfflineRoom(tmp_path / "room"),
+    trace = run_traced(OfflineRoom(root / "room"),
                        [sys.executable, str(REPO_ROOT / "build.py"), "--model", str(tiny_llama_dir), "--docs", str(docs),
                         "-o", str(out / "station"), "--cache-dir", str(cache), "--runtime-stub", str(host_stub)],
                        allowed=(cache, out), sources=(REPO_ROOT, Path(sys.prefix)))
-    assert (out / "station").is_file()
+    return trace, root, out / "station"
+
+
+@OFFLINE_PROOF
+def test_build_py_sends_nothing_and_writes_only_its_output_and_cache(offline_build):
+    trace, _, executable = offline_build
+    assert executable.is_file()
     assert_offline(trace)
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@OFFLINE_PROOF
+def test_manifest_and_payload_name_no_path_user_or_host_of_the_build_machine(offline_build, tiny_llama_dir):
+    import pwd
+
+    from bundler.model_source import resolve_model
+    from runtime.bundle import Bundle
+    from tests.offline_trace import ROOM_HOSTNAME, ROOM_USER
+
+    trace, root, executable = offline_build
+    assert trace.returncode == 0, trace.stdout
+    bundle = Bundle.open(executable)
+    manifest = bundle.manifest
+    assert manifest.model.source == tiny_llama_dir.name
+    assert manifest.model.source_sha256 == resolve_model(tiny_llama_dir).fingerprint()
+    assert manifest.build.host == f"{platform.system()} {platform.machine()}"
+    account = pwd.getpwuid(os.getuid()).pw_name
+    for text in _strings(json.loads(manifest.to_json())):
+        assert not text.startswith("/") and ROOM_HOSTNAME not in text and ROOM_USER not in text, text
+        assert account not in re.split(r"\W+", text), text
+    payload = executable.read_bytes()[bundle.layout.trailer.payload_start:]
+    needles = {str(root), os.path.realpath(root), str(REPO_ROOT), os.path.realpath(REPO_ROOT), sys.prefix,
+               os.path.realpath(sys.prefix), ROOM_HOSTNAME, ROOM_USER}
+    for needle in needles:
+        assert needle.encode() not in payload, needle
 
 
 # -- 2. hostile documents ---------------------------------------------------------------------

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="where exported models, index parts and runtime stubs are kept between builds")
     parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
+    parser.add_argument("--include-hidden", action="store_true",
+                        help="also index hidden files and folders (.env, .git/, .ssh/), key files (id_rsa, *.pem, "
+                             "*.key) and symlinks to them or out of the documents folder (default: left out)")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="ed25519 secret key file: sign the bundle (check with `BUNDLE verify --pubkey KEY.pub`)")
     parser.add_argument("--new-sign-key", type=Path, default=None, metavar="KEY",
@@ -121,6 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
                          graph=args.graph, quality_text=args.quality_text, max_ppl_ratio=args.max_ppl_ratio,
                          target=args.target, cache_dir=args.cache_dir, strict=args.strict,
+                         include_hidden=args.include_hidden,
                          sign_key=args.sign_key, runtime_stub=args.runtime_stub)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
     started = time.perf_counter()
@@ -139,13 +143,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
-            "skipped": result.skipped, "warnings": result.warnings,
+            "skipped": result.skipped, "warnings": result.warnings, "left_out": len(result.left_out),
         }, indent=1))
     else:
         for line in result.warnings:
             print(f"warning: {line}", file=sys.stderr)
         if result.skipped:
             print(f"warning: skipped {len(result.skipped)} file(s): {'; '.join(result.skipped)}", file=sys.stderr)
+        if result.left_out:
+            print(f"left out {len(result.left_out)} hidden or key file(s) and folder(s) (--include-hidden indexes them)",
+                  file=sys.stderr)
         shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
         print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
               f"{result.manifest.model.name} {result.manifest.model.quantization}, "

@@ -45,6 +45,7 @@ class IndexResult:
     info: IndexInfo
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)   # "path: message", for the CLI to print
+    left_out: list[str] = field(default_factory=list)   # hidden and key files, links to them (not indexed)
     parsed: int = 0            # documents parsed in this build (the rest came from the cache)
     embedded: int = 0          # documents whose chunks were embedded in this build
     chunks_embedded: int = 0
@@ -73,17 +74,19 @@ def build_index(
     chunking: ChunkingConfig = ChunkingConfig(),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     limits: ParseLimits = ParseLimits(),
+    include_hidden: bool = False,
 ) -> IndexResult:
     """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
-    previous index only once the new one is complete."""
+    previous index only once the new one is complete. Hidden and key files are left out unless
+    `include_hidden` (see `find_documents`)."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
         raise BuildError(None, f"index modes must be among bm25, dense (got {', '.join(modes) or 'none'})")
     modes = tuple(m for m in ("bm25", "dense") if m in modes)
-    sources, skipped = find_documents(docs_dir, max_file_bytes)
-    result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=skipped)
-    documents = _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result)
+    scan = find_documents(docs_dir, max_file_bytes, include_hidden)
+    result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=scan.skipped, left_out=scan.left_out)
+    documents = _load_documents(scan.found, cache_dir, chunking, max_file_bytes, limits, progress, result)
     if strict and result.skipped:
         first = result.skipped[0]
         raise BuildError(docs_dir / first.path, f"{first.reason} (--strict: {len(result.skipped)} file(s) skipped)")

@@ -44,6 +44,7 @@ class BuildConfig:
     target: str = "host"
     cache_dir: Path = DEFAULT_CACHE
     strict: bool = False
+    include_hidden: bool = False           # index hidden and key files, and symlinks to them or out of docs
     sign_key: Optional[Path] = None        # ed25519 secret key file: sign the manifest
     runtime_stub: Optional[Path] = None    # a stub built elsewhere (e.g. natively on Windows) instead of the cache
 
@@ -58,6 +59,7 @@ class BuildResult:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     model_cached: bool = False
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class StagedBuild:
     skipped: list[str]
     warnings: list[str]
     model_cached: bool
+    left_out: list[str]
 
 
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
@@ -83,7 +86,7 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
                              progress, runtime_stub=config.runtime_stub, signer=signer)
     return BuildResult(executable=executable, manifest=staged.manifest, skipped=staged.skipped,
-                       warnings=staged.warnings, model_cached=staged.model_cached)
+                       warnings=staged.warnings, model_cached=staged.model_cached, left_out=staged.left_out)
 
 
 def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_progress) -> StagedBuild:
@@ -100,12 +103,13 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     source = resolve_model(config.model or default_model_path())
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
-    index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
+    index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict,
+                        include_hidden=config.include_hidden)
     graph, quantization = model_choice(source, target, config)
     model_info, model_cached = _stage_model(source, graph, quantization, config, staging, progress)
     manifest = _write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
-                       model_cached=model_cached)
+                       model_cached=model_cached, left_out=index.left_out)
 
 
 def model_choice(source, target, config: BuildConfig) -> tuple[str, str]:

@@ -113,13 +113,21 @@ def test_serve_idle_for_20_s_then_busy_connects_only_to_loopback_and_writes_noth
     assert_offline(trace)
 
 
+PRIVATE_FILES = (".env.md", ".ssh/notes.txt", "manuals/server.key")
+SECRET = "hunter2-private"
+
+
 @pytest.fixture(scope="module")
 def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
-    """build.py run once in an offline room on the tiny model (exported afresh): (trace, named folder, executable)."""
+    """build.py run once in an offline room on the tiny model (exported afresh), over the station's documents
+    and three private files: (trace, named folder, executable)."""
     from tests.fixtures_station import write_docs
 
     root = tmp_path_factory.mktemp("offline-build")
     docs = write_docs(root / "named" / "docs")
+    for name in PRIVATE_FILES:
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(f"{SECRET} in {name}\n")
     cache, out = root / "named" / "cache", root / "named" / "out"
     embedder = REPO_ROOT / ".cache" / "build" / "index" / "embedder"
     if embedder.is_dir():  # exporting the embedder again would only cost time
@@ -129,6 +137,14 @@ def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
                         "-o", str(out / "station"), "--cache-dir", str(cache), "--runtime-stub", str(host_stub)],
                        allowed=(cache, out), sources=(REPO_ROOT, Path(sys.prefix)))
     return trace, root, out / "station"
+
+
+@OFFLINE_PROOF
+def test_build_py_says_in_one_line_how_many_hidden_and_key_files_it_left_out(offline_build):
+    trace, _, executable = offline_build
+    assert [line for line in trace.stdout.splitlines() if "left out" in line] == [
+        f"left out {len(PRIVATE_FILES)} hidden or key file(s) and folder(s) (--include-hidden indexes them)"]
+    assert SECRET.encode() not in executable.read_bytes()
 
 
 @OFFLINE_PROOF

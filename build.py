@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 # Importing bundler first turns off onnxruntime's telemetry and every model-hub lookup.
 from bundler.errors import BuildError
 from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build
+from runtime.terminal_text import visible
 
 
 EPILOG = """examples:
@@ -117,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             public = generate_keypair(args.new_sign_key)
         except BuildError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {visible(str(exc))}", file=sys.stderr)
             return 1
         print(f"wrote secret key {args.new_sign_key} (keep it private) and public key {public}")
         return 0
@@ -132,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = build(config, progress=bars)
     except BuildError as exc:
         bars.close()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
         return 1
     bars.close()
     seconds = time.perf_counter() - started
@@ -147,15 +148,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         }, indent=1))
     else:
         for line in result.warnings:
-            print(f"warning: {line}", file=sys.stderr)
+            print(f"warning: {visible(line)}", file=sys.stderr)
         if result.skipped:
-            print(f"warning: skipped {len(result.skipped)} file(s): {'; '.join(result.skipped)}", file=sys.stderr)
+            print(f"warning: skipped {len(result.skipped)} file(s): {visible('; '.join(result.skipped))}",
+                  file=sys.stderr)
         if result.left_out:
             print(f"left out {len(result.left_out)} hidden or key file(s) and folder(s) (--include-hidden indexes them)",
                   file=sys.stderr)
-        shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
+        shown = visible(os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe))
         print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
-              f"{result.manifest.model.name} {result.manifest.model.quantization}, "
+              f"{visible(result.manifest.model.name)} {result.manifest.model.quantization}, "
               f"{result.manifest.index.documents} documents, {result.manifest.index.chunks} passages")
         print(f"ask it something:  {shlex.quote(shown if '/' in shown else './' + shown)} ask \"your question\"")
     if args.ask:

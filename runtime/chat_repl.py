@@ -9,6 +9,7 @@ from typing import Callable, Optional, TextIO
 
 from runtime.generation import GenerationConfig
 from runtime.prompt import ContextOverflow
+from runtime.terminal_text import visible
 
 HELP = """commands:
   /sources   the passages behind the last answer, quoted
@@ -58,7 +59,7 @@ class ChatRepl:
             self._answer(line)
 
     def _say(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self.out.write(visible(text) + "\n")
         self.out.flush()
 
     def _command(self, line: str) -> bool:
@@ -97,7 +98,7 @@ class ChatRepl:
                                         history=self.history, use_documents=options.use_documents,
                                         stop=options.stop)
             for delta in answer:
-                self.out.write(delta)
+                self.out.write(visible(delta))
                 self.out.flush()
         except ContextOverflow as exc:
             self._say(f"error: {exc}")

@@ -13,6 +13,7 @@ from runtime.bundle import Bundle, BundleError
 from runtime.network_guard import install_network_guard
 from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
+from runtime.terminal_text import visible
 
 PROG = "bundle"
 
@@ -106,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bundle = Bundle.open(args.bundle)
         return COMMANDS[args.command](bundle, args)
     except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -148,7 +149,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         return 0
     try:
         for delta in answer:
-            sys.stdout.write(delta)
+            sys.stdout.write(visible(delta))
             sys.stdout.flush()
     except KeyboardInterrupt:
         answer.close()
@@ -157,7 +158,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         print("\n\nSources:")
         for number, hit in enumerate(answer.sources, 1):
             if hit in answer.cited:
-                print(f"  [{number}] {hit.chunk.source.cite()}")
+                print(f"  [{number}] {visible(hit.chunk.source.cite())}")
     else:
         print()
     return 0
@@ -213,9 +214,9 @@ def run_search(bundle: Bundle, args: argparse.Namespace) -> int:
         print(json.dumps({"query": args.query, "mode": mode, "hits": [source_record(h) for h in hits]}, indent=1))
         return 0
     for hit in hits:
-        print(f"{hit.rank}. {hit.chunk.source.cite()}  score {hit.score:.3f}")
+        print(f"{hit.rank}. {visible(hit.chunk.source.cite())}  score {hit.score:.3f}")
         for line in hit.chunk.text.strip().splitlines()[:4]:
-            print(f"     {line}")
+            print(f"     {visible(line)}")
         print()
     return 0
 
@@ -226,7 +227,7 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
         print(manifest.to_json())
         return 0
     if args.licenses:
-        print("\n".join(license_lines(manifest)))
+        print(visible("\n".join(license_lines(manifest))))
         return 0
     model, index, build = manifest.model, manifest.index, manifest.build
     size = Path(bundle.path).stat().st_size if Path(bundle.path).is_file() else sum(e.size for e in manifest.entries)
@@ -247,7 +248,7 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
     ]
     for entry in manifest.entries:
         lines.append(f"  {entry.size / 1e6:9.2f} MB  {entry.name}")
-    print("\n".join(lines))
+    print(visible("\n".join(lines)))
     return 0
 
 

@@ -115,12 +115,13 @@ def test_serve_idle_for_20_s_then_busy_connects_only_to_loopback_and_writes_noth
 
 PRIVATE_FILES = (".env.md", ".ssh/notes.txt", "manuals/server.key")
 SECRET = "hunter2-private"
+HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[2J.png"
 
 
 @pytest.fixture(scope="module")
 def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
-    """build.py run once in an offline room on the tiny model (exported afresh), over the station's documents
-    and three private files: (trace, named folder, executable)."""
+    """build.py run once in an offline room on the tiny model (exported afresh), over the station's documents,
+    three private files and a file whose name is an escape sequence: (trace, named folder, executable)."""
     from tests.fixtures_station import write_docs
 
     root = tmp_path_factory.mktemp("offline-build")
@@ -128,6 +129,7 @@ def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
     for name in PRIVATE_FILES:
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
         (docs / name).write_text(f"{SECRET} in {name}\n")
+    (docs / HOSTILE_NAME).write_bytes(b"\x89PNG")
     cache, out = root / "named" / "cache", root / "named" / "out"
     embedder = REPO_ROOT / ".cache" / "build" / "index" / "embedder"
     if embedder.is_dir():  # exporting the embedder again would only cost time
@@ -145,6 +147,13 @@ def test_build_py_says_in_one_line_how_many_hidden_and_key_files_it_left_out(off
     assert [line for line in trace.stdout.splitlines() if "left out" in line] == [
         f"left out {len(PRIVATE_FILES)} hidden or key file(s) and folder(s) (--include-hidden indexes them)"]
     assert SECRET.encode() not in executable.read_bytes()
+
+
+@OFFLINE_PROOF
+def test_build_py_prints_a_file_name_with_escape_sequences_visibly(offline_build):
+    trace, _, _ = offline_build
+    assert "\\x1b]0;pwned\\x07\\x1b[2J.png: unsupported file type" in trace.stdout
+    assert "\x1b" not in trace.stdout and "\x07" not in trace.stdout
 
 
 @OFFLINE_PROOF

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from bundler.cache_record import record_matches, replace_folder, write_record
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback, no_progress
 
@@ -62,7 +62,7 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     source = source_folder()
     key = embedder_key(source)
     embedder = Embedder(cache_dir / "embedder" / key, key)
-    if embedder.model.is_file() and embedder.tokenizer.is_file():
+    if record_matches(embedder.folder, key):
         return embedder
     progress("export embedder", 0, 2)
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -89,7 +89,8 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
         tokenizer.enable_truncation(MAX_LENGTH)
         tokenizer.no_padding()
         (final / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
-        os.replace(final, embedder.folder)
+        write_record(final, key)
+        replace_folder(final, embedder.folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress("export embedder", 2, 2)

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from bundler.cache_record import code_digest
 from bundler.dense_scorer import write_scorer
 from bundler.embedder_export import export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
@@ -35,6 +36,9 @@ from runtime.manifest import IndexInfo
 from runtime.retrieval import Chunk, SourceSpan
 from runtime.text_terms import ANALYZER
 
+# The code that turns a file into chunks: a document's cache entry names its hash and is made again
+# when it changes (the hash is part of the entry's key, and checked with the entry's own sha256).
+PARSE_CODE = ("ingest.py", "chunking.py", "formats")
 # Weight of the dense z-score in hybrid fusion (FINDINGS: 0.6-0.7 best on Cranfield and a second collection).
 DENSE_WEIGHT = 0.65
 _EMBED_BATCH = 32
@@ -130,7 +134,8 @@ def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max
     """Everything that shapes a document's chunks: its bytes, how they are parsed and cut."""
     digest = hashlib.sha256()
     recipe = {"parser": PARSER_VERSION, "suffix": suffix_of(source.relative), "gz": source.relative.lower().endswith(".gz"),
-              "chunking": dataclasses.asdict(chunking), "max_file_bytes": max_file_bytes}
+              "chunking": dataclasses.asdict(chunking), "max_file_bytes": max_file_bytes,
+              "code": code_digest(PARSE_CODE)}
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     digest.update(data)
     return digest.hexdigest()
@@ -143,9 +148,8 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
         raw = source.path.read_bytes()
         key = _document_key(source, raw, chunking, max_file_bytes)
         cached = cache_dir / "documents" / key[:2] / f"{key}.json"
-        if cached.is_file():
-            entry = json.loads(cached.read_text(encoding="utf-8"))
-        else:
+        entry = _read_entry(cached)
+        if entry is None:
             try:
                 entry = run_isolated(_parse, (source, chunking, max_file_bytes), limits)
             except ParseLimitExceeded as exc:
@@ -153,7 +157,8 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
                 result.skipped.append(SkippedFile(source.relative, str(exc)))
                 continue
             result.parsed += 1
-            _write_atomic(cached, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+            record = {"code": code_digest(PARSE_CODE), "sha256": _entry_sha256(entry), "entry": entry}
+            _write_atomic(cached, json.dumps(record, ensure_ascii=False).encode("utf-8"))
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
         if "skip" in entry:
             result.skipped.append(SkippedFile(source.relative, entry["skip"]))
@@ -163,6 +168,33 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
     progress("parse documents", len(sources), len(sources))
     result.skipped.sort(key=lambda s: s.path)
     return documents
+
+
+def _entry_sha256(entry: dict) -> str:
+    return hashlib.sha256(json.dumps(entry, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _read_entry(path: Path) -> dict | None:
+    """A cached document entry; None when there is none, or it names other code or fails its sha256."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record["code"] == code_digest(PARSE_CODE) and record["sha256"] == _entry_sha256(record["entry"]):
+            return record["entry"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _read_vectors(folder: Path, key: str, embedder_key: str) -> np.ndarray | None:
+    """A document's cached embeddings; None when there are none, or they fail the sha256 beside them."""
+    try:
+        record = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
+        data = (folder / f"{key}.npy").read_bytes()
+        if record["code"] == embedder_key and record["sha256"] == hashlib.sha256(data).hexdigest():
+            return np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _parse(source: SourceFile, chunking: ChunkingConfig, max_file_bytes: int) -> dict:
@@ -209,11 +241,9 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     for index, doc in enumerate(documents):
         spans.append((start, start + len(doc.drafts)))
         start += len(doc.drafts)
-        cached = folder / f"{doc.key}.npy"
-        if cached.is_file():
-            vectors.append(np.load(cached, allow_pickle=False))
-        else:
-            vectors.append(None)
+        cached = _read_vectors(folder, doc.key, embedder.key)
+        vectors.append(cached)
+        if cached is None:
             pending.append(index)
     todo = [i for d in pending for i in range(*spans[d])]
     embedded = _embed(encoder, [texts[i] for i in todo], progress)
@@ -221,7 +251,10 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     for d in pending:
         doc_vectors = np.stack([fresh[i] for i in range(*spans[d])]).astype(np.float32)
         vectors[d] = doc_vectors
-        _write_atomic(folder / f"{documents[d].key}.npy", _npy_bytes(doc_vectors))
+        data = _npy_bytes(doc_vectors)
+        _write_atomic(folder / f"{documents[d].key}.npy", data)
+        record = {"code": embedder.key, "sha256": hashlib.sha256(data).hexdigest()}
+        _write_atomic(folder / f"{documents[d].key}.json", json.dumps(record).encode())
     result.embedded = len(pending)
     result.chunks_embedded = len(todo)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from bundler import __version__
+from bundler.cache_record import code_digest, record_matches, replace_folder, write_record
 from bundler.errors import BuildError
 from bundler.progress import ProgressCallback, no_progress
 from bundler.scratch import scratch_folder
@@ -153,9 +154,10 @@ def _stage_model(source, graph: str, quantization: str, config: BuildConfig, sta
     except OSError as exc:
         raise BuildError(text, f"cannot read quality text ({exc.strerror})") from None
     fingerprint = source.fingerprint()
-    key = _digest([fingerprint, graph, quantization, _code_digest(MODEL_CODE), text_digest])
+    code = code_digest(MODEL_CODE)
+    key = _digest([fingerprint, graph, quantization, code, text_digest])
     cached = config.cache_dir / "models" / key
-    hit = (cached / "model_info.json").is_file()
+    hit = record_matches(cached, code)
     if not hit:
         cached.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cached.parent))
@@ -173,8 +175,8 @@ def _stage_model(source, graph: str, quantization: str, config: BuildConfig, sta
             progress("quality gate", 1, 1)
             (work / "model_info.json").write_text(json.dumps(dataclasses.asdict(info)))
             os.unlink(work / MANIFEST_NAME)
-            shutil.rmtree(cached, ignore_errors=True)
-            os.replace(work, cached)
+            write_record(work, code)
+            replace_folder(work, cached)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     info = from_plain(ModelInfo, json.loads((cached / "model_info.json").read_text()))
@@ -207,11 +209,3 @@ def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Op
 
 def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
-
-
-def _code_digest(modules: tuple[str, ...]) -> str:
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update(name.encode())
-        digest.update((REPO_ROOT / "bundler" / name).read_bytes())
-    return digest.hexdigest()

@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from bundler.leftovers import temp_prefix
+
 RECORD = "cache-record.json"
 BUNDLER_DIR = Path(__file__).resolve().parent
 
@@ -64,7 +66,7 @@ def record_matches(folder: Path, code: str) -> bool:
 def replace_folder(new: Path, dest: Path) -> None:
     """Put `new` at `dest`, moving a previous folder there aside first: readers of the old one see
     it vanish at one instant, never half removed."""
-    aside = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    aside = dest.with_name(temp_prefix(f".{dest.name}") + "old")
     try:
         os.replace(dest, aside)
     except FileNotFoundError:

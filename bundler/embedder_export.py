@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bundler.cache_record import record_matches, replace_folder, write_record
 from bundler.errors import BuildError
+from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -70,7 +71,7 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     from tokenizers import Tokenizer
 
     embedder.folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=embedder.folder.parent))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{key}"), dir=embedder.folder.parent))
     try:
         main_export(
             str(source), work / "fp32", task="feature-extraction", opset=17,

@@ -29,6 +29,7 @@ from bundler.formats import PARSER_VERSION, SkipFile, suffix_of
 from bundler.index_bm25 import Bm25Config, build_bm25
 from bundler.isolated_parse import ParseLimitExceeded, ParseLimits, run_isolated
 from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
+from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from runtime import index_files
 from runtime.dense_search import SentenceEncoder, quantize_vectors
@@ -288,7 +289,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=temp_prefix(f".{path.name}"), dir=path.parent)
     with os.fdopen(handle, "wb") as stream:
         stream.write(data)
     os.replace(temp, path)

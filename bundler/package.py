@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
 from bundler.errors import BuildError
+from bundler.leftovers import temp_prefix
 from bundler.payload_writer import Signer, write_bundle
 from bundler.progress import ProgressCallback, no_progress
 from bundler.sbom import stub_licenses
@@ -70,7 +71,7 @@ def write_payload_file(staging_dir: Path, dest: Path, signer: Optional[Signer] =
 
 def _write_atomically(dest: Path, write: Callable[[BinaryIO], object], mode: int) -> Path:
     """Write through a temp file in dest's folder, fsync, chmod, rename: never a half file at dest."""
-    handle = tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False)
+    handle = tempfile.NamedTemporaryFile(prefix=temp_prefix(f".{dest.name}"), suffix=".part", dir=dest.parent, delete=False)
     try:
         with handle:
             write(handle)

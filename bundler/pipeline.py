@@ -16,6 +16,7 @@ from typing import Optional
 from bundler import __version__
 from bundler.cache_record import code_digest, record_matches, replace_folder, write_record
 from bundler.errors import BuildError
+from bundler.leftovers import remove_build_leftovers, temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from bundler.scratch import scratch_folder
 from runtime.bundle import MANIFEST_NAME
@@ -79,8 +80,9 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
 
     signer = load_signer(config.sign_key) if config.sign_key is not None else None
     config.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp, \
-            tempfile.TemporaryDirectory(prefix="scratch-", dir=config.cache_dir) as scratch, \
+    remove_build_leftovers(config.cache_dir, config.output_path())
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("staging"), dir=config.cache_dir) as tmp, \
+            tempfile.TemporaryDirectory(prefix=temp_prefix("scratch"), dir=config.cache_dir) as scratch, \
             scratch_folder(Path(scratch)):
         staging = Path(tmp)
         staged = stage(config, staging, progress)
@@ -160,7 +162,7 @@ def _stage_model(source, graph: str, quantization: str, config: BuildConfig, sta
     hit = record_matches(cached, code)
     if not hit:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cached.parent))
+        work = Path(tempfile.mkdtemp(prefix=temp_prefix(key), dir=cached.parent))
         try:
             if graph == "fused":
                 info = build_fused_model(source, quantization, work, progress)

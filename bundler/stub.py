@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bundler.cache_record import record_matches, replace_folder, write_record
 from bundler.errors import BuildError
+from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from targets import TargetProfile
 
@@ -123,7 +124,7 @@ def build_stub(target: TargetProfile, cache_dir: Path, progress: ProgressCallbac
         return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     progress("runtime stub", 0, 1)
-    with tempfile.TemporaryDirectory(prefix="stub-", dir=cache_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("stub"), dir=cache_dir) as tmp:
         work = Path(tmp)
         if target.stub_builder == "host":
             built = _build_on_host(work)

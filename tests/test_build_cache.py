@@ -1,9 +1,11 @@
 """The builder's cache cannot be poisoned silently: every cached artefact carries the sha256 of its
-content and the hash of the code that made it, and is made again when either does not match."""
+content and the hash of the code that made it, and is made again when either does not match. What a
+killed build leaves behind is removed by the next build."""
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 from bundler.cache_record import RECORD, record_matches, write_record
@@ -104,3 +106,44 @@ def test_a_cached_runtime_stub_is_reused_only_while_its_record_matches(host_stub
     assert record_matches(host_stub.parent, key)
     assert json.loads((host_stub.parent / RECORD).read_text())["files"].keys() == {"edgebundle-runtime", "stub.json"}
 
+
+
+def test_the_next_build_removes_what_killed_builds_left_and_spares_those_of_running_ones(
+        tiny_llama_dir, host_stub, tmp_path):
+    from bundler.pipeline import BuildConfig, build
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    running = subprocess.Popen(["sleep", "600"])
+    cache, dest = tmp_path / "cache", tmp_path / "out" / "station"
+    embedder = REPO_ROOT / ".cache" / "build" / "index" / "embedder"
+    if embedder.is_dir():
+        shutil.copytree(embedder, cache / "index" / "embedder")
+
+    def temporary(pid: int, folder: Path, stem: str, suffix: str = "") -> Path:
+        return folder / f"{stem}.tmp-{pid}-k7w2q{suffix}"   # as tempfile names them after temp_prefix()
+
+    folders = [temporary(gone.pid, cache, "staging"), temporary(gone.pid, cache, "scratch"),
+               temporary(gone.pid, cache / "models", "0f3a9c"), temporary(gone.pid, cache / "stubs", "stub"),
+               temporary(running.pid, cache, "staging")]
+    files = [temporary(gone.pid, cache / "index" / "documents" / "ab", ".ab12.json"),
+             temporary(gone.pid, dest.parent, ".station", ".part"), temporary(running.pid, dest.parent, ".station", ".part")]
+    for path in folders + files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path in folders:
+            path.mkdir()
+        else:
+            path.write_bytes(b"half")
+    left = [p for p in folders + files if f".tmp-{gone.pid}-" in p.name]
+    in_use = [p for p in folders + files if f".tmp-{running.pid}-" in p.name]
+    try:
+        build(BuildConfig(model=tiny_llama_dir, docs=write_docs(tmp_path / "docs"), output=dest, cache_dir=cache,
+                          runtime_stub=host_stub))
+    finally:
+        running.kill()
+        running.wait()
+    assert [p for p in left if p.exists()] == []
+    assert all(p.exists() for p in in_use)
+    assert dest.is_file()
+    # nothing of the build's own is left either
+    assert sorted(p.name for p in cache.rglob("*.tmp-*") if str(running.pid) not in p.name) == []

@@ -715,6 +715,8 @@ def test_builds_killed_at_random_points_leave_no_half_executable_and_the_next_bu
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     Bundle.open(dest).verify()
+    # what the killed builds left (work folders, temporary files, a half executable) is gone
+    assert [p for p in cache.rglob("*.tmp-*")] + [p for p in dest.parent.iterdir() if p.name.endswith(".part")] == []
     # killed while replacing an existing executable: the old one stays whole
     killed_build(rng.uniform(2.0, 8.0))
     Bundle.open(dest).verify()

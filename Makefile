@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUESTION ?= How do I create a virtual environment?
 
-.PHONY: setup system-packages demo test bench
+.PHONY: setup system-packages demo test test-fast bench
 
 # Python packages: the builder, the runtime and the tests, pinned in pyproject.toml.
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup system-packages
 	$(PY) -m pytest -q
+
+# The inner loop: everything that needs no executable, no emulation and not the default model (tests/conftest.py).
+test-fast: setup
+	$(PY) -m pytest -q -m "not executable and not emulation and not slow"
 
 # Figures and ratios against references measured in the same run (not tests); llama-cpp-python compiles (~10 min).
 bench: setup

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # Importing bundler first turns off onnxruntime's telemetry and every model-hub lookup.
-from bundler.errors import BuildError
 from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, GRAPHS, QUANTIZATIONS, BuildConfig, build
+from runtime.errors import EXIT_USER_ERROR, UserError
 from runtime.terminal_text import visible
 
 
@@ -33,6 +33,13 @@ the executable it writes:
   (run it with --help for every option)
 
 Progress bars go to stderr when it is a terminal; --json prints one object on stdout."""
+
+
+def ppl_ratio(text: str) -> float:
+    value = float(text)
+    if not value >= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 1.0 or more (a bundle's perplexity over its source's), got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "onnxruntime has them); optimum: optimum's plain export, the reference")
     parser.add_argument("--quality-text", type=Path, default=None, metavar="FILE",
                         help="UTF-8 text on which the quality gate compares perplexities (default: a built-in sample)")
-    parser.add_argument("--max-ppl-ratio", type=float, default=1.05, metavar="RATIO",
+    parser.add_argument("--max-ppl-ratio", type=ppl_ratio, default=1.05, metavar="RATIO",
                         help="refuse the bundle when its perplexity exceeds the source model's by more than "
                              "this ratio (default 1.05)")
     parser.add_argument("--target", default="host", help="target platform profile (default: this machine)")
@@ -117,9 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             public = generate_keypair(args.new_sign_key)
-        except BuildError as exc:
+        except UserError as exc:
             print(f"error: {visible(str(exc))}", file=sys.stderr)
-            return 1
+            return EXIT_USER_ERROR
         print(f"wrote secret key {args.new_sign_key} (keep it private) and public key {public}")
         return 0
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
@@ -131,10 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     try:
         result = build(config, progress=bars)
-    except BuildError as exc:
+    except UserError as exc:
         bars.close()
         print(f"error: {visible(str(exc))}", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR
     bars.close()
     seconds = time.perf_counter() - started
     exe = result.executable
@@ -144,14 +151,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "target": result.manifest.target, "model_cached": result.model_cached,
             "model": result.manifest.model.name, "quantization": result.manifest.model.quantization,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
-            "skipped": result.skipped, "warnings": result.warnings, "left_out": len(result.left_out),
+            "skipped": result.skipped, "warnings": result.warnings, "report": str(result.report),
+            "left_out": len(result.left_out),
         }, indent=1))
     else:
         for line in result.warnings:
             print(f"warning: {visible(line)}", file=sys.stderr)
-        if result.skipped:
-            print(f"warning: skipped {len(result.skipped)} file(s): {visible('; '.join(result.skipped))}",
-                  file=sys.stderr)
+        if result.skip_summary:
+            print(f"warning: {visible(result.skip_summary)}", file=sys.stderr)
         if result.left_out:
             print(f"left out {len(result.left_out)} hidden or key file(s) and folder(s) (--include-hidden indexes them)",
                   file=sys.stderr)

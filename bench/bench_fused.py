@@ -24,6 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench_record import BenchRecord  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -303,6 +304,11 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    with BenchRecord("fused", vars(args)) as record:
+        record.figures = compare(args)
+
+
+def compare(args) -> dict:
     variants = [v for v in args.variants.split(",") if v]
     dirs = {v: build_variant(args.gguf, v) for v in variants}
     tokenizer = dirs[variants[0]]
@@ -322,6 +328,7 @@ def main() -> None:
         print(f"# {variant}: " + json.dumps({k: v for k, v in results[variant].items() if k != "rag_outputs"}),
               file=sys.stderr, flush=True)
     report(results, variants, args)
+    return {name: {k: v for k, v in figures.items() if k != "rag_outputs"} for name, figures in results.items()}
 
 
 def report(results: dict, variants: list[str], args) -> None:

@@ -21,10 +21,11 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_record import BenchRecord  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def corpus_table(work: Path) -> None:
+def corpus_table(work: Path) -> dict:
     from bundler.index import build_index
     from bundler.isolated_parse import ParseLimits
     from tests.hostile_corpus import generate
@@ -43,9 +44,11 @@ def corpus_table(work: Path) -> None:
     for kind in sorted({k for k, _ in outcome}):
         print(f"| {kind} | {outcome[(kind, 'skipped with reason')] + outcome[(kind, 'indexed (warning at most)')]} "
               f"| {outcome[(kind, 'skipped with reason')]} | {outcome[(kind, 'indexed (warning at most)')]} |")
+    return {"files": len(kinds), "seconds": seconds, "indexed": result.info.documents, "skipped": len(result.skipped),
+            "by_kind": {f"{kind}: {how}": count for (kind, how), count in sorted(outcome.items())}}
 
 
-def tamper_table(bundle: Path, flips: int, work: Path) -> None:
+def tamper_table(bundle: Path, flips: int, work: Path) -> dict:
     from runtime.bundle import Bundle, BundleError
 
     subject = Path(shutil.copy2(bundle, work / bundle.name))
@@ -83,6 +86,7 @@ def tamper_table(bundle: Path, flips: int, work: Path) -> None:
     print("| test | tried | detected | rate |\n|---|---|---|---|")
     print(f"| random byte flips in payload + manifest + trailer | {flips} | {detected} | {detected / flips:.1%} |")
     print(f"| truncations at random points | {truncations} | {refused} | {refused / truncations:.1%} |")
+    return {"flips": flips, "flips_detected": detected, "truncations": truncations, "truncations_refused": refused}
 
 
 def _chat(port: int, content: str) -> int:
@@ -99,7 +103,7 @@ def _rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def load_table(bundle: Path, requests: int, concurrency: int) -> None:
+def load_table(bundle: Path, requests: int, concurrency: int) -> dict:
     from runtime.assistant import Assistant
     from runtime.bundle import Bundle
     from runtime.generation import GenerationConfig
@@ -142,6 +146,9 @@ def load_table(bundle: Path, requests: int, concurrency: int) -> None:
           f"{rss_end / 2**20:.1f} MB at #{requests} ({(rss_end / rss_100 - 1):+.1%}) |")
     print(f"| concurrent | {sum(statuses.values())} | {concurrency} | {sum(v for k, v in statuses.items() if k != 200)} "
           f"| {concurrent_s:.1f} | statuses {dict(statuses)} |")
+    return {"sequential_requests": requests, "sequential_errors": errors, "sequential_s": sequential_s,
+            "rss_at_100": rss_100, "rss_at_end": rss_end, "concurrency": concurrency, "concurrent_s": concurrent_s,
+            "concurrent_statuses": dict(statuses)}
 
 
 def main() -> None:
@@ -151,11 +158,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--flips", type=int, default=1000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with BenchRecord("hardening", vars(args)) as record, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        corpus_table(work / "corpus")
-        tamper_table(args.bundle, args.flips, work)
-        load_table(args.bundle, args.requests, args.concurrency)
+        record.figures["hostile_corpus"] = corpus_table(work / "corpus")
+        record.figures["tampering"] = tamper_table(args.bundle, args.flips, work)
+        record.figures["server_load"] = load_table(args.bundle, args.requests, args.concurrency)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+from bench_record import BenchRecord  # noqa: E402
 
 from bundler.export_onnx import export_model  # noqa: E402
 from bundler.gguf_convert import convert_gguf  # noqa: E402
@@ -95,7 +96,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     source = resolve_model(args.model or default_model_path())
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
+    with BenchRecord("model", vars(args)) as record, tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         work = args.work or Path(tmp)
         stagings = {}
         for quantization in ("fp32", "int4"):
@@ -133,6 +134,8 @@ def main() -> None:
             prefill = statistics.median(r[1] for r in runs)
             decode = statistics.median(r[2] for r in runs)
             results[name] = (runs[0][0], len(prompt) / prefill, (args.new_tokens - 1) / decode)
+            record.figures[name] = {"prefill_tok_s": results[name][1], "decode_tok_s": results[name][2],
+                                    "top1_on_reference_text": forced[name]}
         reference = results["torch"]
         for name, (tokens, prefill_rate, decode_rate) in results.items():
             label = "PyTorch fp32 (reference)" if name == "torch" else f"ORT {name} via runtime.generation"

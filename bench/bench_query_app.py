@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench_record import BenchRecord  # noqa: E402
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 QUESTIONS = [
@@ -157,7 +158,8 @@ def main() -> int:
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench-query-", dir=ROOT / ".cache") as tmp:
+    with BenchRecord("query_app", vars(args)) as record, \
+            tempfile.TemporaryDirectory(prefix="bench-query-", dir=ROOT / ".cache") as tmp:
         bundle = args.bundle or staged_default_bundle(Path(tmp))
         print(f"bundle: {bundle}  threads {args.threads}  max tokens {args.max_tokens}  "
               f"{len(QUESTIONS)} questions x {args.runs} runs, greedy")
@@ -181,6 +183,9 @@ def main() -> int:
             print(f"ratios server/CLI: time to first token {med(served, 'ttft') / med(cli, 'ttft'):.2f}x, "
                   f"decode {med(served, 'tps') / med(cli, 'tps'):.2f}x")
             print(f"CLI process wall time per question (start, load, answer), median: {med(cli, 'wall'):.2f} s")
+            record.figures["cli"] = {key: med(cli, key) for key in ("ttft", "tps", "tokens", "wall")}
+            record.figures["server"] = {key: med(served, key) for key in ("ttft", "tps", "tokens")}
+            record.figures["load"] = []
 
             print(f"\nload: C clients at once, {args.load_tokens} new tokens each, one shared model")
             print("| clients | answered | total s | throughput tok/s | latency p50 s | latency p95 s | TTFT p50 s | TTFT p95 s |")
@@ -190,6 +195,9 @@ def main() -> int:
                 ok = [r for r in rows if r["status"] == 200]
                 latency = [r["total"] for r in ok]
                 ttft = [r["ttft"] for r in ok]
+                record.figures["load"].append({"clients": clients, "answered": len(ok), "round_s": rows[0]["round_s"],
+                                               "latency_p50": percentile(latency, 0.5),
+                                               "ttft_p50": percentile(ttft, 0.5)})
                 print(f"| {clients} | {len(ok)}/{clients} | {rows[0]['round_s']:.2f} | "
                       f"{sum(r['tokens'] for r in ok) / rows[0]['round_s']:.1f} | {percentile(latency, 0.5):.2f} | "
                       f"{percentile(latency, 0.95):.2f} | {percentile(ttft, 0.5):.2f} | {percentile(ttft, 0.95):.2f} |")
@@ -201,6 +209,7 @@ def main() -> int:
             rows = load_round(small, 16, 32)
             statuses = [r["status"] for r in rows]
             refused = [r["total"] for r in rows if r["status"] != 200]
+            record.figures["overload_statuses"] = statuses
             others = [s for s in statuses if s not in (200, 429, 503)]
             print(f"\noverload: 16 clients at once, --queue 4, 32 tokens each: "
                   f"{statuses.count(200)} answered, {statuses.count(429)} refused 429, "

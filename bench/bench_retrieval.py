@@ -1,9 +1,10 @@
 """Retrieval benchmark: Cranfield quality per mode, query latency, build throughput, index size.
 
-    python bench/bench_retrieval.py [--data ../shared/data] [--synthetic 100000] [--threads 2]
+    python bench/bench_retrieval.py [--data ../shared/data] [--synthetic 100000,1000000] [--no-cranfield] [--threads 2]
 
 Prints nDCG@10, R@10, R@100 for bm25 / dense / hybrid on Cranfield (graded gains 5 - grade),
-query latency p50/p95 at Cranfield size and on a synthetic index, build throughput in document
+query latency p50/p95 at Cranfield size and, on synthetic indexes, p50/p95, CPU time per query
+and the search process's peak and current RSS (anonymous vs mapped file pages), build throughput in document
 tokens per second (parsing, chunking, BM25 and embeddings; the one-off embedder export excluded)
 and index bytes per chunk.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,17 +25,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench_record import BenchRecord  # noqa: E402
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import ir_measures  # noqa: E402
-from ir_measures import R, nDCG  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from bundler.chunking import ChunkingConfig  # noqa: E402
-from bundler.dense_scorer import write_scorer  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
-from bundler.index_bm25 import build_bm25  # noqa: E402
+from bundler.index_bm25 import write_postings  # noqa: E402
 from runtime import index_files  # noqa: E402
 from runtime.bundle import DirectoryBundle  # noqa: E402
 from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
@@ -41,10 +41,9 @@ from bundler.index import DENSE_WEIGHT  # noqa: E402
 from runtime.dense_search import quantize_vectors  # noqa: E402
 from runtime.manifest import IndexInfo  # noqa: E402
 from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
-from runtime.text_terms import ANALYZER  # noqa: E402
+from runtime.text_terms import ANALYZER, terms  # noqa: E402
 
 MODES = ("bm25", "dense", "hybrid")
-MEASURES = [nDCG @ 10, R @ 10, R @ 100]
 
 
 def read_fields(path: Path) -> list[dict[str, str]]:
@@ -71,12 +70,13 @@ def cranfield(data: Path):
         parts = line.split()
         if len(parts) == 3:
             grade = int(parts[2])
-            qrels.append(ir_measures.Qrel(parts[0], parts[1], 5 - grade if 1 <= grade <= 4 else 0))
+            qrels.append((parts[0], parts[1], 5 - grade if 1 <= grade <= 4 else 0))
     return docs, queries, qrels
 
 
 def doc_run(qid: str, ranked_docs: np.ndarray) -> list:
     """Chunk ranking to document ranking (a document ranks by its best chunk), top 100."""
+    import ir_measures
     seen: list[int] = []
     for doc in ranked_docs:
         if doc not in seen:
@@ -148,8 +148,7 @@ def embedder_reference(retriever: Retriever, tokenizer: Tokenizer) -> tuple[floa
 
 
 def index_bytes(staging: Path) -> tuple[dict[str, int], int]:
-    """(bytes of each per-chunk entry, fixed bytes of the embedder, its tokenizer and the settings).
-    The scorer graph counts as per-chunk: it holds the vectors."""
+    """(bytes of each per-chunk entry, fixed bytes of the embedder, its tokenizer and the settings)."""
     fixed = {index_files.DENSE_MODEL, index_files.DENSE_TOKENIZER, index_files.SETTINGS}
     data = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted((staging / "index").rglob("*"))
             if p.is_file() and p.relative_to(staging).as_posix() not in fixed}
@@ -157,7 +156,13 @@ def index_bytes(staging: Path) -> tuple[dict[str, int], int]:
 
 
 def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking: ChunkingConfig) -> list[str]:
+    # imported here: the synthetic latency indexes need only Cranfield's words and queries
+    import ir_measures
+    from ir_measures import R, nDCG
+
+    measures = [nDCG @ 10, R @ 10, R @ 100]
     docs, queries, qrels = cranfield(data)
+    qrels = [ir_measures.Qrel(*qrel) for qrel in qrels]
     docs_dir = work / "cranfield"
     docs_dir.mkdir()
     for doc_id, text in docs.items():
@@ -199,8 +204,8 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking:
         for name, ranking in rankings.items():
             runs.setdefault(name, []).extend(doc_run(qid, chunk_doc[ranking]))
     for name, run in runs.items():
-        scores = ir_measures.calc_aggregate(MEASURES, qrels, run)
-        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.3f}" for m in MEASURES) + " |")
+        scores = ir_measures.calc_aggregate(measures, qrels, run)
+        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.3f}" for m in measures) + " |")
     lines.append("")
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {result.info.chunks} chunks, k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
@@ -221,64 +226,143 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking:
     return lines
 
 
-def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: int) -> list[str]:
+def synthetic_postings(words: np.ndarray, chunks: int, rng: np.random.Generator, staging: Path) -> list[str]:
+    """BM25 entries for chunks of 60-180 words drawn from Cranfield's word distribution, built with
+    NumPy a slice at a time (a Counter per chunk would need ~10 GB at 1M chunks); returns the
+    first words of each chunk as its record text."""
+    unique, word_ids = np.unique(words, return_inverse=True)
+    analysed = [terms(str(w)) for w in unique]
+    vocab = {t: i for i, t in enumerate(sorted({a[0] for a in analysed if a}))}
+    term_of_word = np.array([vocab[a[0]] if a else -1 for a in analysed], dtype=np.int64)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    lengths, heads = np.zeros(chunks), []
+    for first in range(0, chunks, 50_000):
+        count = min(50_000, chunks - first)
+        sizes = rng.integers(60, 180, size=count)
+        picks = word_ids[rng.integers(0, len(words), size=int(sizes.sum()))]
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        heads += [" ".join(unique[picks[a : a + 12]]) for a in starts]
+        term = term_of_word[picks]
+        doc = np.repeat(np.arange(first, first + count, dtype=np.int64), sizes)
+        keep = term >= 0
+        lengths[first : first + count] = np.bincount(doc[keep] - first, minlength=count)
+        keys, tf = np.unique(doc[keep] * len(vocab) + term[keep], return_counts=True)  # sorted by chunk, then term
+        parts.append(((keys % len(vocab)).astype(np.int32), (keys // len(vocab)).astype(np.int32), tf.astype(np.float32)))
+    term_ids, doc_ids, tf = (np.concatenate(column) for column in zip(*parts))
+    del parts
+    write_postings(vocab, term_ids, doc_ids, tf, lengths, staging)
+    return heads
+
+
+def build_synthetic(data: Path, cache: Path, work: Path, chunks: int) -> Path:
     """A large index from Cranfield's own word distribution and random unit vectors."""
-    docs, queries, _ = cranfield(data)
+    docs, _, _ = cranfield(data)
     words = np.array(" ".join(docs.values()).split())
     rng = np.random.default_rng(0)
-    lengths = rng.integers(60, 180, size=chunks)
-    picks = rng.integers(0, len(words), size=int(lengths.sum()))
-    texts = [" ".join(part) for part in np.split(words[picks], np.cumsum(lengths)[:-1])]
-
-    staging = work / "synthetic"
+    staging = work / f"synthetic-{chunks}"
     (staging / "index" / "dense").mkdir(parents=True)
+    heads = synthetic_postings(words, chunks, rng, staging)
     offsets = [0]
     with open(staging / index_files.CHUNKS, "wb") as out:
-        for i, text in enumerate(texts):
+        for i, text in enumerate(heads):
             record = {"id": i, "text": text, "path": f"synthetic/{i // 100}.txt", "line_start": 1, "line_end": 1,
                       "page": None, "heading": "", "char_start": 0, "char_end": len(text)}
             line = json.dumps(record).encode() + b"\n"
             out.write(line)
             offsets.append(offsets[-1] + len(line))
     np.save(staging / index_files.CHUNK_OFFSETS, np.array(offsets, dtype=np.int64))
-    build_bm25(texts, staging)
-    vectors = rng.standard_normal((chunks, 384)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    quantized, scales = quantize_vectors(vectors)
-    write_scorer(staging / index_files.DENSE_SCORER, quantized, scales)
+    vectors = np.lib.format.open_memmap(staging / index_files.DENSE_VECTORS, mode="w+", dtype=np.int8, shape=(chunks, 384))
+    scales = np.zeros(chunks, dtype=np.float32)
+    for first in range(0, chunks, 50_000):
+        block = rng.standard_normal((min(50_000, chunks - first), 384)).astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        vectors[first : first + len(block)], scales[first : first + len(block)] = quantize_vectors(block)
+    vectors.flush()
+    del vectors
+    np.save(staging / index_files.DENSE_SCALES, scales)
     embedder = export_embedder(cache)
     shutil.copyfile(embedder.model, staging / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, staging / index_files.DENSE_TOKENIZER)
-    settings = {"analyzer": ANALYZER, "modes": ["bm25", "dense"], "dense": {"max_length": 256},
-                "fusion": {"dense_weight": 0.65}}
+    settings = {"format": index_files.FORMAT, "analyzer": ANALYZER, "modes": ["bm25", "dense"],
+                "dense": {"max_length": 256}, "fusion": {"dense_weight": DENSE_WEIGHT}}
     (staging / index_files.SETTINGS).write_text(json.dumps(settings))
     write_manifest(staging, IndexInfo(documents=chunks // 100, chunks=chunks, modes=["bm25", "dense", "hybrid"]))
+    return staging
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's memory from /proc: peak and current resident set, split into anonymous
+    (heap: what the search allocated) and file-backed (mapped index pages, reclaimable)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {name: int(fields[name].split()[0]) / 1024 for name in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+
+
+def measure_synthetic(staging: Path, data: Path, threads: int) -> dict:
+    """Run in a fresh process so that peak RSS is the search's own, not the index build's."""
+    _, queries, _ = cranfield(data)
+    before = memory_mb()
     start = time.perf_counter()
     retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
-    lines = ["", f"open the synthetic index ({chunks} chunks): {time.perf_counter() - start:.2f} s"]
+    report = {"open_s": time.perf_counter() - start, "memory_before_open_mb": before, "memory_after_open_mb": memory_mb()}
     for mode in MODES:
-        lines.append(f"latency {mode:6s} at {chunks} chunks (synthetic), k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
-    lines.append(time_parts(retriever, list(queries.values())))
-    return lines
+        wall, cpu = time_queries(retriever, list(queries.values()), mode)
+        report[mode] = {"p50_ms": float(np.percentile(wall, 50)) * 1000, "p95_ms": float(np.percentile(wall, 95)) * 1000,
+                        "cpu_p50_ms": float(np.percentile(cpu, 50)) * 1000}
+    report["steps"] = time_parts(retriever, list(queries.values()))
+    report["memory_after_queries_mb"] = memory_mb()
+    return report
+
+
+def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: int) -> tuple[list[str], dict]:
+    start = time.perf_counter()
+    staging = build_synthetic(data, cache, work, chunks)
+    built_s = time.perf_counter() - start
+    child = subprocess.run([sys.executable, __file__, "--measure", str(staging), "--data", str(data.parent), "--threads", str(threads)],
+                           capture_output=True, text=True, check=True)
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    shutil.rmtree(staging)
+    memory, opened = report["memory_after_queries_mb"], report["memory_after_open_mb"]
+    lines = ["", f"synthetic index, {chunks:,} chunks (built in {built_s:.0f} s), opened in {report['open_s']:.2f} s, "
+             f"{threads} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"]
+    for mode in MODES:
+        m = report[mode]
+        lines.append(f"  latency {mode:6s} k=10: p50 {m['p50_ms']:7.2f} ms  p95 {m['p95_ms']:7.2f} ms  CPU p50 {m['cpu_p50_ms']:7.2f} ms")
+    lines.append(report["steps"])
+    lines.append(f"  search RSS: peak {memory['VmHWM']:.0f} MB; after the queries {memory['VmRSS']:.0f} MB = "
+                 f"{memory['RssAnon']:.0f} MB anonymous + {memory['RssFile']:.0f} MB mapped file pages "
+                 f"(after opening: {opened['RssAnon']:.0f} + {opened['RssFile']:.0f} MB)")
+    return lines, report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding cranfield/")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "build" / "index", help="builder cache (the exported embedder is reused)")
-    parser.add_argument("--synthetic", type=int, default=100_000, help="chunks in the synthetic latency index (0: skip)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for query encoding")
+    parser.add_argument("--synthetic", type=lambda text: [int(n) for n in text.split(",") if n], default=[100_000, 1_000_000],
+                        help="comma-separated chunk counts of synthetic latency indexes (empty: skip)")
+    parser.add_argument("--no-cranfield", action="store_true", help="only the synthetic latency indexes")
+    parser.add_argument("--threads", type=int, default=2, help="threads for query encoding and dense scoring")
     parser.add_argument("--max-tokens", type=int, default=ChunkingConfig.max_tokens, help="chunk budget")
     parser.add_argument("--overlap-tokens", type=int, default=ChunkingConfig.overlap_tokens, help="chunk overlap")
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: time one synthetic index
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as temp:
+    if args.measure:
+        print(json.dumps(measure_synthetic(args.measure, args.data / "cranfield", args.threads)))
+        return
+    with BenchRecord("retrieval", vars(args)) as record, tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         chunking = ChunkingConfig(args.max_tokens, args.overlap_tokens)
-        for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads, chunking):
-            print(line, flush=True)
-        if args.synthetic:
-            for line in bench_synthetic(args.data / "cranfield", args.cache, work, args.synthetic, args.threads):
+        record.figures["report"] = []
+        if not args.no_cranfield:
+            for line in bench_cranfield(args.data / "cranfield", args.cache, work, args.threads, chunking):
                 print(line, flush=True)
+                record.figures["report"].append(line)
+        for chunks in args.synthetic:
+            lines, report = bench_synthetic(args.data / "cranfield", args.cache, work, chunks, args.threads)
+            record.figures[f"synthetic_{chunks}"] = report
+            for line in lines:
+                print(line, flush=True)
+                record.figures["report"].append(line)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+from bench_record import BenchRecord  # noqa: E402
 
 from bundler.package import package  # noqa: E402
 from bundler.pipeline import DEFAULT_CACHE  # noqa: E402
@@ -109,60 +110,72 @@ def main() -> None:
     stub_cache = DEFAULT_CACHE / "stubs"
     work = Path(tempfile.mkdtemp(prefix="bench-startup-", dir=args.work))
     try:
-        print(f"host: {target.description}, {target.threads} cores, onnxruntime {target.onnxruntime}")
-        if not args.skip_cold_stub:
-            started = time.perf_counter()
-            build_stub(target, work / "cold-stubs")
-            print(f"stub build, empty cache: {time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
-        stub = build_stub(target, stub_cache)
-        print(f"stub build, cached: {time.perf_counter() - started:.3f} s")
-        unpacked, files = unpacked_bytes(stub)
-        print(f"stub: {stub.stat().st_size / MB:.1f} MB file, unpacks {unpacked / MB:.1f} MB in {files} files at every start")
-        reference = statistics.median(stub_alone(stub, work) for _ in range(args.runs))
-        print(f"stub alone (--help, no payload), median of {args.runs}: {reference:.3f} s")
-        can_drop = drop_caches()
-        print("cold runs: " + ("drop_caches and " if can_drop else "drop_caches not permitted here; ")
-              + "bundle file evicted with posix_fadvise(DONTNEED)")
-        print()
-        print("| payload MB | exe MB | exe/payload | bundle s (cached stub) | plain copy s | warm start s | x stub alone "
-              "| cold start s | RSS MB | anon MB | file-backed MB | weights MB | weights mapped MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for size_mb in (int(s) for s in args.sizes.split(",")):
-            staging = make_staging(work / f"staging-{size_mb}", weight_bytes=size_mb * MB)
-            payload = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-            copy_started = time.perf_counter()
-            with open(work / "copy", "wb") as out:
-                for p in sorted(staging.rglob("*")):
-                    if p.is_file():
-                        with open(p, "rb") as src:
-                            shutil.copyfileobj(src, out, 4 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            plain_copy = time.perf_counter() - copy_started
-            os.unlink(work / "copy")
-            started = time.perf_counter()
-            exe = package(staging, target, work / f"station-{size_mb}", stub_cache)
-            bundle_time = time.perf_counter() - started
-            shutil.rmtree(staging)
-            warm = [start_to_ready(exe, work) for _ in range(args.runs)]
-            cold = []
-            for _ in range(args.runs):
-                if can_drop:
-                    drop_caches()
-                evict(exe)
-                cold.append(start_to_ready(exe, work))
-            probe = subprocess.run([sys.executable, "-c", RSS_PROBE, str(exe)], cwd=REPO_ROOT,
-                                   capture_output=True, text=True, check=True)
-            rss, anon, file_backed, mapped = (int(x) for x in probe.stdout.split())
-            weights = size_mb * MB
-            print(f"| {payload / MB:.0f} | {exe.stat().st_size / MB:.0f} | {exe.stat().st_size / payload:.3f} "
-                  f"| {bundle_time:.2f} | {plain_copy:.2f} | {statistics.median(warm):.3f} "
-                  f"| {statistics.median(warm) / reference:.2f} | {statistics.median(cold):.3f} "
-                  f"| {rss / MB:.0f} | {anon / MB:.0f} | {file_backed / MB:.0f} | {weights / MB:.0f} | {mapped / MB:.0f} |")
-            exe.unlink()
+        with BenchRecord("startup", vars(args)) as record:
+            measure(args, target, stub_cache, work, record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, target, stub_cache: Path, work: Path, record: BenchRecord) -> None:
+    print(f"host: {target.description}, {target.threads} cores, onnxruntime {target.onnxruntime}")
+    if not args.skip_cold_stub:
+        started = time.perf_counter()
+        build_stub(target, work / "cold-stubs")
+        print(f"stub build, empty cache: {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    stub = build_stub(target, stub_cache)
+    print(f"stub build, cached: {time.perf_counter() - started:.3f} s")
+    record.figures["sizes"] = []
+    unpacked, files = unpacked_bytes(stub)
+    print(f"stub: {stub.stat().st_size / MB:.1f} MB file, unpacks {unpacked / MB:.1f} MB in {files} files at every start")
+    record.figures["stub"] = {"file_mb": stub.stat().st_size / MB, "unpacked_mb": unpacked / MB, "unpacked_files": files}
+    reference = statistics.median(stub_alone(stub, work) for _ in range(args.runs))
+    print(f"stub alone (--help, no payload), median of {args.runs}: {reference:.3f} s")
+    can_drop = drop_caches()
+    print("cold runs: " + ("drop_caches and " if can_drop else "drop_caches not permitted here; ")
+          + "bundle file evicted with posix_fadvise(DONTNEED)")
+    print()
+    print("| payload MB | exe MB | exe/payload | bundle s (cached stub) | plain copy s | warm start s | x stub alone "
+          "| cold start s | RSS MB | anon MB | file-backed MB | weights MB | weights mapped MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for size_mb in (int(s) for s in args.sizes.split(",")):
+        staging = make_staging(work / f"staging-{size_mb}", weight_bytes=size_mb * MB)
+        payload = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        copy_started = time.perf_counter()
+        with open(work / "copy", "wb") as out:
+            for p in sorted(staging.rglob("*")):
+                if p.is_file():
+                    with open(p, "rb") as src:
+                        shutil.copyfileobj(src, out, 4 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        plain_copy = time.perf_counter() - copy_started
+        os.unlink(work / "copy")
+        started = time.perf_counter()
+        exe = package(staging, target, work / f"station-{size_mb}", stub_cache)
+        bundle_time = time.perf_counter() - started
+        shutil.rmtree(staging)
+        warm = [start_to_ready(exe, work) for _ in range(args.runs)]
+        cold = []
+        for _ in range(args.runs):
+            if can_drop:
+                drop_caches()
+            evict(exe)
+            cold.append(start_to_ready(exe, work))
+        probe = subprocess.run([sys.executable, "-c", RSS_PROBE, str(exe)], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True)
+        rss, anon, file_backed, mapped = (int(x) for x in probe.stdout.split())
+        weights = size_mb * MB
+        print(f"| {payload / MB:.0f} | {exe.stat().st_size / MB:.0f} | {exe.stat().st_size / payload:.3f} "
+              f"| {bundle_time:.2f} | {plain_copy:.2f} | {statistics.median(warm):.3f} "
+              f"| {statistics.median(warm) / reference:.2f} | {statistics.median(cold):.3f} "
+              f"| {rss / MB:.0f} | {anon / MB:.0f} | {file_backed / MB:.0f} | {weights / MB:.0f} | {mapped / MB:.0f} |")
+        record.figures["sizes"].append({
+            "payload_mb": payload / MB, "exe_mb": exe.stat().st_size / MB, "bundle_s": bundle_time,
+            "plain_copy_s": plain_copy, "warm_start_s": statistics.median(warm), "stub_alone_s": reference,
+            "cold_start_s": statistics.median(cold), "rss_mb": rss / MB, "anon_mb": anon / MB,
+            "file_backed_mb": file_backed / MB, "weights_mapped_mb": mapped / MB})
+        exe.unlink()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 MatMulNBits computes w[n, k] = scale[n, b] * (q[n, k] - zero[n, b]) per block b of `block`
 inputs. GGUF's Q4_0 and Q8_0 fit that exactly. Q4_1 (w = d*q + m) does not: its minimum m
 is split into an integer zero point z = round(-m/d) and a remainder c = m + z*d, and the
-graph adds blocksum(x) @ c as a separate term (../shared/FINDINGS.md: a float zero point
+graph adds blocksum(x) @ c as a separate term (docs/MEASUREMENTS.md#q4-1-remainder: a float zero point
 takes ONNX Runtime's slow path; dropping the remainder costs 20% perplexity).
 """
 from __future__ import annotations

@@ -17,6 +17,7 @@ from bundler.cache_record import record_matches, replace_folder, write_record
 from bundler.errors import BuildError
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
+from bundler.silence import known_noise_silenced
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_LENGTH = 256  # the model's sentence-transformers max_seq_length
@@ -73,10 +74,11 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     embedder.folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{key}"), dir=embedder.folder.parent))
     try:
-        main_export(
-            str(source), work / "fp32", task="feature-extraction", opset=17,
-            library_name="transformers", local_files_only=True, do_validation=False,
-        )
+        with known_noise_silenced():
+            main_export(
+                str(source), work / "fp32", task="feature-extraction", opset=17,
+                library_name="transformers", local_files_only=True, do_validation=False,
+            )
         progress("export embedder", 1, 2)
         final = work / "final"
         final.mkdir()

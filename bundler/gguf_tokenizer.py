@@ -1,7 +1,7 @@
 """A Hugging Face tokenizer built from a GGUF file's own vocabulary, merges and settings.
 
 transformers' GGUF tokenizer conversion swaps bos/eos, ignores add_bos_token and loses the
-pre-tokenizer (see FINDINGS), so the tokenizer is assembled here from the GGUF metadata:
+pre-tokenizer (docs/MEASUREMENTS.md#gguf-tokenizer), so the tokenizer is assembled here from the GGUF metadata:
 `tokenizer.ggml.tokens/merges/token_type`, the bos/eos ids, `add_bos_token`, `tokenizer.ggml.pre`
 and `tokenizer.chat_template`. `ReferenceBpe` re-implements llama.cpp's byte-level BPE directly on
 the same tokens and merges, independent of the `tokenizers` library, to check the result.

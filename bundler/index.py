@@ -21,11 +21,10 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from bundler.cache_record import code_digest
-from bundler.dense_scorer import write_scorer
 from bundler.embedder_export import export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
-from bundler.formats import PARSER_VERSION, SkipFile, suffix_of
+from bundler.formats import PARSER_VERSION, SkipFile
 from bundler.index_bm25 import Bm25Config, build_bm25
 from bundler.isolated_parse import ParseLimitExceeded, ParseLimits, run_isolated
 from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
@@ -40,7 +39,7 @@ from runtime.text_terms import ANALYZER
 # The code that turns a file into chunks: a document's cache entry names its hash and is made again
 # when it changes (the hash is part of the entry's key, and checked with the entry's own sha256).
 PARSE_CODE = ("ingest.py", "chunking.py", "formats")
-# Weight of the dense z-score in hybrid fusion (FINDINGS: 0.6-0.7 best on Cranfield and a second collection).
+# Weight of the dense z-score in hybrid fusion (0.6-0.7 best on Cranfield and a second collection: docs/MEASUREMENTS.md#dense-weight).
 DENSE_WEIGHT = 0.65
 _EMBED_BATCH = 32
 
@@ -54,6 +53,7 @@ class IndexResult:
     parsed: int = 0            # documents parsed in this build (the rest came from the cache)
     embedded: int = 0          # documents whose chunks were embedded in this build
     chunks_embedded: int = 0
+    duplicate_passages: int = 0  # passages indexed once although more files (or places) hold them
 
 
 @dataclass
@@ -96,7 +96,9 @@ def build_index(
         first = result.skipped[0]
         raise BuildError(docs_dir / first.path, f"{first.reason} (--strict: {len(result.skipped)} file(s) skipped)")
     drafts = [d for doc in documents for d in doc.drafts]
-    chunks = [Chunk(i, d.text, d.span) for i, d in enumerate(drafts)]
+    kept = _unique_passages(drafts)
+    chunks = [Chunk(n, drafts[i].text, span) for n, (i, span) in enumerate(kept)]
+    result.duplicate_passages = len(drafts) - len(chunks)
     if not chunks:
         raise BuildError(docs_dir, f"no usable documents ({len(result.skipped)} file(s) skipped)")
 
@@ -104,12 +106,14 @@ def build_index(
     work = Path(tempfile.mkdtemp(prefix=".index-", dir=out_dir))
     try:
         settings = {
+            "format": index_files.FORMAT,
             "analyzer": ANALYZER,
             "modes": list(modes),
             "chunking": dataclasses.asdict(chunking),
             "fusion": {"method": "weighted z-score", "dense_weight": DENSE_WEIGHT},
         }
-        texts = [index_text(c) for c in chunks]
+        all_texts = [index_text(Chunk(0, d.text, d.span)) for d in drafts]
+        texts = [all_texts[i] for i, _ in kept]
         _write_chunks(chunks, work)
         if "bm25" in modes:
             bm25 = Bm25Config()
@@ -117,7 +121,7 @@ def build_index(
             settings["bm25"] = {**dataclasses.asdict(bm25), "terms": build_bm25(texts, work, bm25)}
             progress("bm25 index", 1, 1)
         if "dense" in modes:
-            settings["dense"] = _write_dense(documents, texts, work, cache_dir, progress, result)
+            settings["dense"] = _write_dense(documents, all_texts, [i for i, _ in kept], work, cache_dir, progress, result)
             result.info.embedding_model = settings["dense"]["model"]
         (work / index_files.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
         _swap_in(work / "index", out_dir / "index")
@@ -131,10 +135,24 @@ def build_index(
     return result
 
 
+def _unique_passages(drafts: list[ChunkDraft]) -> list[tuple[int, SourceSpan]]:
+    """(draft index, span) of the first draft of each distinct passage text, its span listing the
+    other files that hold the same text: a man page installed under several names, a licence
+    copied into every package, must not fill several sources of one answer."""
+    first: dict[str, int] = {}
+    others: dict[int, list[str]] = {}
+    for index, draft in enumerate(drafts):
+        seen = first.setdefault(draft.text, index)
+        path = draft.span.path
+        if seen != index and path != drafts[seen].span.path and path not in others.setdefault(seen, []):
+            others[seen].append(path)
+    return [(i, dataclasses.replace(drafts[i].span, also_in=others.get(i, []))) for i in first.values()]
+
+
 def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max_file_bytes: int) -> str:
     """Everything that shapes a document's chunks: its bytes, how they are parsed and cut."""
     digest = hashlib.sha256()
-    recipe = {"parser": PARSER_VERSION, "suffix": suffix_of(source.relative), "gz": source.relative.lower().endswith(".gz"),
+    recipe = {"parser": PARSER_VERSION, "format": source.format, "gz": source.relative.lower().endswith(".gz"),
               "chunking": dataclasses.asdict(chunking), "max_file_bytes": max_file_bytes,
               "code": code_digest(PARSE_CODE)}
     digest.update(json.dumps(recipe, sort_keys=True).encode())
@@ -155,14 +173,14 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
                 entry = run_isolated(_parse, (source, chunking, max_file_bytes), limits)
             except ParseLimitExceeded as exc:
                 # not cached: a limit hit on a busy machine should not stick to the file
-                result.skipped.append(SkippedFile(source.relative, str(exc)))
+                result.skipped.append(SkippedFile(source.relative, str(exc), "parse limit"))
                 continue
             result.parsed += 1
             record = {"code": code_digest(PARSE_CODE), "sha256": _entry_sha256(entry), "entry": entry}
             _write_atomic(cached, json.dumps(record, ensure_ascii=False).encode("utf-8"))
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
         if "skip" in entry:
-            result.skipped.append(SkippedFile(source.relative, entry["skip"]))
+            result.skipped.append(SkippedFile(source.relative, entry["skip"], entry["kind"]))
             continue
         drafts = [ChunkDraft(c.pop("text"), SourceSpan(path=source.relative, **c)) for c in entry["chunks"]]
         documents.append(_Document(source.relative, key, drafts))
@@ -203,16 +221,26 @@ def _parse(source: SourceFile, chunking: ChunkingConfig, max_file_bytes: int) ->
     try:
         parsed = parse_source(source, read_source(source, max_file_bytes))
     except SkipFile as exc:
-        return {"skip": str(exc), "warnings": []}
+        return {"skip": str(exc), "kind": _skip_kind(str(exc)), "warnings": []}
     except Exception as exc:  # a parser library choking on a malformed file must not end the build
-        return {"skip": f"cannot be parsed ({type(exc).__name__}: {exc})", "warnings": []}
+        return {"skip": f"cannot be parsed ({type(exc).__name__}: {exc})", "kind": "unreadable", "warnings": []}
     drafts = chunk_blocks(source.relative, parsed.blocks, chunking)
     records = []
     for draft in drafts:
         span = vars(draft.span).copy()
-        del span["path"]
+        del span["path"], span["also_in"]
         records.append({"text": draft.text, **span})
     return {"chunks": records, "warnings": parsed.warnings}
+
+
+def _skip_kind(reason: str) -> str:
+    """The summary's name for a parser's reason (SkipFile messages of bundler.formats)."""
+    for start, kind in (("empty file", "empty"), ("binary data", "binary"), ("not UTF-8", "binary"), ("no text", "no text"),
+                        ("no extractable text", "no text"), ("encrypted", "encrypted"), ("decompresses to more", "too large"),
+                        ("man page alias", "man page alias")):
+        if reason.startswith(start):
+            return kind
+    return "unreadable"
 
 
 def _write_chunks(chunks: list[Chunk], work: Path) -> None:
@@ -224,7 +252,8 @@ def _write_chunks(chunks: list[Chunk], work: Path) -> None:
     np.save(work / index_files.CHUNK_OFFSETS, offsets)
 
 
-def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
+def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> dict:
+    """Embeds every passage of every document (cached per document), stores the kept ones."""
     embedder = export_embedder(cache_dir, progress)
     options = ort.SessionOptions()
     # batches are long: spinning threads gain nothing and steal CPU from a shared builder machine
@@ -259,10 +288,11 @@ def _write_dense(documents, texts, work, cache_dir, progress, result) -> dict:
     result.embedded = len(pending)
     result.chunks_embedded = len(todo)
 
-    matrix = np.concatenate(vectors)
+    matrix = np.concatenate(vectors)[kept]
     quantized, scales = quantize_vectors(matrix)
     (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
-    write_scorer(work / index_files.DENSE_SCORER, quantized, scales)
+    np.save(work / index_files.DENSE_VECTORS, quantized)
+    np.save(work / index_files.DENSE_SCALES, scales)
     shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}

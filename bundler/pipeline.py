@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from bundler import __version__
 from bundler.cache_record import code_digest, record_matches, replace_folder, write_record
@@ -21,6 +21,9 @@ from bundler.progress import ProgressCallback, no_progress
 from bundler.scratch import scratch_folder
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo, from_plain
+
+if TYPE_CHECKING:
+    from bundler.index import IndexResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
@@ -61,7 +64,9 @@ class BuildResult:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     model_cached: bool = False
-    left_out: list[str] = field(default_factory=list)
+    report: Optional[Path] = None        # the build report beside the executable
+    skip_summary: str = ""               # one line for the CLI; "" when nothing was skipped
+    left_out: list[str] = field(default_factory=list)  # hidden and key files not indexed
 
 
 @dataclass
@@ -70,10 +75,11 @@ class StagedBuild:
     skipped: list[str]
     warnings: list[str]
     model_cached: bool
-    left_out: list[str]
+    index: Optional[IndexResult] = None
 
 
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
+    from bundler.build_report import report_path, summarise_skips, write_build_report
     from bundler.package import package
     from bundler.signing import load_signer
     from targets import load_target
@@ -88,8 +94,13 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
         staged = stage(config, staging, progress)
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
                              progress, runtime_stub=config.runtime_stub, signer=signer)
+    index = staged.index
+    report = report_path(executable)
+    write_build_report(report, index.info.documents, index.info.chunks, index.duplicate_passages, index.skipped, index.warnings)
+    summary = summarise_skips(index.skipped, report.name) if index.skipped else ""
     return BuildResult(executable=executable, manifest=staged.manifest, skipped=staged.skipped,
-                       warnings=staged.warnings, model_cached=staged.model_cached, left_out=staged.left_out)
+                       warnings=staged.warnings, model_cached=staged.model_cached, report=report, skip_summary=summary,
+                       left_out=index.left_out)
 
 
 def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_progress) -> StagedBuild:
@@ -112,14 +123,14 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     model_info, model_cached = _stage_model(source, graph, quantization, config, staging, progress)
     manifest = _write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
-                       model_cached=model_cached, left_out=index.left_out)
+                       model_cached=model_cached, index=index)
 
 
 def model_choice(source, target, config: BuildConfig) -> tuple[str, str]:
     """Graph and quantization: what the user asked for, else the best the target's runtime runs.
 
     The fused graph needs contrib operators that old onnxruntime releases (the aarch64 glibc-2.31
-    targets) lack. Requantizing a GGUF's 4-bit blocks to int4 costs ~25% perplexity (FINDINGS), so
+    targets) lack. Requantizing a GGUF's 4-bit blocks to int4 costs ~25% perplexity (docs/MEASUREMENTS.md#requantized-int4), so
     without the fused graph's exact transfer a GGUF source falls back to near-lossless int8.
     """
     from bundler.fused_export import default_quantization

@@ -1,7 +1,7 @@
 """Weight-only quantization of an exported decoder graph (ONNX Runtime's MatMulNBits).
 
 Activations stay float: dynamic int8 quantization of activations costs far more quality
-(FINDINGS: perplexity 11.7 -> 20.9) than weight-only 8-bit (11.72).
+(perplexity 11.7 -> 20.9, docs/MEASUREMENTS.md#dynamic-int8) than weight-only 8-bit (11.72).
 """
 from __future__ import annotations
 

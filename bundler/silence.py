@@ -1,17 +1,67 @@
-"""Keeps the warnings, log lines and progress bars of torch/transformers/optimum out of the builder's output."""
+"""Keeps known, harmless messages of torch/transformers/optimum out of the builder's output.
+
+Only messages listed here are dropped, each with the reason it is harmless; any other warning
+still reaches the user. The builder shows its own progress instead (build.py's progress bars).
+"""
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import re
 import warnings
 from typing import Iterator
 
 NOISY_LOGGERS = ("optimum", "transformers", "torch.onnx", "onnxruntime")
 
+HARMLESS_LOG_MESSAGES = tuple(re.compile(pattern) for pattern in (
+    # optimum-onnx 0.1.0 passes transformers 4.57 the old keyword; the dtype it asks for is used.
+    r"^`torch_dtype` is deprecated",
+    # The embedder is exported at opset 17 on purpose: the oldest onnxruntime a target runs (1.19) and a
+    # fixed recipe keep its vectors unchanged; optimum's advice is generic.
+    r"^Opset \d+ is lower than the recommended minimum opset",
+))
+HARMLESS_WARNINGS = (
+    # transformers builds its attention mask from constants while tracing; the traced graph is
+    # checked against PyTorch by the exporter's validation and by tests/test_retrieval.py.
+    r"torch\.tensor results are registered as constants in the trace",
+)
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(pattern.search(message) for pattern in HARMLESS_LOG_MESSAGES)
+
+
+@contextlib.contextmanager
+def known_noise_silenced() -> Iterator[None]:
+    """Drop the listed messages while the block runs, wherever they are logged or warned."""
+    handlers = {handler for name in ("", *NOISY_LOGGERS) for handler in logging.getLogger(name).handlers}
+    try:
+        from transformers.utils import logging as hf_logging
+
+        handlers.update(hf_logging.get_logger().handlers)
+    except ImportError:
+        pass
+    handlers.add(logging.lastResort)
+    handlers.discard(None)
+    dropper = _DropHarmless()
+    for handler in handlers:
+        handler.addFilter(dropper)
+    try:
+        with warnings.catch_warnings():
+            for pattern in HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(dropper)
+
 
 @contextlib.contextmanager
 def silence_third_party() -> Iterator[None]:
+    """Around model conversion and export: library logging at error level, no library progress bars."""
     from transformers.utils import logging as hf_logging
 
     loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
@@ -23,8 +73,7 @@ def silence_third_party() -> Iterator[None]:
         lg.setLevel(logging.ERROR)
     try:
         # transformers' GGUF loader draws a tqdm bar on stderr that no setting turns off
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with known_noise_silenced(), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -50,7 +50,7 @@ ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"
 
 
 # Stored uncompressed: every start unpacks these files, and inflating them is about half of the
-# start-up time (FINDINGS: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
+# start-up time (docs/MEASUREMENTS.md#uncompressed-stub: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
 SPEC_TEMPLATE = """
 a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web")],
              hiddenimports={modules!r}, excludes={excludes!r})

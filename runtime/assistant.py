@@ -1,6 +1,7 @@
 """Question answering over the bundle: retrieval, prompt, generation, citations."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -8,13 +9,24 @@ from typing import Iterator, Optional, Sequence
 from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
-from runtime.prompt import Prompt, cited_sources, fit_prompt
+from runtime.prompt import GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage
+from runtime.repetition import RepetitionGuard
 from runtime.retrieval import Hit, Retriever
 from runtime.stop_strings import StopStringFilter
+from runtime.support_quote import Support, find_support
 from runtime.tokenizer import ChatTokenizer
 
 # Tokens kept free for the answer when the caller does not say how long it may be.
 DEFAULT_ANSWER_TOKENS = 256
+# The whole answer when the passages hold too little of the question (GroundingOptions.abstain_below).
+ABSTAIN_ANSWER = "I don't know: the documents do not say."
+# A finished sentence (or citation) followed by a blank line: where --stop-after-paragraph ends the
+# answer. A blank line after "Here's how:" is no end.
+PARAGRAPH_END = re.compile(r"[.!?)\]]\s*\n[ \t]*\n\s*$")
+
+
+def ends_paragraph(text: str) -> bool:
+    return PARAGRAPH_END.search(text) is not None
 
 
 @dataclass
@@ -24,7 +36,11 @@ class AnswerStats:
     retrieval_s: float = 0.0
     first_token_s: float = 0.0
     total_s: float = 0.0
-    finish_reason: str = ""         # "stop" (end token or stop string) or "length" (max_new_tokens)
+    # "stop" (end token, stop string or the repetition guard) or "length" (max_new_tokens);
+    # the OpenAI API passes it on, so it keeps to those two values
+    finish_reason: str = ""
+    loop_stopped: bool = False      # the repetition guard ended the answer before a loop
+    settings: dict = field(default_factory=dict)  # the sampling and repetition-guard settings used
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -40,6 +56,7 @@ class Answer:
     _deltas: Iterator[str]
     text: str = ""
     stats: AnswerStats = field(default_factory=AnswerStats)
+    question: str = ""
 
     @property
     def sources(self) -> list[Hit]:
@@ -49,6 +66,11 @@ class Answer:
     def cited(self) -> list[Hit]:
         """Sources the answer cites; all sources given to the model when it cites none."""
         return cited_sources(self.text, self.sources) or list(self.sources)
+
+    @property
+    def support(self) -> Optional[Support]:
+        """The sentences of the cited passages that best back the text so far; None without passages."""
+        return find_support(self.question, self.text, self.sources)
 
     def __iter__(self) -> Iterator[str]:
         for delta in self._deltas:
@@ -67,11 +89,20 @@ class Answer:
             close()
 
 
+def generation_settings(config: GenerationConfig, grounding: GroundingOptions) -> dict:
+    """Sampling, repetition-guard and grounding settings as plain JSON values (stop token ids
+    left out: they are the tokenizer's)."""
+    settings = {name: value for name, value in vars(config).items() if name != "stop_token_ids"}
+    return {**settings, **vars(grounding)}
+
+
 class Assistant:
-    def __init__(self, tokenizer: ChatTokenizer, decoder: Decoder, retriever: Retriever):
+    def __init__(self, tokenizer: ChatTokenizer, decoder: Decoder, retriever: Retriever,
+                 grounding: GroundingOptions = GroundingOptions()):
         self.tokenizer = tokenizer
         self.decoder = decoder
         self.retriever = retriever
+        self.grounding = grounding  # for every ask() that does not bring its own
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, threads: Optional[int] = None, ctx: Optional[int] = None) -> "Assistant":
@@ -99,36 +130,59 @@ class Assistant:
         use_documents: bool = True,
         instructions: Optional[str] = None,
         stop: Sequence[str] = (),
+        grounding: Optional[GroundingOptions] = None,
     ) -> Answer:
         """Raises runtime.prompt.ContextOverflow when the question cannot fit the context window.
 
         instructions: added to the system prompt (an API client's own system message).
         stop: strings that end the answer; they are not part of it.
+        grounding: how passages are given and the answer bounded (default: self.grounding).
         """
         config = config or GenerationConfig(max_new_tokens=DEFAULT_ANSWER_TOKENS)
+        grounding = grounding or self.grounding
         started = time.perf_counter()
         hits = self.search(question, k=k, mode=mode) if use_documents and k > 0 else []
         retrieval_s = time.perf_counter() - started
+        hits = ground_hits(question, hits, grounding)
+        if hits and grounding.abstain_below > 0 and max(
+                question_coverage(question, f"{hit.chunk.source.heading}\n{hit.chunk.text}") for hit in hits
+        ) < grounding.abstain_below:
+            return self._abstain(retrieval_s, config, grounding, started)
         # The answer's room is what it asks for, but at most half the window: a long --max-tokens
         # should not starve the passages; generation then simply stops at the window's end.
         budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)
-        prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions)
+        prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions, grounding)
         prompt_ids = self.tokenizer.encode_chat(prompt.messages)
         stop_ids = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids
         config = GenerationConfig(**{**vars(config), "stop_token_ids": stop_ids})
         answer = Answer(prompt=prompt, _deltas=iter(()))
+        answer.question = question
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
-        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started)
+        answer.stats.settings = generation_settings(config, grounding)
+        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(stop), answer.stats, started,
+                                      grounding.stop_after_paragraph)
+        return answer
+
+    def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
+                 started: float) -> Answer:
+        """The fixed "I don't know" answer, with no sources and no generation."""
+        answer = Answer(prompt=Prompt(messages=[], sources=[]), _deltas=iter([ABSTAIN_ANSWER]))
+        answer.stats.retrieval_s = retrieval_s
+        answer.stats.settings = generation_settings(config, grounding)
+        answer.stats.finish_reason = "stop"
+        answer.stats.first_token_s = answer.stats.total_s = time.perf_counter() - started
         return answer
 
     def _stream(self, prompt_ids: list[int], config: GenerationConfig, stops: StopStringFilter,
-                stats: AnswerStats, started: float) -> Iterator[str]:
+                stats: AnswerStats, started: float, stop_after_paragraph: bool = False) -> Iterator[str]:
         self.decoder.reset()
         stream = self.tokenizer.StreamDecoder(self.tokenizer)
         stats.finish_reason = "length"
+        guard = RepetitionGuard.from_config(config)
+        shown = ""
         try:
-            for token in generate(self.decoder, prompt_ids, config):
+            for token in generate(self.decoder, prompt_ids, config, guard):
                 if token in config.stop_token_ids:
                     stats.finish_reason = "stop"
                     break
@@ -137,11 +191,13 @@ class Assistant:
                     stats.first_token_s = time.perf_counter() - started
                 text = stops.push(stream.push(token))
                 if text:
+                    shown += text
                     yield text
-                if stops.stopped:
+                if stops.stopped or (stop_after_paragraph and ends_paragraph(shown)):
                     stats.finish_reason = "stop"
                     break
             else:
+                stats.loop_stopped = guard.stopped
                 if stats.new_tokens < config.max_new_tokens:
                     stats.finish_reason = "stop"
             tail = stops.push(stream.flush()) + stops.flush()

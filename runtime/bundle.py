@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from runtime.errors import UserError
 from runtime.manifest import Entry, Manifest
 from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, padded_location, read_layout
 from runtime.payload_coverage import CoverageError, check_uncovered_bytes
@@ -36,7 +37,7 @@ def _set_config_entry(options: ort.SessionOptions, key: str, value: str) -> None
     options.add_session_config_entry(key, value)
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     """The bundle cannot be used; the message names the file and the problem."""
 
 

@@ -86,7 +86,7 @@ class ChatRepl:
         for number, hit in enumerate(self.last_sources, 1):
             span = hit.chunk.source
             heading = f"  ({span.heading})" if span.heading else ""
-            self._say(f"[{number}] {span.cite()}{heading}")
+            self._say(f"[{number}] {span.cite_with_copies()}{heading}")
             for text_line in hit.chunk.text.strip().splitlines():
                 self._say(f"    | {text_line}")
 

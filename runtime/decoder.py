@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
+from runtime.bundle import BundleError
+
 MODEL_ONNX = "model/model.onnx"
 
 # graph kind (manifest.model.graph) -> "module:Class"; imported only when a bundle asks for it
@@ -125,6 +127,7 @@ def load_decoder(bundle, threads: Optional[int] = None, max_length: Optional[int
     try:
         module_name, class_name = IMPLEMENTATIONS[graph].split(":")
     except KeyError:
-        raise ValueError(f"{bundle.path}: model graph {graph!r} is not supported by this runtime") from None
+        raise BundleError(f"{bundle.path}: model graph {graph!r} is not supported by this runtime "
+                          f"(supported: {', '.join(sorted(IMPLEMENTATIONS))})") from None
     implementation = getattr(importlib.import_module(module_name), class_name)
     return implementation.from_bundle(bundle, threads=threads, max_length=max_length)

@@ -8,6 +8,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from runtime.repetition import RepetitionGuard
+
 # Prompt tokens fed per forward call: the optimum graph returns logits for every fed position,
 # [chunk, vocab] float32 (49152 × 128 × 4 B = 25 MB), so a long prompt must not go in at once.
 PREFILL_CHUNK = 128
@@ -26,6 +28,13 @@ class GenerationConfig:
     seed: Optional[int] = None
     stop_token_ids: frozenset = frozenset()
     speculative: bool = True
+    # Repetition guard (runtime/repetition.py); defaults measured with bench/bench_answers.py
+    # (docs/QUERY_APP.md). dry_multiplier 0 turns the penalty off, loop_ngram 0 the hard stop.
+    dry_multiplier: float = 0.8
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    loop_ngram: int = 4
+    loop_repeats: int = 3
 
     @property
     def greedy(self) -> bool:
@@ -97,27 +106,34 @@ def _speculative_generator():
     return module.generate_speculative
 
 
-def generate(decoder, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
+def generate(decoder, prompt_ids: list[int], config: GenerationConfig,
+             guard: Optional[RepetitionGuard] = None) -> Iterator[int]:
     """New token ids after `prompt_ids` (the decoder's cache is reset first).
 
-    Stops after yielding a token of `config.stop_token_ids`, after `config.max_new_tokens`, or when
-    the context (`decoder.max_length`) is full. Greedy without repeat penalty goes through the
-    speculative path when `config.speculative` is set and one is installed: it yields the same ids.
+    Stops after yielding a token of `config.stop_token_ids`, after `config.max_new_tokens`, when
+    the context (`decoder.max_length`) is full, or before a token the repetition guard refuses
+    (then `guard.stopped` is set; pass a guard to read it, else one is made from `config`).
+    Greedy without repeat penalty goes through the speculative path when `config.speculative`
+    is set and one is installed: it yields the same ids.
     """
+    guard = guard if guard is not None else RepetitionGuard.from_config(config)
     logits = prefill(decoder, prompt_ids)
     if config.speculative and config.greedy and config.repeat_penalty == 1.0:
         speculative = _speculative_generator()
         if speculative is not None:
-            return speculative(decoder, list(prompt_ids), config, logits)
-    return _generate_stepwise(decoder, list(prompt_ids), config, logits)
+            return speculative(decoder, list(prompt_ids), config, logits, guard)
+    return _generate_stepwise(decoder, list(prompt_ids), config, logits, guard)
 
 
-def _generate_stepwise(decoder, prompt_ids: list[int], config: GenerationConfig, logits: np.ndarray) -> Iterator[int]:
+def _generate_stepwise(decoder, prompt_ids: list[int], config: GenerationConfig, logits: np.ndarray,
+                       guard: RepetitionGuard) -> Iterator[int]:
     limit = new_token_limit(decoder, len(prompt_ids), config)
     sample = TokenSampler(config)
     seen = np.unique(np.asarray(prompt_ids, dtype=np.int64))
     for produced in range(1, limit + 1):
-        token = sample(apply_repeat_penalty(logits, seen, config.repeat_penalty))
+        token = sample(guard.adjust(apply_repeat_penalty(logits, seen, config.repeat_penalty)))
+        if not guard.admit(token):
+            return
         yield token
         if token in config.stop_token_ids or produced == limit:
             return

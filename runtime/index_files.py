@@ -1,7 +1,10 @@
 """Names of the retrieval index entries inside a bundle: one definition for builder and runtime."""
 from __future__ import annotations
 
-SETTINGS = "index/index.json"            # analyzer, dense model settings, fusion weight
+SETTINGS = "index/index.json"            # format, analyzer, dense model settings, fusion weight
+# Layout of the index entries; a runtime refuses any other. 2: dense vectors as .npy entries
+# (1 held them inside an ONNX scorer graph).
+FORMAT = 2
 CHUNKS = "index/chunks.jsonl"            # one JSON record per chunk, in id order
 CHUNK_OFFSETS = "index/chunk_offsets.npy"  # int64 [chunks + 1]: byte offsets of records in CHUNKS
 
@@ -12,6 +15,6 @@ BM25_WEIGHTS = "index/bm25/weights.npy"  # float32 [postings]: BM25 contribution
 
 DENSE_MODEL = "index/dense/model.onnx"          # sentence embedder, int8 weights
 DENSE_TOKENIZER = "index/dense/tokenizer.json"  # its Hugging Face tokenizers file
-# int8 query x chunk vectors -> cosine scores (one MatMulInteger). Holds the vectors as constants:
-# int8 [dim, chunks], unit vectors scaled by 63 / max |x|, and float32 [chunks] scales back to cosine.
-DENSE_SCORER = "index/dense/scorer.onnx"
+# Chunk vectors, memory-mapped at query time: unit vectors ≈ vectors * scales[:, None].
+DENSE_VECTORS = "index/dense/vectors.npy"  # int8 [chunks, dim], each row scaled by 127 / max |x|
+DENSE_SCALES = "index/dense/scales.npy"    # float32 [chunks]

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 MAX_STOP_STRINGS = 16
+# More turns than any context window holds: the budget keeps only the newest few anyway.
+MAX_MESSAGES = 256
 
 
 class RequestError(Exception):
@@ -49,8 +51,11 @@ def _text_of(content: Any, where: str) -> str:
 
 def _number(body: dict, name: str, kind: type, low: float, high: float) -> Any:
     value = body[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    # Integral floats (2.0) count as integers; inf and nan are not integral and fail the range.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and isinstance(value, float) and not value.is_integer()):
         raise RequestError(f"{name} must be {'an integer' if kind is int else 'a number'}", name)
+    # Compared before converting: float() of a huge integer overflows.
     if not low <= value <= high:
         raise RequestError(f"{name} must be between {low:g} and {high:g}", name)
     return kind(value)
@@ -64,6 +69,8 @@ def parse_chat_request(body: Any, defaults, default_k: int, default_mode: str, m
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise RequestError(f"at most {MAX_MESSAGES} messages are accepted; send the newest ones", "messages")
     for name in ("tools", "functions"):
         if body.get(name):
             raise RequestError(f"{name} are not supported", name)
@@ -137,6 +144,33 @@ class SearchRequest:
     query: str
     k: int
     mode: str
+
+
+@dataclass
+class SummarizeRequest:
+    document: Optional[str]     # FILE, FILE:FIRST-LAST or FILE:pFIRST-LAST
+    query: Optional[str]
+    k: int
+    mode: str
+    max_tokens: int
+
+
+def parse_summarize_request(body: Any, default_k: int, default_mode: str, modes: list[str],
+                            max_tokens_cap: int) -> SummarizeRequest:
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    document, query = body.get("document"), body.get("query")
+    if (document is None) == (query is None):
+        raise RequestError("give either document (FILE, FILE:FIRST-LAST or FILE:pFIRST-LAST) or query")
+    for name, value in (("document", document), ("query", query)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise RequestError(f"{name} must be a non-empty string", name)
+    k = _number(body, "k", int, 1, 100) if body.get("k") is not None else max(default_k, 8)
+    mode = body.get("mode", default_mode)
+    if mode not in modes:
+        raise RequestError(f"mode must be one of {', '.join(modes)}", "mode")
+    max_tokens = _number(body, "max_tokens", int, 1, max_tokens_cap) if body.get("max_tokens") is not None else 200
+    return SummarizeRequest(document=document, query=query, k=k, mode=mode, max_tokens=min(max_tokens, max_tokens_cap))
 
 
 def parse_search_request(body: Any, default_k: int, default_mode: str, modes: list[str]) -> SearchRequest:

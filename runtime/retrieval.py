@@ -6,7 +6,7 @@ decoded only for the hits returned.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -14,14 +14,37 @@ import numpy as np
 from runtime import index_files
 from runtime.bm25_search import Bm25Search
 from runtime.dense_search import DenseSearch
+from runtime.errors import UserError
 from runtime.text_terms import ANALYZER
 
 # Weighted fusion normalises each method's scores over this many of its best candidates.
 FUSION_CANDIDATES = 100
 
 
-class RetrievalError(Exception):
+class RetrievalError(UserError):
     """The index cannot be used or the query options are wrong; the message says which."""
+
+
+def read_settings(bundle) -> dict:
+    """The index's settings entry, checked for the fields the runtime reads."""
+    where = f"{bundle.path}: {index_files.SETTINGS}"
+    try:
+        settings = json.loads(bytes(bundle.read(index_files.SETTINGS)))
+        modes, analyzer = settings["modes"], settings["analyzer"]
+        float(settings["fusion"]["dense_weight"])
+        if "dense" in modes:
+            int(settings["dense"]["max_length"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RetrievalError(f"{where}: malformed index settings ({type(exc).__name__}: {exc})") from None
+    version = settings.get("format", 1)  # format 1 had no field
+    if version != index_files.FORMAT:
+        raise RetrievalError(f"{where}: index format {version!r} is not supported by this runtime "
+                             f"(expected {index_files.FORMAT}); rebuild the executable with the current builder")
+    if not isinstance(modes, list) or not modes or not set(modes) <= {"bm25", "dense"}:
+        raise RetrievalError(f"{where}: malformed index settings (modes {modes!r})")
+    if analyzer != ANALYZER:
+        raise RetrievalError(f"{where}: index built with analyzer {analyzer!r}, runtime has {ANALYZER!r}")
+    return settings
 
 
 @dataclass
@@ -33,11 +56,20 @@ class SourceSpan:
     heading: str          # heading path, " > " between levels
     char_start: int       # offsets into the decoded text of the file (of the page for paged formats)
     char_end: int
+    # other files holding the same passage, indexed once (absent from records of older builds)
+    also_in: list[str] = field(default_factory=list)
 
     def cite(self) -> str:
         lines = str(self.line_start) if self.line_start == self.line_end else f"{self.line_start}-{self.line_end}"
         page = f" p.{self.page}" if self.page is not None else ""
         return f"{self.path}{page}:{lines}"
+
+    def cite_with_copies(self) -> str:
+        """cite(), and how many other files hold the same passage: what a reader is shown."""
+        if not self.also_in:
+            return self.cite()
+        files = "file" if len(self.also_in) == 1 else "files"
+        return f"{self.cite()} (also in {len(self.also_in)} other {files})"
 
 
 @dataclass
@@ -47,7 +79,10 @@ class Chunk:
     source: SourceSpan
 
     def to_record(self) -> dict:
-        return {"id": self.id, "text": self.text, **vars(self.source)}
+        record = {"id": self.id, "text": self.text, **vars(self.source)}
+        if not record["also_in"]:
+            del record["also_in"]
+        return record
 
     @classmethod
     def from_record(cls, record: dict) -> "Chunk":
@@ -122,17 +157,13 @@ class Retriever:
 
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None) -> "Retriever":
-        settings = json.loads(bytes(bundle.read(index_files.SETTINGS)))
-        if settings["analyzer"] != ANALYZER:
-            raise RetrievalError(
-                f"{index_files.SETTINGS}: index built with analyzer {settings['analyzer']!r}, runtime has {ANALYZER!r}"
-            )
+        settings = read_settings(bundle)
         chunks = ChunkStore.from_bundle(bundle)
         modes = settings["modes"]
         bm25 = Bm25Search.from_bundle(bundle, len(chunks)) if "bm25" in modes else None
         dense = None
         if "dense" in modes:
-            dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], threads)
+            dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], len(chunks), threads)
         return cls(chunks, bm25, dense, settings["fusion"]["dense_weight"])
 
     def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:

@@ -6,8 +6,11 @@ Routes (documented in docs/QUERY_APP.md):
   GET  /v1/models             the one bundled model
   POST /v1/chat/completions   OpenAI chat completions, streaming (SSE) or not; `sources` extension
   POST /v1/search             retrieval only
+  POST /v1/summarize          a summary of a document (or its lines or pages) or of a topic, with citations
 
-No framework: every megabyte ends up inside the one-file executable.
+No framework: the standard library's http.server, bounded by hand (runtime.connection_gate caps
+open connections and gives each request a whole-request deadline). docs/QUERY_APP.md gives the
+measurements that ruled out waitress and uvicorn.
 """
 from __future__ import annotations
 
@@ -22,14 +25,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Optional
 
-from runtime.openai_request import RequestError, parse_chat_request, parse_search_request
+from runtime.connection_gate import ConnectionGate
+from runtime.errors import UserError
+from runtime.generation import GenerationConfig
+from runtime.openai_request import RequestError, parse_chat_request, parse_search_request, parse_summarize_request
 from runtime.prompt import ContextOverflow
 from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
-from runtime.source_json import source_record
+from runtime.source_json import source_record, summary_record, support_record
+from runtime.summarize import Scope, Summarizer, SummaryError, passages_in_scope, reading_order
 
 
 # What _read_json returns once it has answered an unreadable body (JSON null is a body, not an error).
 UNREADABLE = object()
+
+# Host names a loopback server answers to; any other Host header may be a DNS-rebinding page.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 @dataclass
@@ -41,21 +51,29 @@ class ServerConfig:
     max_tokens_cap: int = 1024
     queue_size: int = 8              # requests allowed to wait while one generates
     queue_timeout_s: float = 120.0
+    max_connections: int = 64        # open connections; the longest-waiting is cut to admit one more
+    request_timeout_s: float = 30.0  # a request's headers and body must arrive within this
     k: int = 4
     mode: Optional[str] = None       # retrieval mode; None: the assistant's best
 
 
-def exposure_warning(host: str, api_key: Optional[str]) -> Optional[str]:
-    """A warning when the server is reachable from other machines without a key."""
-    if api_key:
-        return None
+class ServerRefused(UserError):
+    """The server configuration is unsafe or invalid; the message says why."""
+
+
+def is_loopback(host: str) -> bool:
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = host == "localhost"
-    if loopback:
+        return host == "localhost"
+
+
+def exposure_error(host: str, api_key: Optional[str]) -> Optional[str]:
+    """Why the server must not start: reachable from other machines without a key."""
+    if api_key or is_loopback(host):
         return None
-    return f"serving on {host} without --api-key: anyone who can reach this machine can use the model"
+    return (f"binding {host} makes the model reachable from other machines: give an API key "
+            "(--api-key KEY or $EDGEBUNDLE_API_KEY)")
 
 
 def web_page() -> bytes:
@@ -75,6 +93,11 @@ class QueryServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, assistant, config: ServerConfig, model_id: str, generation_defaults):
+        refusal = exposure_error(config.host, config.api_key)
+        if refusal:
+            raise ServerRefused(refusal)
+        if config.max_connections < 1 or config.request_timeout_s <= 0:
+            raise ServerRefused("max_connections must be at least 1 and the request timeout positive")
         self.assistant = assistant
         self.config = config
         self.model_id = model_id
@@ -86,6 +109,38 @@ class QueryServer(ThreadingHTTPServer):
         self.mode = config.mode or assistant.default_mode
         self.page = web_page()
         super().__init__((config.host, config.port), _Handler)
+        self.gate = ConnectionGate(config.max_connections, config.request_timeout_s)
+        port = self.server_address[1]
+        # None: any Host (a key guards the server instead); else the names a browser uses for it.
+        self.allowed_hosts = ({f"{name}:{port}" for name in LOOPBACK_NAMES}
+                              | (set(LOOPBACK_NAMES) if port == 80 else set())) if is_loopback(config.host) else None
+
+    def process_request(self, request, client_address) -> None:
+        if self.gate.admit(request):
+            super().process_request(request, client_address)
+            return
+        # Every slot is answering a request: say so at once rather than leave the client hanging.
+        body = json.dumps({"error": {"message": "server busy: too many open connections",
+                                     "type": "server_error", "param": None, "code": None}}).encode()
+        try:
+            request.settimeout(1)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def shutdown_request(self, request) -> None:
+        self.gate.release(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """Quiet: a connection's failure is answered on the connection, and library code never prints."""
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.gate.close()
 
     @property
     def url(self) -> str:
@@ -97,7 +152,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: QueryServer
     _streaming = False          # headers of an event stream are out: errors must go in-band
-    # Socket timeout: a client that stalls mid-request (or never reads its answer) frees its thread.
+    # Socket timeout of each read and write: a client that never reads its answer frees its thread.
+    # (Receiving the request has its own, shorter, whole-request deadline: ConnectionGate.)
     timeout = 60
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -105,11 +161,59 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def handle_one_request(self) -> None:
+        self.server.gate.waiting(self.connection)
+        super().handle_one_request()
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """http.server's own errors (bad request line, headers too long) as OpenAI JSON errors."""
+        self.close_connection = True
+        # An unreadable request line leaves http.server at HTTP/0.9, which has no status line.
+        self.request_version = self.protocol_version
+        if not self.server.gate.received(self.connection):
+            code, message = 408, self._late_message()
+        self._send_error(code, message or self.responses.get(code, ("error",))[0], "invalid_request_error")
+
+    def _late_message(self) -> str:
+        return f"the request did not arrive whole within {self.server.config.request_timeout_s:g} s"
+
+    def _arrived(self, whole: bool) -> bool:
+        """False (after a 408) if the connection was cut before its request arrived.
+
+        whole: the request has been read to its end, so its deadline no longer applies.
+        """
+        gate = self.server.gate
+        if gate.received(self.connection) if whole else gate.is_open(self.connection):
+            return True
+        self.close_connection = True
+        self._send_error(408, self._late_message(), "invalid_request_error", code="request_timeout")
+        return False
+
+    def _addressed_here(self) -> bool:
+        """False (after a 421 or 403) for a Host or Origin that is not this server (DNS rebinding)."""
+        allowed = self.server.allowed_hosts
+        host = self.headers.get("Host", "")
+        if allowed is not None and host.lower() not in allowed:
+            self.close_connection = True
+            self._send_error(421, f"this server answers only to {' or '.join(sorted(allowed))} "
+                             "(Host header)", "invalid_request_error", code="host_not_allowed")
+            return False
+        origin = self.headers.get("Origin")
+        # Browsers send Origin on cross-site requests; the web page itself is same-origin.
+        if origin is not None and origin.lower() != f"http://{host.lower()}":
+            self.close_connection = True
+            self._send_error(403, "cross-origin requests are not allowed (Origin header)",
+                             "invalid_request_error", code="origin_not_allowed")
+            return False
+        return True
+
     def _send_json(self, status: int, payload: Any, headers: Optional[dict] = None) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -154,9 +258,14 @@ class _Handler(BaseHTTPRequestHandler):
                              f"{self.server.config.max_body_bytes} bytes", "invalid_request_error")
             return UNREADABLE
         raw = self.rfile.read(size)
+        if not self._arrived(whole=True):
+            return UNREADABLE
+        if len(raw) < size:  # the client closed its side early: there is nobody to answer
+            self.close_connection = True
+            return UNREADABLE
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # also integers too long to convert (sys.get_int_max_str_digits)
             self._send_error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
             return UNREADABLE
         except RecursionError:
@@ -166,6 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes ---------------------------------------------------------------------------
 
     def do_GET(self) -> None:
+        if not (self._arrived(whole=True) and self._addressed_here()):
+            return
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             page = self.server.page
@@ -191,8 +302,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(404, f"no route GET {path}", "invalid_request_error", code="not_found")
 
     def do_POST(self) -> None:
+        if not (self._arrived(whole=False) and self._addressed_here()):
+            return
         path = self.path.split("?", 1)[0]
-        if path not in ("/v1/chat/completions", "/v1/search"):
+        if path not in ("/v1/chat/completions", "/v1/search", "/v1/summarize"):
             self.close_connection = True
             self._send_error(404, f"no route POST {path}", "invalid_request_error", code="not_found")
             return
@@ -205,16 +318,21 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/v1/search":
                 self._search(body)
+            elif path == "/v1/summarize":
+                self._summarize(body)
             else:
                 self._chat(body)
         except RequestError as exc:
             self._send_error(400, str(exc), "invalid_request_error", param=exc.param)
+        except SummaryError as exc:
+            self._send_error(400, str(exc), "invalid_request_error", param="document")
         except _ClientGone:
             self.close_connection = True
-        except Exception as exc:  # a bug or a broken model file: answer, don't drop the connection
+        except Exception:  # a bug or a broken model file: answer, don't drop the connection
             self.close_connection = True
             if not self._streaming:
-                self._send_error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+                # No exception text: it can carry paths and internals of the machine.
+                self._send_error(500, "internal error", "server_error")
 
     def _model_card(self) -> dict:
         return {"id": self.server.model_id, "object": "model", "created": self.server.created,
@@ -227,6 +345,29 @@ class _Handler(BaseHTTPRequestHandler):
             hits = server.assistant.search(request.query, k=request.k, mode=request.mode)
         self._send_json(200, {"object": "list", "query": request.query, "mode": request.mode,
                               "data": [source_record(h) for h in hits]})
+
+    def _summarize(self, body: Any) -> None:
+        server = self.server
+        request = parse_summarize_request(body, server.config.k, server.mode, server.assistant.retriever.modes,
+                                          server.config.max_tokens_cap)
+        assistant = server.assistant
+        try:
+            with server.queue.turn():
+                with server.search_lock:
+                    if request.document is not None:
+                        passages = passages_in_scope(assistant.retriever.chunks, Scope.parse(request.document))
+                    else:
+                        passages = reading_order(assistant.search(request.query, k=request.k, mode=request.mode))
+                config = GenerationConfig(**{**vars(server.generation_defaults), "max_new_tokens": request.max_tokens})
+                summary = Summarizer(assistant.tokenizer, assistant.decoder).summarize(
+                    passages, config, topic=request.query).finish()
+        except QueueFull as exc:
+            self._send_error(429, f"server busy: {exc}", "rate_limit_exceeded", headers={"Retry-After": "1"})
+            return
+        except QueueTimeout as exc:
+            self._send_error(503, f"server busy: {exc}", "server_error", headers={"Retry-After": "5"})
+            return
+        self._send_json(200, {"object": "summary", "model": server.model_id, **summary_record(summary)})
 
     def _chat(self, body: Any) -> None:
         server = self.server
@@ -266,6 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
                                "finish_reason": answer.stats.finish_reason}]
         payload["usage"] = _usage(answer)
         payload["sources"] = [source_record(h) for h in answer.sources]
+        payload.update(support_record(answer.support))
         self._send_json(200, payload)
 
     def _stream(self, request, answer) -> None:
@@ -287,13 +429,14 @@ class _Handler(BaseHTTPRequestHandler):
                     self._event(chunk({"content": delta}))
         except _ClientGone:
             raise
-        except Exception as exc:
-            self._event({"error": {"message": f"generation failed: {type(exc).__name__}: {exc}",
+        except Exception:
+            self._event({"error": {"message": "generation failed",
                                    "type": "server_error", "param": None, "code": None}})
             self._write_chunk(b"data: [DONE]\n\n")
             self._write_chunk(b"")
             return
-        self._event(chunk({}, answer.stats.finish_reason, sources=[source_record(h) for h in answer.sources]))
+        self._event(chunk({}, answer.stats.finish_reason, sources=[source_record(h) for h in answer.sources],
+                          **support_record(answer.support)))
         if request.include_usage:
             self._event({**base, "choices": [], "usage": _usage(answer)})
         self._write_chunk(b"data: [DONE]\n\n")
@@ -306,7 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+        except OSError as exc:  # reset, broken pipe, or a client that stopped reading (timeout)
             raise _ClientGone() from exc
 
 

@@ -7,7 +7,7 @@ longest agreeing prefix is kept, plus the model's own next token, and the cache 
 back past the rest.
 
 Numerics: ONNX Runtime computes a one-token step on a different path than a multi-token
-step (../shared/FINDINGS.md), and the two flip near-ties. Every step here therefore feeds at
+step (docs/MEASUREMENTS.md#one-vs-many-rows), and the two flip near-ties. Every step here therefore feeds at
 least two tokens (a one-token guess when no n-gram matches), so the output is identical,
 token for token, to `reference_greedy`: plain greedy decoding in which each step is fed as
 two rows and only the first is used.
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from runtime.repetition import RepetitionGuard
 
 
 @dataclass
@@ -62,17 +64,27 @@ def _rows_forward(decoder):
     return lambda ids, rows: decoder.forward(ids)[-rows:]
 
 
-def generate_speculative(decoder, prompt_ids: list[int], config, first_logits: np.ndarray) -> Iterator[int]:
+def generate_speculative(decoder, prompt_ids: list[int], config, first_logits: np.ndarray,
+                         guard: RepetitionGuard | None = None) -> Iterator[int]:
     """runtime.generation's hook: greedy `config` after a prefilled prompt."""
+    guard = guard if guard is not None else RepetitionGuard()
     limit = max(0, min(config.max_new_tokens, decoder.max_length - len(prompt_ids)))
-    return speculative_greedy(decoder, prompt_ids, int(np.argmax(first_logits)), limit, config.stop_token_ids)
+    first = int(np.argmax(guard.adjust(first_logits)))
+    return speculative_greedy(decoder, prompt_ids, first, limit, config.stop_token_ids, guard=guard)
 
 
 def speculative_greedy(decoder, prompt_ids: list[int], first_token: int, limit: int,
                        stop_token_ids=frozenset(), max_ngram: int = 3, max_draft: int = 3,
-                       stats: SpeculationStats | None = None) -> Iterator[int]:
-    """Up to `limit` greedy tokens, starting with `first_token`; the cache holds the prompt."""
+                       stats: SpeculationStats | None = None,
+                       guard: RepetitionGuard | None = None) -> Iterator[int]:
+    """Up to `limit` greedy tokens, starting with `first_token`; the cache holds the prompt.
+
+    With a `guard`, each verified row is chosen from logits penalised for the tokens before it
+    (the admitted answer plus the draft up to that row), and every token passes `guard.admit`
+    before it is yielded: the very decisions step-by-step decoding makes.
+    """
     forward = _rows_forward(decoder)
+    guard = guard if guard is not None else RepetitionGuard()
     limit = min(limit, decoder.max_length - decoder.length)
     stats = stats if stats is not None else SpeculationStats()
     index = NgramIndex(max_ngram)
@@ -80,6 +92,8 @@ def speculative_greedy(decoder, prompt_ids: list[int], first_token: int, limit: 
     token = first_token
     produced = 0
     while produced < limit:
+        if not guard.admit(token):
+            return
         yield token
         produced += 1
         if token in stop_token_ids or produced >= limit:
@@ -91,32 +105,40 @@ def speculative_greedy(decoder, prompt_ids: list[int], first_token: int, limit: 
         if not draft and room > 0:
             draft = [token]  # keeps the step on the multi-token path; right now and then
         before = decoder.length
-        choices = np.argmax(forward([token] + draft, len(draft) + 1), axis=-1)
+        logits = forward([token] + draft, len(draft) + 1)
         stats.steps += 1
         accepted = 0
-        while accepted < len(draft) and choices[accepted] == draft[accepted]:
+        choice = int(np.argmax(guard.adjust(logits[0])))
+        while accepted < len(draft) and choice == draft[accepted]:
             accepted += 1
+            choice = int(np.argmax(guard.adjust(logits[accepted], draft[:accepted])))
         if guessed:
             stats.drafted += len(draft)
             stats.accepted += accepted
         decoder.truncate(before + 1 + accepted)
         for drafted in draft[:accepted]:
+            if not guard.admit(drafted):
+                return
             yield drafted
             produced += 1
             if drafted in stop_token_ids or produced >= limit:
                 return
         index.extend(draft[:accepted])
-        token = int(choices[accepted])
+        token = choice
 
 
-def reference_greedy(decoder, first_token: int, limit: int, stop_token_ids=frozenset()) -> Iterator[int]:
+def reference_greedy(decoder, first_token: int, limit: int, stop_token_ids=frozenset(),
+                     guard: RepetitionGuard | None = None) -> Iterator[int]:
     """Plain greedy decoding on the same numeric path as `speculative_greedy`: each step
     feeds the new token and a filler, keeps the first row and drops the filler from the
     cache (one row only when the context has room for no more)."""
     forward = _rows_forward(decoder)
+    guard = guard if guard is not None else RepetitionGuard()
     limit = min(limit, decoder.max_length - decoder.length)
     token = first_token
     for produced in range(1, limit + 1):
+        if not guard.admit(token):
+            return
         yield token
         if token in stop_token_ids or produced == limit:
             return
@@ -124,4 +146,4 @@ def reference_greedy(decoder, first_token: int, limit: int, stop_token_ids=froze
         fed = [token, token] if decoder.max_length - before >= 2 else [token]
         logits = forward(fed, len(fed))
         decoder.truncate(before + 1)
-        token = int(np.argmax(logits[0]))
+        token = int(np.argmax(guard.adjust(logits[0])))

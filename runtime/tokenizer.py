@@ -6,6 +6,7 @@ into their special ids (only for what the chat template itself writes).
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime
@@ -109,6 +110,16 @@ class ChatTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._plain.get_vocab_size(with_added_tokens=True)
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters of text one token can stand for.
+
+        A vocabulary entry is spelled with at least as many characters as the text it decodes to
+        (byte-level entries use one character per byte), so a text of n characters needs at least
+        n / max_token_chars tokens: longer texts are known not to fit without tokenizing them.
+        """
+        return max(len(entry) for entry in self._plain.get_vocab(with_added_tokens=True))
 
     def token_id(self, token: str) -> Optional[int]:
         return self._special.token_to_id(token)

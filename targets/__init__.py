@@ -12,10 +12,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
-import runtime  # noqa: F401  (onnxruntime's telemetry off before host_target imports it)
+from runtime.errors import UserError  # importing runtime also turns onnxruntime's telemetry off
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 HOST = "host"
+
+
+class TargetError(UserError):
+    """An unknown target name or a malformed profile file; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,12 @@ def profile_names() -> list[str]:
 
 
 def load_target(name: str) -> TargetProfile:
-    """A named profile, or `host` for this machine; raises BuildError for an unknown name."""
-    from bundler.errors import BuildError
-
+    """A named profile, or `host` for this machine; raises TargetError for an unknown name."""
     if name == HOST:
         return host_target()
     path = PROFILES_DIR / f"{name}.json"
     if not path.is_file():
-        raise BuildError(None, f"unknown target {name!r} (choose from {', '.join(profile_names())})")
+        raise TargetError(f"unknown target {name!r} (choose from {', '.join(profile_names())})")
     try:
         data = json.loads(path.read_text())
         known = {f.name for f in fields(TargetProfile)}
@@ -61,7 +63,7 @@ def load_target(name: str) -> TargetProfile:
             raise ValueError(f"unknown keys {sorted(unknown)}")
         return TargetProfile(name=name, **data)
     except (ValueError, TypeError) as exc:
-        raise BuildError(path, f"bad target profile: {exc}") from None
+        raise TargetError(f"{path}: bad target profile: {exc}") from None
 
 
 def host_target() -> TargetProfile:

@@ -1,9 +1,44 @@
+"""Test tiers. Markers are derived from the fixtures a test uses, so a new test lands in the right
+tier without anyone remembering to mark it:
+
+- `executable`: needs a PyInstaller runtime stub or a built executable (minutes on first use);
+- `emulation`: runs an aarch64 executable under qemu (needs the emulated Debian root);
+- `needs_root`: needs root (chroot for the aarch64 stub, network namespaces); skipped otherwise;
+- `slow`: marked by hand on tests that take long for other reasons (the default 135M model).
+
+`make test-fast` runs `-m "not executable and not emulation and not slow"`; `make test` runs all.
+"""
+import os
+
+import pytest
+
+# Modules imported by another fixture module come first, so pytest rewrites their asserts.
 pytest_plugins = [
     "tests.fixtures_model",
     "tests.fixtures_retrieval",
     "tests.fixtures_packaging",
+    "tests.fixtures_station",
     "tests.fixtures_queryapp",
     "tests.fixtures_fused",
-    "tests.fixtures_station",
     "tests.fixtures_hardening",
 ]
+
+EXECUTABLE_FIXTURES = {"host_stub", "host_bundle", "bundle_copy", "tiny_station_bundle", "default_bundle",
+                       "query_executable"}
+EMULATION_FIXTURES = {"aarch64_bundle"}
+SLOW_FIXTURES = {"default_model_staging", "default_model_hf_dir", "default_bundle"}
+
+
+def pytest_collection_modifyitems(config, items):
+    is_root = os.geteuid() == 0
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & (EXECUTABLE_FIXTURES | EMULATION_FIXTURES):
+            item.add_marker(pytest.mark.executable)
+        if used & EMULATION_FIXTURES:
+            item.add_marker(pytest.mark.emulation)
+            item.add_marker(pytest.mark.needs_root)
+        if used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("needs_root") and not is_root:
+            item.add_marker(pytest.mark.skip(reason="needs root (chroot or network namespaces); run as root"))

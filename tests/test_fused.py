@@ -20,6 +20,7 @@ from runtime.bundle import Bundle
 from runtime.decoder import load_decoder
 from runtime.fused_decoder import FusedDecoder
 from runtime.generation import GenerationConfig, generate, prefill
+from runtime.repetition import RepetitionGuard
 from runtime.speculative import SpeculationStats, reference_greedy, speculative_greedy
 from tests.fixtures_fused import GGUF_TYPES, write_tiny_gguf
 from tests.fixtures_model import write_model_manifest
@@ -224,11 +225,40 @@ def test_speculative_greedy_is_identical_to_plain_greedy_on_the_same_numeric_pat
     assert stats.steps > stats.drafted // 3  # some steps found no draft
 
 
+def test_speculative_greedy_with_the_repetition_guard_is_identical_to_plain_greedy(fused_models):
+    """The tiny random model loops at once: the penalty changes the output, the hard stop ends
+    loops (alone it fires; with the penalty there are fewer loops), and the verifier replays
+    every decision exactly."""
+    decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
+    changed = stopped = 0
+    stats = SpeculationStats()
+    for number, prompt in enumerate(_prompts()):
+        unguarded = list(reference_greedy(decoder, int(np.argmax(prefill(decoder, prompt))), 60))
+        settings = (0.8, 1.75, 2) if number % 2 else (0.0, 1.75, 2)
+        runs = []
+        for run in (reference_greedy, speculative_greedy):
+            guard = RepetitionGuard(*settings, loop_ngram=4, loop_repeats=3)
+            first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
+            if run is reference_greedy:
+                runs.append(list(run(decoder, first, 60, guard=guard)))
+                stopped += guard.stopped
+            else:
+                runs.append(list(run(decoder, prompt, first, 60, guard=guard, stats=stats)))
+        assert runs[0] == runs[1]
+        changed += runs[0] != unguarded
+    assert changed > 5
+    assert stopped > 0
+    assert stats.accepted > 20
+
+
 def test_generate_takes_the_speculative_path_and_stops_at_stop_tokens(fused_models):
     decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
     prompt = _prompts()[1]
-    expected = list(reference_greedy(decoder, int(np.argmax(prefill(decoder, prompt))), 30))
-    assert list(generate(decoder, prompt, GenerationConfig(max_new_tokens=30))) == expected
+    config = GenerationConfig(max_new_tokens=30)  # the default repetition guard is on
+    guard = RepetitionGuard.from_config(config)
+    expected = list(reference_greedy(decoder, int(np.argmax(guard.adjust(prefill(decoder, prompt)))), 30,
+                                     guard=guard))
+    assert list(generate(decoder, prompt, config)) == expected
     stop = expected[10]
     stopped = list(generate(decoder, prompt, GenerationConfig(max_new_tokens=30, stop_token_ids=frozenset({stop}))))
     assert stopped == expected[: expected.index(stop) + 1]

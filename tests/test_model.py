@@ -10,7 +10,7 @@ import pytest
 
 from bundler.errors import BuildError
 from bundler.model_source import default_model_path, resolve_model
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, BundleError
 from runtime.decoder import OptimumDecoder, load_decoder
 from runtime.generation import GenerationConfig, generate
 from runtime.tokenizer import ChatTokenizer
@@ -130,7 +130,7 @@ def test_unknown_graph_kind_is_refused(tiny_model_staging, tmp_path):
     manifest = json.loads((staging / "manifest.json").read_text())
     manifest["model"]["graph"] = "mystery"
     (staging / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="mystery"):
+    with pytest.raises(BundleError, match="mystery"):
         load_decoder(Bundle.open(staging))
 
 

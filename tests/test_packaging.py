@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from bundler.signing import generate_keypair, load_signer
 from runtime import cli
 from runtime.bundle import Bundle, BundleError, FileBundle
 from runtime.payload import ALIGNMENT, PYI_COOKIE, PYI_MAGIC, TRAILER, Trailer
-from targets import host_target, load_target, profile_names
+from targets import TargetError, host_target, load_target, profile_names
 from tests.fixtures_packaging import STUB_CACHE, expected_rows, make_staging
 
 
@@ -201,8 +202,16 @@ def test_every_profile_loads_with_its_runtime_version():
         assert profile.arch in ("x86_64", "aarch64") and profile.onnxruntime and profile.glibc_floor
 
 
+def test_target_profiles_import_nothing_from_the_builder():
+    done = subprocess.run([sys.executable, "-c", "import sys, targets; targets.load_target('raspberry-pi-5'); "
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'bundler'))"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_unknown_target_is_refused_with_the_choices():
-    with pytest.raises(BuildError, match="unknown target 'vax'.*raspberry-pi-5"):
+    with pytest.raises(TargetError, match="unknown target 'vax'.*raspberry-pi-5"):
         load_target("vax")
 
 

@@ -211,23 +211,77 @@ def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cach
 
 
 def test_index_is_plain_arrays_int8_vectors_and_json_lines(tmp_path, index_cache):
+    import numpy as np
+
     docs = write_docs(tmp_path / "docs", STATION)
     staging = tmp_path / "staging"
     build_index(docs, staging, index_cache)
     index_dir = staging / "index"
     names = sorted(p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file())
     assert names == ["bm25/doc_ids.npy", "bm25/indptr.npy", "bm25/vocab.json", "bm25/weights.npy", "chunk_offsets.npy",
-                     "chunks.jsonl", "dense/model.onnx", "dense/scorer.onnx", "dense/tokenizer.json", "index.json"]
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    scorer = onnx.load(str(index_dir / "dense/scorer.onnx"))
-    vectors = {t.name: numpy_helper.to_array(t) for t in scorer.graph.initializer}["vectors"]
+                     "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/tokenizer.json", "dense/vectors.npy",
+                     "index.json"]
+    vectors, scales = np.load(index_dir / "dense/vectors.npy"), np.load(index_dir / "dense/scales.npy")
     records = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
-    assert vectors.dtype == np.int8 and vectors.shape == (384, len(records)) and np.abs(vectors).max() <= 63
+    assert vectors.dtype == np.int8 and vectors.shape == (len(records), 384)
+    assert scales.dtype == np.float32 and scales.shape == (len(records),)
+    assert np.allclose(np.linalg.norm(vectors * scales[:, None], axis=1), 1.0, atol=0.01)  # unit vectors
     assert [r["id"] for r in records] == list(range(len(records)))
     assert [p.name for p in staging.iterdir()] == ["index"]  # no temp folder left
+    again = tmp_path / "again"
+    build_index(docs, again, index_cache)
+    for name in ("dense/vectors.npy", "dense/scales.npy", "index.json"):
+        assert (again / "index" / name).read_bytes() == (index_dir / name).read_bytes(), name
+
+
+def test_dense_scores_of_mapped_vectors_match_numpy_cosine(tmp_path):
+    import numpy as np
+
+    from runtime.dense_search import SCORE_BLOCK_ROWS, DenseSearch, quantize_vectors
+
+    rng = np.random.default_rng(3)
+    rows = 5 * SCORE_BLOCK_ROWS + 77  # several blocks per thread and a short last block
+    unit = rng.standard_normal((rows, 384)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    quantized, scales = quantize_vectors(unit)
+    np.save(tmp_path / "vectors.npy", quantized)
+    np.save(tmp_path / "scales.npy", scales)
+    mapped = np.load(tmp_path / "vectors.npy", mmap_mode="r")  # as a bundle maps its .npy entries
+    query = unit[123] * 0.6 + unit[2600] * 0.8
+    query /= np.linalg.norm(query)
+    expected = (quantized.astype(np.float64) * scales[:, None].astype(np.float64)) @ query.astype(np.float64)
+    for threads in (1, 2, 3):
+        scores = DenseSearch(None, mapped, np.load(tmp_path / "scales.npy", mmap_mode="r"), threads).score_vector(query)
+        assert scores.dtype == np.float32 and scores.shape == (rows,)
+        assert np.abs(scores - expected).max() < 1e-5
+    assert np.abs(scores - unit @ query).max() < 0.01  # int8 rounding against the float vectors
+    assert set(np.argsort(-scores)[:2]) == {123, 2600}
+
+
+def test_index_of_an_older_format_is_refused_with_a_clear_error(tmp_path, index_cache):
+    docs = write_docs(tmp_path / "docs", STATION)
+    staging = tmp_path / "staging"
+    result = build_index(docs, staging, index_cache)
+    settings_path = staging / "index" / "index.json"
+    settings = json.loads(settings_path.read_text())
+    del settings["format"]  # as format 1 wrote it, vectors inside an ONNX scorer graph
+    settings_path.write_text(json.dumps(settings))
+    with pytest.raises(RetrievalError, match="index format 1 is not supported.*rebuild"):
+        open_retriever(staging, result.info)
+
+
+def test_vectors_that_do_not_match_the_chunks_are_refused_naming_the_entry(tmp_path, index_cache):
+    import numpy as np
+
+    from runtime.errors import UserError
+
+    docs = write_docs(tmp_path / "docs", STATION)
+    staging = tmp_path / "staging"
+    result = build_index(docs, staging, index_cache)
+    vectors = staging / "index" / "dense" / "vectors.npy"
+    np.save(vectors, np.load(vectors)[:-1])
+    with pytest.raises(UserError, match=r"index/dense/vectors.npy: expected int8 \[4, dim\] vectors.*found int8 \[3, 384\]"):
+        open_retriever(staging, result.info)
 
 
 def test_runtime_retrieval_imports_no_builder_or_heavy_library():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from bundler.formats.blocks import Block, BlockWriter
+from bundler.formats.blocks import Block, BlockWriter, SkipFile
 from bundler.formats.text_decoding import decode_text, numbered_lines
 
 _BREAKS = {"PP", "LP", "P", "TP", "IP", "HP", "sp", "RS", "RE", "TQ", "EX", "EE", "nf", "fi", "br", "in"}
@@ -40,7 +40,12 @@ def _arguments(rest: str) -> list[str]:
 def parse_man(data: bytes, warn) -> list[Block]:
     writer = BlockWriter()
     pending_heading = 0  # .SH/.SS with the title on the next line
-    for number, offset, line in numbered_lines(decode_text(data, warn)):
+    lines = list(numbered_lines(decode_text(data, warn)))
+    requests = [line for _, _, line in lines if line.strip() and not line.startswith(('.\\"', "'\\\""))]
+    if len(requests) == 1 and requests[0].startswith(".so "):
+        # an alias page (`creat.2` holding `.so man2/open.2`): its text is the other page's
+        raise SkipFile(f"man page alias of {requests[0][4:].strip()} (.so)")
+    for number, offset, line in lines:
         end = offset + len(line)
         if line.startswith(('.\\"', "'\\\"", '.\\#')) or line in (".", "'"):
             continue

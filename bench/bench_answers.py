@@ -1,0 +1,257 @@
+"""Answer quality on our own question set: the same code path as `ask`, scored per configuration.
+
+    python bench/bench_answers.py [--bundle dist/python-docs] [--limit 40] [--configs today,default]
+
+Questions: bench/data/python_faq_qa.jsonl (Python FAQ headings turned into questions, short gold
+answers written by hand from the sections, plus questions the documents do not answer). Each
+question goes through runtime.assistant.Assistant.ask in this process, as `ask` runs it, and is
+scored:
+  gold cited   a cited passage (all given passages when the answer cites none) is from the gold
+               file and holds a gold answer                                    (answerable only)
+  contains     the answer contains a gold answer, SQuAD-normalised             (answerable only)
+  F1           best token F1 against the gold answers, SQuAD-normalised        (answerable only)
+  idk          the answer says it does not know: wanted for unanswerable questions; the share on
+               answerable ones is reported too (a guard that abstains too often shows there)
+  loops        a word 4-gram occurs 3 or more times in the answer
+  length       the answer ran into the token limit
+  ttft         seconds from the question to the first token (median)
+Without --bundle, uses dist/python-docs (build it with `python build.py`). Prints a table and writes
+JSON (settings, load average, per-question answers) to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import statistics
+import string
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runtime.assistant import Assistant  # noqa: E402
+from runtime.bundle import Bundle  # noqa: E402
+from runtime.generation import GenerationConfig  # noqa: E402
+from runtime.prompt import GroundingOptions  # noqa: E402
+
+DATA = ROOT / "bench" / "data" / "python_faq_qa.jsonl"
+DEFAULT_BUNDLE = ROOT / "dist" / "python-docs"
+DEFAULT_OUT = ROOT / "bench" / "results" / "answers.json"
+
+# What `ask` did before the repetition guard and grounding options existed.
+TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0}
+TODAY_GROUNDING = {"passages": 4, "trim_sentences": 0, "system_prompt": "cite", "answer_first": False,
+                   "stop_after_paragraph": False, "abstain_below": 0.0}
+
+# name -> (GenerationConfig changes, GroundingOptions changes); "default" is the current defaults.
+# Every other configuration is spelled out in full from today's, so the table stays meaningful
+# when the defaults move.
+CONFIGS: dict[str, tuple[dict, dict]] = {
+    "today": (TODAY_GENERATION, TODAY_GROUNDING),
+    "guard": ({}, TODAY_GROUNDING),
+    "guard-dry-only": ({"loop_ngram": 0}, TODAY_GROUNDING),
+    "p1": ({}, {**TODAY_GROUNDING, "passages": 1}),
+    "p2": ({}, {**TODAY_GROUNDING, "passages": 2}),
+    "p3": ({}, {**TODAY_GROUNDING, "passages": 3}),
+    "p2-trim3": ({}, {**TODAY_GROUNDING, "passages": 2, "trim_sentences": 3}),
+    "p2-trim5": ({}, {**TODAY_GROUNDING, "passages": 2, "trim_sentences": 5}),
+    "p2-brief": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief"}),
+    "p2-first": ({}, {**TODAY_GROUNDING, "passages": 2, "answer_first": True}),
+    "p2-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "stop_after_paragraph": True}),
+    "p2-abstain": ({}, {**TODAY_GROUNDING, "passages": 2, "abstain_below": 0.5}),
+    "p2-brief-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "stop_after_paragraph": True}),
+    "p2-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "answer_first": True,
+                                 "stop_after_paragraph": True}),
+    "p1-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief", "answer_first": True,
+                                 "stop_after_paragraph": True}),
+    "default": ({}, {}),
+}
+
+IDK = re.compile(r"\b(i (do not|don't|dont) know|(do|does) not (contain|mention|say|provide|include)"
+                 r"|(is|are) not (mentioned|provided|given|included)|no (information|mention))\b", re.I)
+
+
+def normalise(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalise(prediction).split(), normalise(gold).split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def contains_gold(text: str, golds: list[str]) -> bool:
+    padded = f" {normalise(text)} "
+    return any(f" {normalise(g)} " in padded for g in golds if normalise(g))
+
+
+def loops(text: str, n: int = 4, times: int = 3) -> bool:
+    words = normalise(text).split()
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return any(count >= times for count in grams.values())
+
+
+def cites_gold(answer, item: dict) -> bool:
+    return any(hit.chunk.source.path == item["doc"] and contains_gold(hit.chunk.text, item["answers"])
+               for hit in answer.cited)
+
+
+def load_questions(path: Path, limit: int | None) -> list[dict]:
+    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if limit and limit < len(items):
+        # evenly spaced, so a quick look still mixes files and unanswerable questions
+        step = len(items) / limit
+        items = [items[int(i * step)] for i in range(limit)]
+    return items
+
+
+def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: int) -> dict:
+    generation_changes, grounding_changes = CONFIGS[name]
+    config = GenerationConfig(**{"max_new_tokens": max_tokens, **generation_changes})
+    grounding = GroundingOptions(**grounding_changes)
+    rows = []
+    for number, item in enumerate(items, 1):
+        answer = assistant.ask(item["question"], config=config, grounding=grounding).finish()
+        print(f"{name} {number}/{len(items)}: {answer.stats.new_tokens} tokens, {answer.stats.total_s:.1f} s",
+              file=sys.stderr, flush=True)
+        text = answer.text.strip()
+        row = {"question": item["question"], "answerable": item["answerable"], "answer": text,
+               "idk": bool(IDK.search(text)), "loop": loops(text), "length": answer.stats.finish_reason == "length",
+               "ttft": answer.stats.first_token_s, "total_s": answer.stats.total_s,
+               "new_tokens": answer.stats.new_tokens, "loop_stopped": answer.stats.loop_stopped}
+        if item["answerable"]:
+            row.update(gold_cited=cites_gold(answer, item), contains=contains_gold(text, item["answers"]),
+                       f1=max(token_f1(text, g) for g in item["answers"]))
+        rows.append(row)
+    return {"generation": dataclasses.asdict(config) | {"stop_token_ids": []},
+            "grounding": dataclasses.asdict(grounding), "summary": summarise(rows), "answers": rows}
+
+
+def summarise(rows: list[dict]) -> dict:
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+
+    def share(subset, key):
+        return sum(r[key] for r in subset) / len(subset) if subset else float("nan")
+
+    return {
+        "questions": len(rows),
+        "gold_cited": share(answerable, "gold_cited"),
+        "contains": share(answerable, "contains"),
+        "f1": statistics.fmean(r["f1"] for r in answerable) if answerable else float("nan"),
+        "idk_unanswerable": share(unanswerable, "idk"),
+        "idk_answerable": share(answerable, "idk"),
+        "loops": share(rows, "loop"),
+        "length": share(rows, "length"),
+        "ttft_p50": statistics.median(r["ttft"] for r in rows),
+        "new_tokens_mean": statistics.fmean(r["new_tokens"] for r in rows),
+        "seconds": sum(r["total_s"] for r in rows),
+    }
+
+
+COLUMNS = [("gold_cited", "gold cited", "{:.3f}"), ("contains", "contains", "{:.3f}"), ("f1", "F1", "{:.3f}"),
+           ("idk_unanswerable", "idk unans.", "{:.3f}"), ("idk_answerable", "idk ans.", "{:.3f}"),
+           ("loops", "loops", "{:.3f}"), ("length", "length", "{:.3f}"), ("ttft_p50", "ttft s", "{:.2f}"),
+           ("new_tokens_mean", "tokens", "{:.0f}")]
+
+
+def table(results: dict) -> str:
+    lines = ["| config | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for name, result in results.items():
+        s = result["summary"]
+        cells = " | ".join(fmt.format(s[key]) for key, _, fmt in COLUMNS)
+        lines.append(f"| {name} | {s['questions']} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle executable or staging folder")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--limit", type=int, default=None, help="score this many questions, evenly spaced")
+    parser.add_argument("--shard", default="1/1", metavar="I/N",
+                        help="score only every N-th of the chosen questions, starting at the I-th (to spread a "
+                             "run over processes; merge the JSON files' answers)")
+    parser.add_argument("--configs", default="today,default", help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="instead of running, merge the answers of earlier runs' JSON files (shards, or "
+                             "runs of different configurations) into one table and --out")
+    args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    if not args.bundle.exists():
+        parser.error(f"{args.bundle}: no such bundle (build it with `python build.py`)")
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    items = load_questions(args.data, args.limit)[shard - 1::shards]
+    assistant = Assistant.from_bundle(Bundle.open(args.bundle), threads=args.threads)
+    started, loads = time.time(), [os.getloadavg()[0]]
+    results = {}
+    for name in names:
+        results[name] = run_config(assistant, name, items, args.max_tokens)
+        loads.append(os.getloadavg()[0])
+        print(table({name: results[name]}).splitlines()[-1], file=sys.stderr, flush=True)
+    record = {
+        "bench": "answers", "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_average": {"start": loads[0], "max": max(loads), "end": loads[-1]}},
+        "settings": {"bundle": str(args.bundle), "data": str(args.data), "limit": args.limit, "shard": args.shard,
+                     "threads": args.threads, "max_tokens": args.max_tokens},
+        "configs": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    part = args.out.with_name(args.out.name + ".part")
+    part.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(part, args.out)
+    print(table(results))
+    print(f"load average {loads[0]:.2f} at the start, {max(loads):.2f} at most; JSON: {args.out}", file=sys.stderr)
+    return 0
+
+
+def merge(paths: list[Path], out: Path) -> int:
+    records = [json.loads(path.read_text()) for path in paths]
+    configs: dict = {}
+    for record in records:
+        for name, result in record["configs"].items():
+            merged = configs.setdefault(name, {**result, "answers": []})
+            merged["answers"] = merged["answers"] + result["answers"]
+    for result in configs.values():
+        result["summary"] = summarise(result["answers"])
+    loads = [r["machine"]["load_average"] for r in records]
+    record = {"bench": "answers", "merged_from": [str(p) for p in paths],
+              "machine": {**records[0]["machine"], "load_average": {
+                  "start": min(l["start"] for l in loads), "max": max(l["max"] for l in loads),
+                  "end": max(l["end"] for l in loads)}},
+              "settings": records[0]["settings"], "configs": configs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    part.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(part, out)
+    print(table(configs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Repetition guard for generated answers: the DRY penalty and a hard stop on a looping n-gram.
+
+DRY ("don't repeat yourself", as llama.cpp implements it): a token that would extend a
+sequence which already occurred earlier in the answer gets its logit lowered by
+`multiplier * base ** (length - allowed_length)`, where `length` is how many tokens of that
+earlier sequence the answer's end already repeats (only when `length >= allowed_length`).
+Short repeats ("of the", a citation like "[1]") cost nothing; a sentence said a second time
+gets costlier with every token. Only the answer is scanned, not the prompt: quoting the
+sources is what a grounded answer should do.
+
+The hard stop ends the answer before a token that would make one n-gram of `loop_ngram`
+tokens occur `loop_repeats` times, so no stopped answer ever holds that many copies.
+
+Every decision depends only on the tokens admitted so far, so the speculative verifier can
+replay it row by row and stay identical to step-by-step decoding.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+# Penalties grow exponentially with the repeated length; past this exponent the logit is gone
+# anyway, and a larger one would overflow a float on long loops.
+MAX_PENALTY_EXPONENT = 40
+
+
+def z_array(values: Sequence[int]) -> list[int]:
+    """z[i] = length of the longest common prefix of `values` and `values[i:]` (z[0] = len)."""
+    n = len(values)
+    z = [0] * n
+    if n:
+        z[0] = n
+    left = right = 0
+    for i in range(1, n):
+        length = min(right - i, z[i - left]) if i < right else 0
+        while i + length < n and values[length] == values[i + length]:
+            length += 1
+        z[i] = length
+        if i + length > right:
+            left, right = i, i + length
+    return z
+
+
+def dry_penalties(history: Sequence[int], multiplier: float, base: float, allowed_length: int) -> dict[int, float]:
+    """token id -> amount to subtract from its logit after `history` (the answer so far)."""
+    n = len(history)
+    if multiplier <= 0.0 or n < 2:
+        return {}
+    # On the reversed answer, z[i] is how far the text ending at position n-1-i matches the
+    # text ending at the answer's end; the token after that earlier occurrence would extend it.
+    z = z_array(list(reversed(history)))
+    penalties: dict[int, float] = {}
+    for i in range(1, n):
+        length = z[i]
+        if length >= allowed_length:
+            token = history[n - i]
+            penalty = multiplier * base ** min(length - allowed_length, MAX_PENALTY_EXPONENT)
+            if penalty > penalties.get(token, 0.0):
+                penalties[token] = penalty
+    return penalties
+
+
+def apply_penalties(logits: np.ndarray, penalties: dict[int, float]) -> np.ndarray:
+    if not penalties:
+        return logits
+    logits = logits.copy()
+    tokens = np.fromiter(penalties.keys(), dtype=np.int64, count=len(penalties))
+    logits[tokens] -= np.fromiter(penalties.values(), dtype=logits.dtype, count=len(penalties))
+    return logits
+
+
+class RepetitionGuard:
+    """The answer's tokens so far, with the penalty and stop decisions over them.
+
+    `adjust` gives the logits to choose from; `admit` records a chosen token, or refuses it
+    (and sets `stopped`) when it would complete a loop.
+    """
+
+    def __init__(self, multiplier: float = 0.0, base: float = 1.75, allowed_length: int = 2,
+                 loop_ngram: int = 0, loop_repeats: int = 0):
+        self.multiplier = multiplier
+        self.base = base
+        self.allowed_length = allowed_length
+        self.loop_ngram = loop_ngram
+        self.loop_repeats = loop_repeats
+        self.tokens: list[int] = []
+        self.stopped = False
+        self._ngrams: Counter = Counter()
+
+    @classmethod
+    def from_config(cls, config) -> "RepetitionGuard":
+        return cls(config.dry_multiplier, config.dry_base, config.dry_allowed_length,
+                   config.loop_ngram, config.loop_repeats)
+
+    @property
+    def active(self) -> bool:
+        return self.multiplier > 0.0 or self._stops_loops
+
+    @property
+    def _stops_loops(self) -> bool:
+        return self.loop_ngram > 0 and self.loop_repeats > 1
+
+    def adjust(self, logits: np.ndarray, pending: Sequence[int] = ()) -> np.ndarray:
+        """`logits` penalised for the answer so far followed by `pending` (not yet admitted)."""
+        if self.multiplier <= 0.0:
+            return logits
+        history = self.tokens + [int(t) for t in pending] if pending else self.tokens
+        return apply_penalties(logits, dry_penalties(history, self.multiplier, self.base, self.allowed_length))
+
+    def admit(self, token: int) -> bool:
+        """Record `token` as the answer's next one; False (and nothing recorded) if it would loop."""
+        token = int(token)
+        if self._stops_loops and len(self.tokens) >= self.loop_ngram - 1:
+            gram = tuple(self.tokens[len(self.tokens) - self.loop_ngram + 1:]) + (token,)
+            if self._ngrams[gram] + 1 >= self.loop_repeats:
+                self.stopped = True
+                return False
+            self._ngrams[gram] += 1
+        self.tokens.append(token)
+        return True

@@ -1,0 +1,81 @@
+"""Repetition guard: the DRY penalty on hand-made answers, the hard stop on a looping n-gram."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.repetition import RepetitionGuard, dry_penalties, z_array
+
+
+def _penalised(history, multiplier=0.8, base=1.75, allowed_length=2, vocab=12) -> np.ndarray:
+    guard = RepetitionGuard(multiplier, base, allowed_length)
+    for token in history:
+        assert guard.admit(token)
+    return guard.adjust(np.zeros(vocab, dtype=np.float32))
+
+
+def test_z_array_gives_common_prefix_lengths():
+    assert z_array([1, 2, 1, 2, 3, 1, 2]) == [7, 0, 2, 0, 0, 2, 0]
+    assert z_array([]) == []
+
+
+def test_token_that_would_repeat_a_two_token_sequence_gets_the_base_penalty():
+    # "1 2" occurred before, followed by 3: saying 3 now would extend a repeat of length 2.
+    expected = np.zeros(12, dtype=np.float32)
+    expected[3] = -0.8
+    np.testing.assert_array_equal(_penalised([1, 2, 3, 9, 1, 2]), expected)
+
+
+def test_penalty_grows_by_the_base_with_each_repeated_token():
+    expected = np.zeros(12, dtype=np.float32)
+    expected[8] = -0.8 * 1.75  # "5 6 7 8 4" then "5 6 7": a repeat of length 3
+    np.testing.assert_allclose(_penalised([5, 6, 7, 8, 4, 5, 6, 7]), expected, rtol=1e-6)
+    expected[8] = -0.8 * 1.75 ** 2  # "4 5 6 7 8" then "4 5 6 7": length 4
+    np.testing.assert_allclose(_penalised([4, 5, 6, 7, 8, 4, 5, 6, 7]), expected, rtol=1e-6)
+
+
+def test_repeats_shorter_than_the_allowed_length_are_free():
+    np.testing.assert_array_equal(_penalised([5, 6, 4, 5]), np.zeros(12, dtype=np.float32))
+    np.testing.assert_array_equal(_penalised([1, 2, 3, 9, 1, 2], allowed_length=3), np.zeros(12, dtype=np.float32))
+
+
+def test_each_token_takes_the_penalty_of_its_longest_repeat():
+    # 7 follows "1 2" (length 2) and "3 1 2" (length 3): the longer one counts.
+    assert dry_penalties([3, 1, 2, 7, 1, 2, 9, 3, 1, 2], 1.0, 2.0, 2) == {7: 2.0, 9: 1.0}
+
+
+def test_pending_draft_tokens_count_as_part_of_the_answer():
+    guard = RepetitionGuard(0.8, 1.75, 2)
+    for token in [1, 2, 3, 9, 1]:
+        guard.admit(token)
+    expected = np.zeros(12, dtype=np.float32)
+    expected[3] = -0.8
+    np.testing.assert_array_equal(guard.adjust(np.zeros(12, dtype=np.float32), pending=[2]), expected)
+    assert guard.tokens == [1, 2, 3, 9, 1]
+
+
+def test_a_zero_multiplier_leaves_logits_untouched():
+    logits = np.arange(12, dtype=np.float32)
+    guard = RepetitionGuard(0.0)
+    for token in [1, 2, 1, 2, 1, 2]:
+        guard.admit(token)
+    assert guard.adjust(logits) is logits
+
+
+def test_a_long_loop_does_not_overflow_the_penalty():
+    penalties = dry_penalties([4, 5] * 600, 0.8, 1.75, 2)
+    assert set(penalties) == {4} and np.isfinite(penalties[4])
+
+
+def test_hard_stop_refuses_the_token_that_completes_the_third_copy_of_an_ngram():
+    guard = RepetitionGuard(loop_ngram=2, loop_repeats=3)
+    assert all(guard.admit(t) for t in [1, 2, 7, 1, 2, 7, 1])
+    assert not guard.stopped
+    assert not guard.admit(2)
+    assert guard.stopped
+    assert guard.tokens == [1, 2, 7, 1, 2, 7, 1]
+
+
+def test_hard_stop_is_off_when_the_ngram_is_zero():
+    guard = RepetitionGuard(loop_ngram=0, loop_repeats=3)
+    assert all(guard.admit(t) for t in [1, 2] * 10)
+    assert not guard.active

@@ -115,7 +115,7 @@ def test_serve_idle_for_20_s_then_busy_connects_only_to_loopback_and_writes_noth
 
 PRIVATE_FILES = (".env.md", ".ssh/notes.txt", "manuals/server.key")
 SECRET = "hunter2-private"
-HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[2J.png"
+HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[2J.txt"
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
     for name in PRIVATE_FILES:
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
         (docs / name).write_text(f"{SECRET} in {name}\n")
-    (docs / HOSTILE_NAME).write_bytes(b"\x89PNG")
+    (docs / HOSTILE_NAME).write_bytes(b"Caf\xe9 opening hours: nine to five.\n")  # Latin-1: a warning naming it
     cache, out = root / "named" / "cache", root / "named" / "out"
     embedder = REPO_ROOT / ".cache" / "build" / "index" / "embedder"
     if embedder.is_dir():  # exporting the embedder again would only cost time
@@ -152,7 +152,7 @@ def test_build_py_says_in_one_line_how_many_hidden_and_key_files_it_left_out(off
 @OFFLINE_PROOF
 def test_build_py_prints_a_file_name_with_escape_sequences_visibly(offline_build):
     trace, _, _ = offline_build
-    assert "\\x1b]0;pwned\\x07\\x1b[2J.png: unsupported file type" in trace.stdout
+    assert "warning: \\x1b]0;pwned\\x07\\x1b[2J.txt: not valid UTF-8" in trace.stdout
     assert "\x1b" not in trace.stdout and "\x07" not in trace.stdout
 
 

@@ -398,10 +398,10 @@ def test_include_hidden_indexes_hidden_files_key_files_and_every_symlink(tmp_pat
     result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",), include_hidden=True)
     assert result.left_out == []
     text = _indexed_text(tmp_path / "staging")
-    # the parsable ones are read; a key file without a document suffix is still no document
-    for word in ("hunter2-ssh-notes", "hunter2-git", "hunter2-outside", "hunter2-rsa", "hunter2-env"):
+    # text files, with or without a suffix, are read; .pem and .key are no document format
+    for word in ("hunter2-env", "hunter2-rsa", "hunter2-ssh-notes", "hunter2-git", "hunter2-ed25519", "hunter2-outside"):
         assert word in text
-    assert {s.path: s.reason for s in result.skipped}[".env"] == "unsupported file type"
+    assert {s.path for s in result.skipped} == {"certs/client.key", "certs/server.pem"}
 
 
 def test_hidden_files_unsupported_types_outside_symlinks_and_oversized_files(tmp_path, index_cache):

@@ -725,7 +725,7 @@ def test_builds_killed_at_random_points_leave_no_half_executable_and_the_next_bu
     # killed while replacing an existing executable: the old one stays whole
     killed_build(rng.uniform(2.0, 8.0))
     Bundle.open(dest).verify()
-    assert {p.name for p in dest.parent.iterdir() if not p.name.endswith(".part")} == {"station"}
+    assert {p.name for p in dest.parent.iterdir() if not p.name.endswith(".part")} == {"station", "station.build-report.json"}
 
 
 # -- 7. licences and SBOM -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from bundler.graph_kinds import GRAPH_KINDS, GRAPHS, QUANTIZATIONS
 from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, BuildConfig, build
 from runtime.errors import EXIT_USER_ERROR, UserError
+from runtime.terminal_text import visible
 
 
 EPILOG = """examples:
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="where exported models, index parts and runtime stubs are kept between builds")
     parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
+    parser.add_argument("--include-hidden", action="store_true",
+                        help="also index hidden files and folders (.env, .git/, .ssh/), key files (id_rsa, *.pem, "
+                             "*.key) and symlinks to them or out of the documents folder (default: left out)")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="ed25519 secret key file: sign the bundle (check with `BUNDLE verify --pubkey KEY.pub`)")
     parser.add_argument("--require-signature", action="store_true",
@@ -136,22 +140,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             public = generate_keypair(args.new_sign_key)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {visible(str(exc))}", file=sys.stderr)
             return EXIT_USER_ERROR
         print(f"wrote secret key {args.new_sign_key} (keep it private) and public key {public}")
         return 0
     config = BuildConfig(model=args.model, docs=args.docs, output=args.output, quantization=args.quantization,
                          graph=args.graph, quality_text=args.quality_text, max_ppl_ratio=args.max_ppl_ratio,
                          target=args.target, cache_dir=args.cache_dir, strict=args.strict,
-                         sign_key=args.sign_key, require_signature=args.require_signature,
-                         runtime_stub=args.runtime_stub, context=args.ctx)
+                         include_hidden=args.include_hidden, sign_key=args.sign_key,
+                         require_signature=args.require_signature, runtime_stub=args.runtime_stub, context=args.ctx)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
     started = time.perf_counter()
     try:
         result = build(config, progress=bars)
     except UserError as exc:
         bars.close()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     bars.close()
     seconds = time.perf_counter() - started
@@ -164,15 +168,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "weights": result.manifest.model.weights,
             "documents": result.manifest.index.documents, "chunks": result.manifest.index.chunks,
             "skipped": result.skipped, "warnings": result.warnings, "report": str(result.report),
+            "left_out": len(result.left_out),
         }, indent=1))
     else:
         for line in result.warnings:
-            print(f"warning: {line}", file=sys.stderr)
+            print(f"warning: {visible(line)}", file=sys.stderr)
         if result.skip_summary:
-            print(f"warning: {result.skip_summary}", file=sys.stderr)
-        shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
+            print(f"warning: {visible(result.skip_summary)}", file=sys.stderr)
+        if result.left_out:
+            print(f"left out {len(result.left_out)} hidden or key file(s) and folder(s) (--include-hidden indexes them)",
+                  file=sys.stderr)
+        shown = visible(os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe))
         print(f"built {shown} ({exe.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
-              f"{result.manifest.model.name} {result.manifest.model.quantization}, "
+              f"{visible(result.manifest.model.name)} {result.manifest.model.quantization}, "
               f"{result.manifest.index.documents} documents, {result.manifest.index.chunks} passages")
         if result.manifest.model.weights:
             print(f"weights: {result.manifest.model.weights}")

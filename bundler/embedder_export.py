@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from bundler.cache_record import record_matches, write_record
+from bundler.fs import replace_folder
 from bundler.errors import BuildError
+from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from bundler.silence import known_noise_silenced
 
@@ -63,7 +65,7 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     source = source_folder()
     key = embedder_key(source)
     embedder = Embedder(cache_dir / "embedder" / key, key)
-    if embedder.model.is_file() and embedder.tokenizer.is_file():
+    if record_matches(embedder.folder, key):
         return embedder
     progress("export embedder", 0, 2)
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -71,7 +73,7 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     from tokenizers import Tokenizer
 
     embedder.folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=embedder.folder.parent))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{key}"), dir=embedder.folder.parent))
     try:
         with known_noise_silenced():
             main_export(
@@ -91,7 +93,8 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
         tokenizer.enable_truncation(MAX_LENGTH)
         tokenizer.no_padding()
         (final / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
-        os.replace(final, embedder.folder)
+        write_record(final, key)
+        replace_folder(final, embedder.folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress("export embedder", 2, 2)

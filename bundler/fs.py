@@ -2,7 +2,8 @@
 
 Everything the builder writes for others to read (executables, caches, reports) goes through a
 temporary name in the destination's own folder and one `os.replace`, so a build killed at any
-moment leaves either the old artefact or the new one, never half of one.
+moment leaves either the old artefact or the new one, never half of one; the temporary names come
+from bundler/leftovers.py, so the next build removes what a killed one left.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from bundler.leftovers import temp_prefix
 
 
 def sha256_file(path: str | Path) -> str:
@@ -29,7 +32,8 @@ def atomic_file(dest: str | Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     without an error; on an error nothing is left behind."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False)
+    handle = tempfile.NamedTemporaryFile(prefix=temp_prefix(f".{dest.name}"), suffix=".part", dir=dest.parent,
+                                         delete=False)
     try:
         with handle:
             yield handle
@@ -54,7 +58,7 @@ def atomic_folder(dest: str | Path) -> Iterator[Path]:
     error; on an error it is removed and `dest` is left as it was."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{dest.name}"), suffix=".part", dir=dest.parent))
     try:
         yield work
         replace_folder(work, dest)
@@ -67,7 +71,7 @@ def replace_folder(new: Path, dest: Path) -> None:
     """Put folder `new` in the place of `dest`: the old one is moved aside first, so `dest` is never
     missing a part."""
     if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        old = dest.with_name(temp_prefix(f".{dest.name}") + "old")
         os.replace(dest, old)
         os.replace(new, dest)
         shutil.rmtree(old, ignore_errors=True)

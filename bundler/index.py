@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from bundler.code_digest import code_digest
 from bundler.embedder_export import export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
@@ -27,6 +28,7 @@ from bundler.fs import replace_folder, write_atomic
 from bundler.index_bm25 import Bm25Config, build_bm25
 from bundler.isolated_parse import ParseLimitExceeded, ParseLimits, run_isolated
 from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
+from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from runtime import index_files
 from runtime.dense_search import SentenceEncoder, quantize_vectors
@@ -34,6 +36,9 @@ from runtime.manifest import IndexInfo
 from runtime.retrieval import Chunk, SourceSpan
 from runtime.text_terms import ANALYZER
 
+# The code that turns a file into chunks: a document's cache entry names its hash and is made again
+# when it changes (the hash is part of the entry's key, and checked with the entry's own sha256).
+PARSE_MAKERS = ("bundler.ingest", "bundler.chunking", "bundler.formats")
 # Weight of the dense z-score in hybrid fusion (0.6-0.7 best on Cranfield and a second collection: docs/MEASUREMENTS.md#dense-weight).
 DENSE_WEIGHT = 0.65
 _EMBED_BATCH = 32
@@ -44,6 +49,7 @@ class IndexResult:
     info: IndexInfo
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)   # "path: message", for the CLI to print
+    left_out: list[str] = field(default_factory=list)   # hidden and key files, links to them (not indexed)
     parsed: int = 0            # documents parsed in this build (the rest came from the cache)
     embedded: int = 0          # documents whose chunks were embedded in this build
     chunks_embedded: int = 0
@@ -73,17 +79,19 @@ def build_index(
     chunking: ChunkingConfig = ChunkingConfig(),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     limits: ParseLimits = ParseLimits(),
+    include_hidden: bool = False,
 ) -> IndexResult:
     """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
-    previous index only once the new one is complete."""
+    previous index only once the new one is complete. Hidden and key files are left out unless
+    `include_hidden` (see `find_documents`)."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
         raise BuildError(None, f"index modes must be among bm25, dense (got {', '.join(modes) or 'none'})")
     modes = tuple(m for m in ("bm25", "dense") if m in modes)
-    sources, skipped = find_documents(docs_dir, max_file_bytes)
-    result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=skipped)
-    documents = _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result)
+    scan = find_documents(docs_dir, max_file_bytes, include_hidden)
+    result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=scan.skipped, left_out=scan.left_out)
+    documents = _load_documents(scan.found, cache_dir, chunking, max_file_bytes, limits, progress, result)
     if strict and result.skipped:
         first = result.skipped[0]
         raise BuildError(docs_dir / first.path, f"{first.reason} (--strict: {len(result.skipped)} file(s) skipped)")
@@ -95,7 +103,7 @@ def build_index(
         raise BuildError(docs_dir, f"no usable documents ({len(result.skipped)} file(s) skipped)")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".index-", dir=out_dir))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(".index"), dir=out_dir))
     try:
         settings = {
             "format": index_files.FORMAT,
@@ -145,7 +153,8 @@ def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max
     """Everything that shapes a document's chunks: its bytes, how they are parsed and cut."""
     digest = hashlib.sha256()
     recipe = {"parser": PARSER_VERSION, "format": source.format, "gz": source.relative.lower().endswith(".gz"),
-              "chunking": dataclasses.asdict(chunking), "max_file_bytes": max_file_bytes}
+              "chunking": dataclasses.asdict(chunking), "max_file_bytes": max_file_bytes,
+              "code": code_digest(*PARSE_MAKERS)}
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     digest.update(data)
     return digest.hexdigest()
@@ -158,9 +167,8 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
         raw = source.path.read_bytes()
         key = _document_key(source, raw, chunking, max_file_bytes)
         cached = cache_dir / "documents" / key[:2] / f"{key}.json"
-        if cached.is_file():
-            entry = json.loads(cached.read_text(encoding="utf-8"))
-        else:
+        entry = _read_entry(cached)
+        if entry is None:
             try:
                 entry = run_isolated(_parse, (source, chunking, max_file_bytes), limits)
             except ParseLimitExceeded as exc:
@@ -168,7 +176,8 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
                 result.skipped.append(SkippedFile(source.relative, str(exc), "parse limit"))
                 continue
             result.parsed += 1
-            write_atomic(cached, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+            record = {"code": code_digest(*PARSE_MAKERS), "sha256": _entry_sha256(entry), "entry": entry}
+            write_atomic(cached, json.dumps(record, ensure_ascii=False).encode("utf-8"))
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
         if "skip" in entry:
             result.skipped.append(SkippedFile(source.relative, entry["skip"], entry["kind"]))
@@ -178,6 +187,33 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
     progress("parse documents", len(sources), len(sources))
     result.skipped.sort(key=lambda s: s.path)
     return documents
+
+
+def _entry_sha256(entry: dict) -> str:
+    return hashlib.sha256(json.dumps(entry, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _read_entry(path: Path) -> dict | None:
+    """A cached document entry; None when there is none, or it names other code or fails its sha256."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record["code"] == code_digest(*PARSE_MAKERS) and record["sha256"] == _entry_sha256(record["entry"]):
+            return record["entry"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _read_vectors(folder: Path, key: str, embedder_key: str) -> np.ndarray | None:
+    """A document's cached embeddings; None when there are none, or they fail the sha256 beside them."""
+    try:
+        record = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
+        data = (folder / f"{key}.npy").read_bytes()
+        if record["code"] == embedder_key and record["sha256"] == hashlib.sha256(data).hexdigest():
+            return np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _parse(source: SourceFile, chunking: ChunkingConfig, max_file_bytes: int) -> dict:
@@ -236,16 +272,17 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
     for index, doc in enumerate(documents):
         spans.append((start, start + len(doc.drafts)))
         start += len(doc.drafts)
-        cached = folder / f"{doc.key}.npy"
-        if cached.is_file():
-            vectors.append(np.load(cached, allow_pickle=False))
-        else:
-            vectors.append(None)
+        cached = _read_vectors(folder, doc.key, embedder.key)
+        vectors.append(cached)
+        if cached is None:
             pending.append(index)
     embedded = _embed(encoder, [texts[slice(*spans[d])] for d in pending], progress)
     for d, doc_vectors in zip(pending, embedded):
         vectors[d] = np.stack(doc_vectors).astype(np.float32)
-        write_atomic(folder / f"{documents[d].key}.npy", _npy_bytes(vectors[d]))
+        data = _npy_bytes(vectors[d])
+        write_atomic(folder / f"{documents[d].key}.npy", data)
+        record = {"code": embedder.key, "sha256": hashlib.sha256(data).hexdigest()}
+        write_atomic(folder / f"{documents[d].key}.json", json.dumps(record).encode())
     result.embedded = len(pending)
     result.chunks_embedded = sum(len(group) for group in embedded)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from bundler.formats import FORMATS, Block, SkipFile
 from bundler.formats.detect import HEAD_BYTES, detect_format, needs_head, unsupported_kind
 
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+# Key material by name: SSH keys, PEM and PKCS#12 containers, Java keystores, PuTTY keys.
+KEY_FILE = re.compile(r"^id_(rsa|dsa|ecdsa|ed25519)(_sk)?(\.pub)?$|\.(pem|key|p12|pfx|jks|keystore|ppk)$", re.IGNORECASE)
 
 
 @dataclass
@@ -36,12 +39,29 @@ class ParsedDocument:
     warnings: list[str] = field(default_factory=list)
 
 
-def find_documents(docs_dir: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[SourceFile], list[SkippedFile]]:
-    """Supported files under docs_dir in path order, and the files passed over with reasons.
+@dataclass
+class DocumentScan:
+    found: list[SourceFile]
+    skipped: list[SkippedFile]
+    left_out: list[str]  # private entries not looked at (relative; folders end in "/")
 
-    Hidden files and folders are passed over silently (version control, editor state);
-    symlinks are followed only when they stay inside the folder. A file's format comes from its
-    suffix, or for man sections like `.3type` and extensionless text from its first bytes.
+
+
+def is_private(name: str) -> bool:
+    """Hidden files and folders (.env, .git, .ssh) and key files: what a documents folder may hold
+    but must not carry into a bundle."""
+    return name.startswith(".") or KEY_FILE.search(name) is not None
+
+
+def find_documents(docs_dir: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                   include_hidden: bool = False) -> DocumentScan:
+    """Supported files under docs_dir in path order, the files passed over with reasons, and the
+    private entries left out.
+
+    Unless `include_hidden`: hidden files and folders, key files, and symlinks to any of them are
+    left out unread, and symlinks are followed only when they stay inside the folder. A file's
+    format comes from its suffix, or for man sections like `.3type` and extensionless text from its
+    first bytes.
     """
     if not docs_dir.exists():
         raise BuildError(docs_dir, "documents folder does not exist")
@@ -50,20 +70,29 @@ def find_documents(docs_dir: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES)
     root = docs_dir.resolve()
     found: list[SourceFile] = []
     skipped: list[SkippedFile] = []
+    left_out: list[str] = []
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        subfolders.sort()
+        if not include_hidden:
+            left_out += [(Path(folder) / d).relative_to(root).as_posix() + "/" for d in subfolders if is_private(d)]
+            subfolders[:] = [d for d in subfolders if not is_private(d)]
         for name in sorted(files):
-            if name.startswith("."):
-                continue
             path = Path(folder) / name
             relative = path.relative_to(root).as_posix()
+            if not include_hidden and is_private(name):
+                left_out.append(relative)
+                continue
             try:
                 target = path.resolve()
             except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a symlink loop
                 skipped.append(SkippedFile(relative, "symlink loop", "symlink"))
                 continue
-            if root not in target.parents:
-                skipped.append(SkippedFile(relative, "symlink to a file outside the documents folder", "symlink"))
+            inside = root in target.parents
+            if not inside and not include_hidden:
+                skipped.append(SkippedFile(relative, "symlink to a file outside the documents folder "
+                                                     "(--include-hidden follows it)", "symlink"))
+            elif inside and not include_hidden and any(is_private(p) for p in target.relative_to(root).parts):
+                left_out.append(relative)
             elif not target.is_file():
                 skipped.append(SkippedFile(relative, "not a regular file", "not a regular file"))
             elif target.stat().st_size > max_file_bytes:
@@ -81,7 +110,7 @@ def find_documents(docs_dir: Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES)
                 else:
                     found.append(SourceFile(target, relative, format_name))
     found.sort(key=lambda f: f.relative)
-    return found, skipped
+    return DocumentScan(found, skipped, sorted(left_out))
 
 
 def _read_head(path: Path, name: str) -> bytes:

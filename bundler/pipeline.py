@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,10 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from bundler import __version__
+from bundler.cache_record import record_matches, write_record
 from bundler.code_digest import code_digest
 from bundler.errors import BuildError
+from bundler.fs import replace_folder
 from bundler.graph_kinds import GraphKind, choose
+from bundler.leftovers import remove_build_leftovers, temp_prefix
 from bundler.progress import ProgressCallback, no_progress
+from bundler.scratch import scratch_folder
 from runtime.bundle import MANIFEST_NAME
 from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo, from_plain
 
@@ -48,6 +51,7 @@ class BuildConfig:
     target: str = "host"
     cache_dir: Path = DEFAULT_CACHE
     strict: bool = False
+    include_hidden: bool = False           # index hidden and key files, and symlinks to them or out of docs
     sign_key: Optional[Path] = None        # ed25519 secret key file: sign the manifest
     require_signature: bool = False        # pin sign_key's public key: the executable starts only while signed by it
     runtime_stub: Optional[Path] = None    # a stub built elsewhere (e.g. natively on Windows) instead of the cache
@@ -67,6 +71,7 @@ class BuildResult:
     model_cached: bool = False
     report: Optional[Path] = None        # the build report beside the executable
     skip_summary: str = ""               # one line for the CLI; "" when nothing was skipped
+    left_out: list[str] = field(default_factory=list)  # hidden and key files not indexed
 
 
 @dataclass
@@ -90,7 +95,10 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
     signer = load_signer(config.sign_key) if config.sign_key is not None else None
     pinned_key = public_key(config.sign_key) if config.require_signature else None
     config.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="staging-", dir=config.cache_dir) as tmp:
+    remove_build_leftovers(config.cache_dir, config.output_path())
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("staging"), dir=config.cache_dir) as tmp, \
+            tempfile.TemporaryDirectory(prefix=temp_prefix("scratch"), dir=config.cache_dir) as scratch, \
+            scratch_folder(Path(scratch)):
         staging = Path(tmp)
         staged = stage(config, staging, progress)
         executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
@@ -102,7 +110,7 @@ def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> Buil
     summary = summarise_skips(index.skipped, report.name) if index.skipped else ""
     return BuildResult(executable=executable, manifest=staged.manifest, sha256=sha256_file(executable),
                        skipped=staged.skipped, warnings=staged.warnings, model_cached=staged.model_cached,
-                       report=report, skip_summary=summary)
+                       report=report, skip_summary=summary, left_out=index.left_out)
 
 
 def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_progress) -> StagedBuild:
@@ -117,7 +125,8 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     kind, quantization = choose(source, target.onnxruntime, config.graph, config.quantization)
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
-    index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict)
+    index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict,
+                        include_hidden=config.include_hidden)
     model_info, model_cached = _stage_model(source, kind, quantization, config, staging, progress)
     manifest = _write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
@@ -139,12 +148,14 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
         text_digest = hashlib.sha256(text.read_bytes()).hexdigest()
     except OSError as exc:
         raise BuildError(text, f"cannot read quality text ({exc.strerror})") from None
-    key = _digest([source.fingerprint(), kind.name, quantization, code_digest(*MODEL_MAKERS), text_digest])
+    fingerprint = source.fingerprint()
+    code = code_digest(*MODEL_MAKERS)
+    key = _digest([fingerprint, kind.name, quantization, code, text_digest])
     cached = config.cache_dir / "models" / key
-    hit = (cached / "model_info.json").is_file()
+    hit = record_matches(cached, code)
     if not hit:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cached.parent))
+        work = Path(tempfile.mkdtemp(prefix=temp_prefix(key), dir=cached.parent))
         try:
             info = kind.export(source, quantization, work, progress)
             # The gate runs the model through the runtime's own decoder, as the bundle will.
@@ -156,11 +167,16 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
             progress("quality gate", 1, 1)
             (work / "model_info.json").write_text(json.dumps(dataclasses.asdict(info)))
             os.unlink(work / MANIFEST_NAME)
-            shutil.rmtree(cached, ignore_errors=True)
-            os.replace(work, cached)
+            write_record(work, code)
+            replace_folder(work, cached)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     info = from_plain(ModelInfo, json.loads((cached / "model_info.json").read_text()))
+    # The manifest tells nothing about the build machine: inputs by file name and content hash,
+    # from this build's own inputs (the cached export may have read them from another path).
+    info.source, info.source_sha256 = source.path.name, fingerprint
+    if config.quality_text is not None:
+        info.quality.text = text.name
     info.quality.max_ratio = config.max_ppl_ratio
     enforce_quality(info.quality, source.path)
     shutil.copytree(cached / "model", staging / "model")
@@ -174,7 +190,7 @@ def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Op
         build=BuildInfo(
             created=build_date(),
             builder_version=__version__,
-            host=f"{socket.gethostname()} ({platform.system()} {platform.machine()})",
+            host=f"{platform.system()} {platform.machine()}",  # the platform, never the machine's name
             python=platform.python_version(),
         ),
         target=target_name,

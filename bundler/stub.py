@@ -16,7 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bundler.cache_record import record_matches, write_record
+from bundler.fs import replace_folder
 from bundler.errors import BuildError
+from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from bundler.stub_recipe import (ENTRY_SCRIPT, EXCLUDED_MODULES, HIDDEN_IMPORTS, REPRODUCIBLE_ENV, RUNTIME_DISTRIBUTIONS,
                                  SPEC_TEMPLATE, STUB_NAME, prepare_sources, runtime_source_digest, write_spec)
@@ -62,11 +65,11 @@ def build_stub(target: TargetProfile, cache_dir: Path, progress: ProgressCallbac
         raise BuildError(None, f"target {target.name}: unknown stub builder {target.stub_builder!r}")
     key = stub_key(target, locked)
     cached = cache_dir / f"{target.os}-{target.arch}-{key}" / STUB_NAME
-    if cached.is_file():
+    if record_matches(cached.parent, key):
         return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     progress("runtime stub", 0, 1)
-    with tempfile.TemporaryDirectory(prefix="stub-", dir=cache_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("stub"), dir=cache_dir) as tmp:
         work = Path(tmp)
         if target.stub_builder == "host":
             built = _build_on_host(work)
@@ -79,12 +82,9 @@ def build_stub(target: TargetProfile, cache_dir: Path, progress: ProgressCallbac
         staged.mkdir()
         os.replace(built, staged / STUB_NAME)
         os.replace(work / "stub.json", staged / "stub.json")
+        write_record(staged, key)
         cached.parent.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(staged, cached.parent)
-        except OSError:
-            if not cached.is_file():  # another build raced us and won; otherwise a real failure
-                raise
+        replace_folder(staged, cached.parent)
     progress("runtime stub", 1, 1)
     return cached
 

@@ -8,6 +8,7 @@ from typing import Callable, TextIO
 
 from runtime.assistant import AskOptions
 from runtime.prompt import ContextOverflow
+from runtime.terminal_text import visible
 
 HELP = """commands:
   /sources   the passages behind the last answer, quoted
@@ -46,7 +47,7 @@ class ChatRepl:
             self._answer(line)
 
     def _say(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self.out.write(visible(text) + "\n")
         self.out.flush()
 
     def _command(self, line: str) -> bool:
@@ -82,7 +83,7 @@ class ChatRepl:
         try:
             answer = self.assistant.ask(question, self.options, history=self.history)
             for delta in answer:
-                self.out.write(delta)
+                self.out.write(visible(delta))
                 self.out.flush()
         except ContextOverflow as exc:
             self._say(f"error: {exc}")

@@ -15,6 +15,7 @@ from runtime.network_guard import install_network_guard
 from runtime.signature import SignatureError, pinned_key
 from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
+from runtime.terminal_text import visible
 
 PROG = "bundle"
 MODES = ("bm25", "dense", "hybrid")
@@ -230,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enforce_pinned_key(bundle)
         return COMMANDS[args.command](bundle, args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -285,7 +286,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         return 0
     try:
         for delta in answer:
-            sys.stdout.write(delta)
+            sys.stdout.write(visible(delta))
             sys.stdout.flush()
     except KeyboardInterrupt:
         answer.close()
@@ -294,7 +295,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         print("\n\nSources:")
         for number, hit in enumerate(answer.sources, 1):
             if hit in answer.cited:
-                print(f"  [{number}] {hit.chunk.source.cite_with_copies()}")
+                print(f"  [{number}] {visible(hit.chunk.source.cite_with_copies())}")
     else:
         print()
     if answer.support is not None:
@@ -304,7 +305,7 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
 
 def print_support(support) -> None:
     for quote in support.quotes:
-        print(f"  quote [{quote.source}]: \"{quote.text}\"")
+        print(f"  quote [{quote.source}]: \"{visible(quote.text)}\"")
     if not support.supported:
         print("  unsupported: the answer shares no words with its sources; check it against them")
 
@@ -361,9 +362,9 @@ def run_search(bundle: Bundle, args: argparse.Namespace) -> int:
         print(json.dumps({"query": args.query, "mode": mode, "hits": [source_record(h) for h in hits]}, indent=1))
         return 0
     for hit in hits:
-        print(f"{hit.rank}. {hit.chunk.source.cite_with_copies()}  score {hit.score:.3f}")
+        print(f"{hit.rank}. {visible(hit.chunk.source.cite_with_copies())}  score {hit.score:.3f}")
         for line in hit.chunk.text.strip().splitlines()[:4]:
-            print(f"     {line}")
+            print(f"     {visible(line)}")
         print()
     return 0
 
@@ -392,13 +393,13 @@ def run_summarize(bundle: Bundle, args: argparse.Namespace) -> int:
         print(json.dumps(summary_record(summary.finish()), indent=1))
         return 0
     for delta in summary:
-        sys.stdout.write(delta)
+        sys.stdout.write(visible(delta))
         sys.stdout.flush()
     sentences = summary.sentences
     cited = sorted({n for s in sentences for n in s.sources})
     print("\n\nSources:" if cited else "")
     for number in cited:
-        print(f"  [{number}] {summary.passages[number - 1].source.cite_with_copies()}")
+        print(f"  [{number}] {visible(summary.passages[number - 1].source.cite_with_copies())}")
     unsupported = [s for s in sentences if not s.sources]
     if unsupported:
         print(f"unsupported: {len(unsupported)} of {len(sentences)} sentence(s) share no words with the passages")
@@ -413,7 +414,7 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
         print(manifest.to_json())
         return 0
     if args.licenses:
-        print("\n".join(license_lines(manifest)))
+        print(visible("\n".join(license_lines(manifest))))
         return 0
     model, index, build = manifest.model, manifest.index, manifest.build
     size = Path(bundle.path).stat().st_size if Path(bundle.path).is_file() else sum(e.size for e in manifest.entries)
@@ -441,7 +442,7 @@ def run_info(bundle: Bundle, args: argparse.Namespace) -> int:
         lines.append(f"sha256:        {bundle.file_sha256()} (the whole file, as sha256sum prints it)")
     for entry in manifest.entries:
         lines.append(f"  {entry.size / 1e6:9.2f} MB  {entry.name}")
-    print("\n".join(lines))
+    print(visible("\n".join(lines)))
     return 0
 
 

@@ -1,7 +1,6 @@
 """Hardening fixtures: the hostile corpus indexed once, a bare payload file to tamper with."""
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -52,22 +51,3 @@ def restore_byte(path: Path, offset: int, value: int) -> None:
 def copy_to(path: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(path, folder / path.name))
-
-
-_CONNECT = re.compile(r"(connect|sendto|sendmsg)\((\d+), (\{.*?\}|NULL)")
-
-
-def outbound_connects(strace_log: str) -> list[str]:
-    """strace lines that address anything but loopback or a Unix socket."""
-    bad = []
-    for line in strace_log.splitlines():
-        match = _CONNECT.search(line)
-        if not match or match.group(3) == "NULL":
-            continue
-        address = match.group(3)
-        if "AF_UNIX" in address or "AF_NETLINK" in address or "AF_UNSPEC" in address:
-            continue
-        if 'inet_addr("127.' in address or 'inet_pton(AF_INET6, "::1"' in address:
-            continue
-        bad.append(line)
-    return bad

@@ -134,12 +134,12 @@ def tiny_model_staging(tiny_llama_dir) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def default_model_hf_dir() -> Path:
     """The default GGUF (SmolLM2-135M-Instruct) converted to a Hugging Face folder."""
-    from bundler.model_source import file_sha256
+    from bundler.fs import sha256_file
     from bundler.gguf_convert import convert_gguf
     from bundler.model_source import default_model_path
 
     gguf_path = default_model_path()
-    key = _digest(file_sha256(gguf_path))
+    key = _digest(sha256_file(gguf_path))
     return cached_folder("default-hf", key, lambda f: convert_gguf(gguf_path, f / "hf")) / "hf"
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -20,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures_hardening import copy_to, flip_byte, outbound_connects, restore_byte
+from tests.fixtures_hardening import copy_to, flip_byte, restore_byte
 from tests.fixtures_station import run_offline
 from tests.hostile_corpus import GOOD_DOCS, MUST_SKIP
+from tests.offline_trace import TOOLS_MISSING, OfflineRoom, run_chat_traced, run_serve_traced, run_traced
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ROOT_WITH_NAMESPACES = os.geteuid() == 0 and shutil.which("unshare") is not None
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -61,59 +63,138 @@ def test_guard_refuses_outbound_connections_by_address_and_allows_loopback():
     assert out["refused"] == 3
 
 
-SERVE_DRIVER = r"""
-import json, os, re, signal, subprocess, sys, urllib.request
-executable, strace_log = sys.argv[1], sys.argv[2]
-server = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", strace_log,
-                           executable, "serve", "--port", "0", "--max-tokens", "4"],
-                          stderr=subprocess.PIPE, text=True, start_new_session=True)
-for line in server.stderr:
-    match = re.search(r"serving (http://\S+)/ ", line)
-    if match:
-        url = match.group(1)
-        break
-body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "How is the coolant pump primed?"}],
-                   "max_tokens": 4}).encode()
-request = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
-reply = json.load(urllib.request.urlopen(request, timeout=300))
-health = json.load(urllib.request.urlopen(url + "/health", timeout=60))
-os.killpg(server.pid, signal.SIGINT)
-server.wait(timeout=60)
-print(json.dumps({"choices": len(reply["choices"]), "sources": len(reply.get("sources", [])), "health": health["status"]}))
-"""
+# Strict: every connection but loopback counts (DNS included), and every path written outside the
+# stub's extraction folder and the paths the user named. Each program runs once, under strace -f,
+# in a network namespace with only loopback, with HOME, XDG_* and TMPDIR empty.
+OFFLINE_PROOF = pytest.mark.skipif(TOOLS_MISSING is not None,
+                                   reason=f"the offline proof needs strace and `unshare -n`: {TOOLS_MISSING}")
 
 
-@pytest.mark.skipif(not ROOT_WITH_NAMESPACES or shutil.which("strace") is None,
-                    reason="needs root (network namespace) and strace")
-def non_dns(lines: list[str]) -> list[str]:
-    return [line for line in lines if "htons(53)" not in line]
+def assert_offline(trace) -> None:
+    assert trace.returncode == 0, trace.stdout
+    assert trace.outbound == []
+    assert trace.written == []
+    assert trace.left_behind == []
 
 
-def test_ask_and_serve_work_with_no_network_and_connect_only_to_loopback(tiny_station_bundle, tmp_path):
-    ask_log = tmp_path / "ask.strace"
-    guard_log = tmp_path / "guard.log"
-    done = run_offline(Path(shutil.which("strace")), "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(ask_log),
-                       "/usr/bin/env", f"EDGEBUNDLE_NETWORK_LOG={guard_log}", str(tiny_station_bundle),
-                       "ask", "How is the coolant pump P-7 primed?", "--max-tokens", "4", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "pumps/coolant-pump.md:" in done.stdout
-    assert non_dns(outbound_connects(ask_log.read_text())) == []
+@OFFLINE_PROOF
+def test_ask_sends_nothing_but_loopback_and_writes_nothing_outside_its_extraction_folder(tiny_station_bundle,
+                                                                                          tmp_path):
+    room = OfflineRoom(tmp_path)
+    guard_log = tmp_path / "named" / "guard.log"
+    trace = run_traced(room, [str(tiny_station_bundle), "ask", "How is the coolant pump P-7 primed?",
+                              "--max-tokens", "4"], allowed=(guard_log.parent,), EDGEBUNDLE_NETWORK_LOG=str(guard_log))
+    assert "pumps/coolant-pump.md:" in trace.stdout
+    assert_offline(trace)
     assert "refused" not in (guard_log.read_text() if guard_log.exists() else "")
 
-    serve_log = tmp_path / "serve.strace"
-    script = tmp_path / "driver.py"
-    script.write_text(SERVE_DRIVER)
-    command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-               sys.executable, str(script), str(tiny_station_bundle), str(serve_log)]
-    served = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert served.returncode == 0, served.stderr
-    reply = json.loads(served.stdout)
-    assert reply["choices"] == 1 and reply["health"] == "ok"
-    # Known gap: native code under the HTTP server resolves names through glibc (DNS to the resolver
-    # of /etc/resolv.conf), below the Python audit hook; with no network they fail at once.
-    attempts = outbound_connects(serve_log.read_text())
-    assert non_dns(attempts) == []
-    assert all("ENETUNREACH" in line or "unfinished" in line for line in attempts)
+
+@OFFLINE_PROOF
+def test_search_sends_nothing_but_loopback_and_writes_nothing_outside_its_extraction_folder(tiny_station_bundle,
+                                                                                             tmp_path):
+    trace = run_traced(OfflineRoom(tmp_path), [str(tiny_station_bundle), "search", "solar array cleaning"])
+    assert "power/solar-array.txt:" in trace.stdout
+    assert_offline(trace)
+
+
+@OFFLINE_PROOF
+def test_chat_in_a_terminal_sends_nothing_but_loopback_and_writes_nothing_outside_its_extraction_folder(
+        tiny_station_bundle, tmp_path):
+    trace = run_chat_traced(OfflineRoom(tmp_path), tiny_station_bundle, "How is the coolant pump P-7 primed?")
+    assert_offline(trace)
+
+
+@OFFLINE_PROOF
+def test_serve_idle_for_20_s_then_busy_connects_only_to_loopback_and_writes_nothing(tiny_station_bundle, tmp_path):
+    # onnxruntime's telemetry used to reach out about 9 s after start: the idle time covers that.
+    trace = run_serve_traced(OfflineRoom(tmp_path), tiny_station_bundle, idle_s=20)
+    reply = json.loads(trace.stdout.splitlines()[0])
+    assert reply["choices"] == 1 and reply["hits"] == 2 and reply["health"] == "ok"
+    assert_offline(trace)
+
+
+PRIVATE_FILES = (".env.md", ".ssh/notes.txt", "manuals/server.key")
+SECRET = "hunter2-private"
+HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[2J.txt"
+
+
+@pytest.fixture(scope="module")
+def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
+    """build.py run once in an offline room on the tiny model (exported afresh), over the station's documents,
+    three private files and a file whose name is an escape sequence: (trace, named folder, executable)."""
+    from tests.fixtures_station import write_docs
+
+    root = tmp_path_factory.mktemp("offline-build")
+    docs = write_docs(root / "named" / "docs")
+    for name in PRIVATE_FILES:
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(f"{SECRET} in {name}\n")
+    (docs / HOSTILE_NAME).write_bytes(b"Caf\xe9 opening hours: nine to five.\n")  # Latin-1: a warning naming it
+    cache, out = root / "named" / "cache", root / "named" / "out"
+    embedder = REPO_ROOT / ".cache" / "build" / "index" / "embedder"
+    if embedder.is_dir():  # exporting the embedder again would only cost time
+        shutil.copytree(embedder, cache / "index" / "embedder")
+    trace = run_traced(OfflineRoom(root / "room"),
+                       [sys.executable, str(REPO_ROOT / "build.py"), "--model", str(tiny_llama_dir), "--docs", str(docs),
+                        "-o", str(out / "station"), "--cache-dir", str(cache), "--runtime-stub", str(host_stub)],
+                       allowed=(cache, out), sources=(REPO_ROOT, Path(sys.prefix)))
+    return trace, root, out / "station"
+
+
+@OFFLINE_PROOF
+def test_build_py_says_in_one_line_how_many_hidden_and_key_files_it_left_out(offline_build):
+    trace, _, executable = offline_build
+    assert [line for line in trace.stdout.splitlines() if "left out" in line] == [
+        f"left out {len(PRIVATE_FILES)} hidden or key file(s) and folder(s) (--include-hidden indexes them)"]
+    assert SECRET.encode() not in executable.read_bytes()
+
+
+@OFFLINE_PROOF
+def test_build_py_prints_a_file_name_with_escape_sequences_visibly(offline_build):
+    trace, _, _ = offline_build
+    assert "warning: \\x1b]0;pwned\\x07\\x1b[2J.txt: not valid UTF-8" in trace.stdout
+    assert "\x1b" not in trace.stdout and "\x07" not in trace.stdout
+
+
+@OFFLINE_PROOF
+def test_build_py_sends_nothing_and_writes_only_its_output_and_cache(offline_build):
+    trace, _, executable = offline_build
+    assert executable.is_file()
+    assert_offline(trace)
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@OFFLINE_PROOF
+def test_manifest_and_payload_name_no_path_user_or_host_of_the_build_machine(offline_build, tiny_llama_dir):
+    import pwd
+
+    from bundler.model_source import resolve_model
+    from runtime.bundle import Bundle
+    from tests.offline_trace import ROOM_HOSTNAME, ROOM_USER
+
+    trace, root, executable = offline_build
+    assert trace.returncode == 0, trace.stdout
+    bundle = Bundle.open(executable)
+    manifest = bundle.manifest
+    assert manifest.model.source == tiny_llama_dir.name
+    assert manifest.model.source_sha256 == resolve_model(tiny_llama_dir).fingerprint()
+    assert manifest.build.host == f"{platform.system()} {platform.machine()}"
+    account = pwd.getpwuid(os.getuid()).pw_name
+    for text in _strings(json.loads(manifest.to_json())):
+        assert not text.startswith("/") and ROOM_HOSTNAME not in text and ROOM_USER not in text, text
+        assert account not in re.split(r"\W+", text), text
+    payload = executable.read_bytes()[bundle.layout.trailer.payload_start:]
+    needles = {str(root), os.path.realpath(root), str(REPO_ROOT), os.path.realpath(REPO_ROOT), sys.prefix,
+               os.path.realpath(sys.prefix), ROOM_HOSTNAME, ROOM_USER}
+    for needle in needles:
+        assert needle.encode() not in payload, needle
 
 
 # -- 2. hostile documents ---------------------------------------------------------------------
@@ -639,6 +720,8 @@ def test_builds_killed_at_random_points_leave_no_half_executable_and_the_next_bu
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     Bundle.open(dest).verify()
+    # what the killed builds left (work folders, temporary files, a half executable) is gone
+    assert [p for p in cache.rglob("*.tmp-*")] + [p for p in dest.parent.iterdir() if p.name.endswith(".part")] == []
     # killed while replacing an existing executable: the old one stays whole
     killed_build(rng.uniform(2.0, 8.0))
     Bundle.open(dest).verify()

@@ -358,6 +358,52 @@ def test_strict_build_fails_on_any_skipped_file(tmp_path, index_cache):
     assert not (tmp_path / "staging" / "index").exists()
 
 
+SECRETS = {
+    ".env": "API_TOKEN=hunter2-env\n",
+    ".ssh/id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----\nhunter2-rsa\n",
+    ".ssh/notes.txt": "hunter2-ssh-notes\n",
+    ".git/COMMIT_EDITMSG.md": "hunter2-git\n",
+    "certs/server.pem": "hunter2-pem\n",
+    "certs/client.key": "hunter2-key\n",
+    "certs/id_ed25519": "hunter2-ed25519\n",
+}
+
+
+def _secret_docs(tmp_path: Path) -> Path:
+    docs = write_docs(tmp_path / "docs", {**STATION, **SECRETS})
+    os.symlink(".ssh/id_rsa", docs / "keys.txt")            # a document-looking link to a key
+    os.symlink("../.env", docs / "certs" / "settings.md")   # a link into a hidden file
+    (tmp_path / "outside.txt").write_text("hunter2-outside\n")
+    os.symlink(tmp_path / "outside.txt", docs / "shared.txt")
+    return docs
+
+
+def _indexed_text(staging: Path) -> str:
+    return (staging / "index" / "chunks.jsonl").read_text()
+
+
+def test_hidden_folders_key_files_and_links_to_them_are_left_out_and_counted(tmp_path, index_cache):
+    docs = _secret_docs(tmp_path)
+    result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",))
+    assert result.left_out == sorted([".env", ".git/", ".ssh/", "certs/client.key", "certs/id_ed25519",
+                                      "certs/server.pem", "certs/settings.md", "keys.txt"])
+    assert [s.path for s in result.skipped] == ["shared.txt"]
+    assert "outside the documents folder" in result.skipped[0].reason
+    assert result.info.documents == len(STATION)
+    assert "hunter2" not in _indexed_text(tmp_path / "staging")
+
+
+def test_include_hidden_indexes_hidden_files_key_files_and_every_symlink(tmp_path, index_cache):
+    docs = _secret_docs(tmp_path)
+    result = build_index(docs, tmp_path / "staging", index_cache, modes=("bm25",), include_hidden=True)
+    assert result.left_out == []
+    text = _indexed_text(tmp_path / "staging")
+    # text files, with or without a suffix, are read; .pem and .key are no document format
+    for word in ("hunter2-env", "hunter2-rsa", "hunter2-ssh-notes", "hunter2-git", "hunter2-ed25519", "hunter2-outside"):
+        assert word in text
+    assert {s.path for s in result.skipped} == {"certs/client.key", "certs/server.pem"}
+
+
 def test_hidden_files_unsupported_types_outside_symlinks_and_oversized_files(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     (docs / ".git").mkdir()

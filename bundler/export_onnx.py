@@ -69,22 +69,21 @@ def copy_tokenizer_files(hf_dir: Path, out_dir: Path, config: dict) -> None:
 
 
 def model_info(source: ModelSource, hf_dir: Path, quantization: str) -> ModelInfo:
-    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    heads = config["num_attention_heads"]
+    spec = source.spec
     return ModelInfo(
         name=source.name,
         source=str(source.path),
-        architecture=config["model_type"],
+        architecture=source.architecture,
         graph=GRAPH_KIND,
         quantization=quantization,
         parameters=_count_parameters(hf_dir),
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads", heads),
-        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        hidden_size=config["hidden_size"],
-        vocab_size=config["vocab_size"],
-        context_length=config["max_position_embeddings"],
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        hidden_size=spec.hidden_size,
+        vocab_size=spec.vocab_size,
+        context_length=spec.context_length,
         license=source.license,
         source_sha256=source.fingerprint(),
     )

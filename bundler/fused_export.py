@@ -10,7 +10,8 @@ import onnx
 
 from bundler.errors import BuildError
 from bundler.fused_graph import GRAPH_NAME, QuantizationPlan, build_graph
-from bundler.llama_weights import MAX_ROPE_POSITIONS, LlamaWeights, load_llama
+from bundler.llama_weights import LlamaWeights, load_llama
+from bundler.model_spec import MAX_ROPE_POSITIONS
 from bundler.model_source import ModelSource, resolve_model
 from bundler.progress import ProgressCallback, no_progress
 from runtime.manifest import ModelInfo

@@ -21,7 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bundler.block_quant import INT4_METHODS, NBitsWeight, from_gguf, quantize_float, quantize_symmetric8
 from bundler.gguf_reader import BLOCK_TYPES, GgufTensor
-from bundler.llama_weights import LlamaSpec, LlamaWeights
+from bundler.llama_weights import LlamaWeights
+from bundler.model_spec import ModelSpec
 from runtime.decoder import FUSED_GRAPH
 
 GRAPH_NAME = FUSED_GRAPH
@@ -234,7 +235,7 @@ def _embedding_weight(convert: _Converter) -> Linear:
     return quantize_symmetric8(values, 32)
 
 
-def _embedding(g: _Graph, convert: _Converter, spec: LlamaSpec) -> str:
+def _embedding(g: _Graph, convert: _Converter, spec: ModelSpec) -> str:
     weight = _embedding_weight(convert)
     convert.embedding = weight
     shape = g.const("hidden_shape", np.array([-1, spec.hidden_size], dtype=np.int64))
@@ -260,7 +261,7 @@ def _embedding(g: _Graph, convert: _Converter, spec: LlamaSpec) -> str:
     return g.node("Reshape", [rows, shape])[0]
 
 
-def _lm_head(g: _Graph, convert: _Converter, spec: LlamaSpec, x: str) -> None:
+def _lm_head(g: _Graph, convert: _Converter, spec: ModelSpec, x: str) -> None:
     shared = convert.embedding
     if not convert.weights.has("lm_head.weight") and isinstance(shared, NBitsWeight):
         # Tied: the lm_head reads the embedding's own blocks (one copy in the file).
@@ -280,7 +281,7 @@ def _lm_head(g: _Graph, convert: _Converter, spec: LlamaSpec, x: str) -> None:
     g.node("Identity", [out], ["logits"])
 
 
-def _model(g: _Graph, spec: LlamaSpec) -> onnx.ModelProto:
+def _model(g: _Graph, spec: ModelSpec) -> onnx.ModelProto:
     kv = [1, spec.num_kv_heads, "max_length", spec.head_dim]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence"]),

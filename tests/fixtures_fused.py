@@ -62,9 +62,9 @@ def write_tiny_gguf(path: Path, hf_folder: Path, types: dict[str, str], tokenize
     _copy_tokenizer_metadata(writer, tokenizer_gguf)
     if config.get("rope_scaling"):
         # Llama 3 GGUFs carry their rope scaling as per-frequency divisors.
-        from bundler.llama_weights import LlamaSpec
+        from bundler.model_spec import ModelSpec
 
-        spec = LlamaSpec(0, config["hidden_size"], 0, config["num_attention_heads"], 0,
+        spec = ModelSpec(0, config["hidden_size"], 0, config["num_attention_heads"], 0,
                          config["head_dim"], 0, 0.0, config["rope_theta"], 0, True)
         plain = spec.inverse_frequencies()
         spec.rope_scaling = config["rope_scaling"]

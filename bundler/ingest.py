@@ -46,7 +46,6 @@ class DocumentScan:
     left_out: list[str]  # private entries not looked at (relative; folders end in "/")
 
 
-
 def is_private(name: str) -> bool:
     """Hidden files and folders (.env, .git, .ssh) and key files: what a documents folder may hold
     but must not carry into a bundle."""

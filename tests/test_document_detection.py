@@ -51,7 +51,8 @@ def station_folder(root):
 
 
 def test_man_sections_with_suffixes_and_extensionless_text_are_recognised_by_content(tmp_path):
-    found, skipped = find_documents(station_folder(tmp_path / "docs"))
+    scan = find_documents(station_folder(tmp_path / "docs"))
+    found, skipped = scan.found, scan.skipped
     formats = {f.relative.rsplit("/", 1)[-1]: f.format for f in found}
     assert formats == {"timespec.3type.gz": "man", "pumpctl.3head.gz": "man", "copyright": "text",
                        "README": "text", "changelog.Debian.gz": "text"}

@@ -35,7 +35,11 @@ test-fast: setup
 
 # Figures and ratios against references measured in the same run (not tests); llama-cpp-python compiles (~10 min).
 bench: setup
-	$(PY) -m pip install --quiet -e '.[bench]'
+	# llama.cpp built for AVX2 only: portable across this project's machines (AMD without AVX-512, Intel
+	# with AMX, where a native build of this llama.cpp crashes).
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+	  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" FORCE_CMAKE=1 \
+	  $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) build.py
 	$(PY) bench/bench_fused.py
 	$(PY) bench/bench_model.py
@@ -43,3 +47,6 @@ bench: setup
 	$(PY) bench/bench_startup.py
 	$(PY) bench/bench_query_app.py
 	$(PY) bench/bench_hardening.py --bundle dist/python-docs
+	$(PY) bench/bench_answers.py --bundle dist/python-docs
+	$(PY) bench/bench_summaries.py --bundle dist/python-docs
+	$(PY) bench/bench_station_corpus.py

@@ -284,16 +284,17 @@ def test_stub_for_another_architecture_is_refused(tmp_path):
 
 def test_cached_stub_is_reused_and_keyed_by_runtime_sources(host_stub, monkeypatch, tmp_path):
     from bundler import stub as stub_module
+    from bundler import stub_recipe
 
     assert stub_module.build_stub(host_target(), STUB_CACHE) == host_stub
     target = host_target()
     locked = stub_module.host_locked_dependencies()
     before = stub_module.stub_key(target, locked)
     changed = tmp_path / "runtime"
-    shutil.copytree(stub_module.RUNTIME_DIR, changed, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(stub_recipe.RUNTIME_DIR, changed, ignore=shutil.ignore_patterns("__pycache__"))
     with open(changed / "cli.py", "a") as handle:
         handle.write("\n# changed\n")
-    monkeypatch.setattr(stub_module, "RUNTIME_DIR", changed)
+    monkeypatch.setattr(stub_recipe, "RUNTIME_DIR", changed)
     assert stub_module.stub_key(target, locked) != before
     assert stub_module.stub_key(load_target("linux-aarch64"), locked) != before
 

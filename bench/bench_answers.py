@@ -140,7 +140,8 @@ def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: i
         row = {"question": item["question"], "answerable": item["answerable"], "answer": text,
                "idk": bool(IDK.search(text)), "loop": loops(text), "length": answer.stats.finish_reason == "length",
                "ttft": answer.stats.first_token_s, "total_s": answer.stats.total_s,
-               "new_tokens": answer.stats.new_tokens, "loop_stopped": answer.stats.loop_stopped}
+               "new_tokens": answer.stats.new_tokens, "prompt_tokens": answer.stats.prompt_tokens,
+               "loop_stopped": answer.stats.loop_stopped}
         if item["answerable"]:
             row.update(gold_cited=cites_gold(answer, item),
                        contains=contains_gold(text, item["answers"], item["question"]),

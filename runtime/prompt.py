@@ -59,7 +59,6 @@ class GroundingOptions:
                              f"choose from {', '.join(SYSTEM_PROMPTS)}")
 
 
-SYSTEM_PROMPT = SYSTEM_PROMPTS[GroundingOptions().system_prompt]
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n\s*\n")
 
 

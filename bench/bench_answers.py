@@ -116,9 +116,9 @@ def loops(text: str, n: int = 4, times: int = 3) -> bool:
     return any(count >= times for count in grams.values())
 
 
-def cites_gold(answer, item: dict) -> bool:
-    return any(hit.chunk.source.path == item["doc"] and contains_gold(hit.chunk.text, item["answers"])
-               for hit in answer.cited)
+def cites_gold(cited: list[dict], item: dict) -> bool:
+    """cited: [{"path", "text"}] of the passages the answer cites."""
+    return any(c["path"] == item["doc"] and contains_gold(c["text"], item["answers"]) for c in cited)
 
 
 def load_questions(path: Path, limit: int | None) -> list[dict]:
@@ -146,7 +146,8 @@ def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: i
                "new_tokens": answer.stats.new_tokens, "prompt_tokens": answer.stats.prompt_tokens,
                "loop_stopped": answer.stats.loop_stopped}
         if item["answerable"]:
-            row.update(gold_cited=cites_gold(answer, item),
+            row["cited"] = [{"path": hit.chunk.source.path, "text": hit.chunk.text} for hit in answer.cited]
+            row.update(gold_cited=cites_gold(row["cited"], item),
                        contains=contains_gold(text, item["answers"], item["question"]),
                        f1=max(token_f1(text, g) for g in item["answers"]))
         rows.append(row)
@@ -256,6 +257,8 @@ def merge(paths: list[Path], out: Path) -> int:
             item = golds.get(row["question"])
             if item and item["answerable"]:
                 row["contains"] = contains_gold(row["answer"], item["answers"], item["question"])
+                if "cited" in row:
+                    row["gold_cited"] = cites_gold(row["cited"], item)
                 row["f1"] = max(token_f1(row["answer"], g) for g in item["answers"])
         result["summary"] = summarise(result["answers"])
     loads = [r["machine"]["load_average"] for r in records]

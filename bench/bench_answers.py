@@ -69,6 +69,9 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "p2-brief-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "stop_after_paragraph": True}),
     "p2-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "answer_first": True,
                                  "stop_after_paragraph": True}),
+    "p1-brief": ({}, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief"}),
+    "p3-brief": ({}, {**TODAY_GROUNDING, "passages": 3, "system_prompt": "brief"}),
+    "p4-brief": ({}, {**TODAY_GROUNDING, "passages": 4, "system_prompt": "brief"}),
     "p1-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief", "answer_first": True,
                                  "stop_after_paragraph": True}),
     "default": ({}, {}),
@@ -94,9 +97,17 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def contains_gold(text: str, golds: list[str]) -> bool:
-    padded = f" {normalise(text)} "
-    return any(f" {normalise(g)} " in padded for g in golds if normalise(g))
+def contains_gold(text: str, golds: list[str], question: str = "") -> bool:
+    """A gold answer occurs in `text`, literally (case aside) or SQuAD-normalised; a form of it that
+    the question itself holds does not count (echoing the question earns nothing)."""
+    padded, asked = f" {normalise(text)} ", f" {normalise(question)} "
+    for gold in golds:
+        if gold.lower() in text.lower() and gold.lower() not in question.lower():
+            return True
+        normal = f" {normalise(gold)} "
+        if normal.strip() and normal in padded and normal not in asked:
+            return True
+    return False
 
 
 def loops(text: str, n: int = 4, times: int = 3) -> bool:
@@ -105,9 +116,9 @@ def loops(text: str, n: int = 4, times: int = 3) -> bool:
     return any(count >= times for count in grams.values())
 
 
-def cites_gold(answer, item: dict) -> bool:
-    return any(hit.chunk.source.path == item["doc"] and contains_gold(hit.chunk.text, item["answers"])
-               for hit in answer.cited)
+def cites_gold(cited: list[dict], item: dict) -> bool:
+    """cited: [{"path", "text"}] of the passages the answer cites."""
+    return any(c["path"] == item["doc"] and contains_gold(c["text"], item["answers"]) for c in cited)
 
 
 def load_questions(path: Path, limit: int | None) -> list[dict]:
@@ -132,9 +143,12 @@ def run_config(assistant: Assistant, name: str, items: list[dict], max_tokens: i
         row = {"question": item["question"], "answerable": item["answerable"], "answer": text,
                "idk": bool(IDK.search(text)), "loop": loops(text), "length": answer.stats.finish_reason == "length",
                "ttft": answer.stats.first_token_s, "total_s": answer.stats.total_s,
-               "new_tokens": answer.stats.new_tokens, "loop_stopped": answer.stats.loop_stopped}
+               "new_tokens": answer.stats.new_tokens, "prompt_tokens": answer.stats.prompt_tokens,
+               "loop_stopped": answer.stats.loop_stopped}
         if item["answerable"]:
-            row.update(gold_cited=cites_gold(answer, item), contains=contains_gold(text, item["answers"]),
+            row["cited"] = [{"path": hit.chunk.source.path, "text": hit.chunk.text} for hit in answer.cited]
+            row.update(gold_cited=cites_gold(row["cited"], item),
+                       contains=contains_gold(text, item["answers"], item["question"]),
                        f1=max(token_f1(text, g) for g in item["answers"]))
         rows.append(row)
     return {"generation": dataclasses.asdict(config) | {"stop_token_ids": []},
@@ -237,7 +251,15 @@ def merge(paths: list[Path], out: Path) -> int:
         for name, result in record["configs"].items():
             merged = configs.setdefault(name, {**result, "answers": []})
             merged["answers"] = merged["answers"] + result["answers"]
+    golds = {item["question"]: item for item in load_questions(DATA, None)}
     for result in configs.values():
+        for row in result["answers"]:  # scored again against the current gold answers
+            item = golds.get(row["question"])
+            if item and item["answerable"]:
+                row["contains"] = contains_gold(row["answer"], item["answers"], item["question"])
+                if "cited" in row:
+                    row["gold_cited"] = cites_gold(row["cited"], item)
+                row["f1"] = max(token_f1(row["answer"], g) for g in item["answers"])
         result["summary"] = summarise(result["answers"])
     loads = [r["machine"]["load_average"] for r in records]
     record = {"bench": "answers", "merged_from": [str(p) for p in paths],

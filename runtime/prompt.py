@@ -46,12 +46,12 @@ class GroundingOptions:
     Defaults are what scored best on bench/data/python_faq_qa.jsonl (docs/QUERY_APP.md).
     """
 
-    passages: int = 4               # most passages given to the model, best ranked first
+    passages: int = 2               # most passages given to the model, best ranked first
     trim_sentences: int = 0         # 0: whole passages; n: the n sentences around the question's terms
-    system_prompt: str = "cite"     # a key of SYSTEM_PROMPTS
+    system_prompt: str = "brief"    # a key of SYSTEM_PROMPTS
     answer_first: bool = False      # end the question with ANSWER_FIRST
     stop_after_paragraph: bool = False  # the answer ends at a blank line after a finished sentence
-    abstain_below: float = 0.0      # say "I don't know" without generating when no given passage
+    abstain_below: float = 0.5      # say "I don't know" without generating when no given passage
                                     # (heading included) holds this share of the question's terms
 
     def __post_init__(self):
@@ -60,7 +60,6 @@ class GroundingOptions:
                              f"choose from {', '.join(SYSTEM_PROMPTS)}")
 
 
-SYSTEM_PROMPT = SYSTEM_PROMPTS[GroundingOptions().system_prompt]
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n\s*\n")
 
 

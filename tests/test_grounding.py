@@ -42,12 +42,14 @@ def test_only_the_best_ranked_passages_are_given_trimmed_when_asked():
 
 
 def test_prompt_wording_follows_the_options():
-    plain = build_prompt("Why?", [hit(1, PASSAGE)])
+    plain = build_prompt("Why?", [hit(1, PASSAGE)], options=GroundingOptions(system_prompt="cite"))
     assert plain.messages[0]["content"] == SYSTEM_PROMPTS["cite"]
     assert plain.messages[-1]["content"].endswith("Question: Why?")
     brief = build_prompt("Why?", [hit(1, PASSAGE)], options=GroundingOptions(system_prompt="brief", answer_first=True))
     assert brief.messages[0]["content"] == SYSTEM_PROMPTS["brief"]
     assert brief.messages[-1]["content"].endswith(f"Question: Why?\n{ANSWER_FIRST}")
+    assert build_prompt("Why?", [hit(1, PASSAGE)]).messages[0]["content"] == \
+        SYSTEM_PROMPTS[GroundingOptions().system_prompt]
 
 
 def test_unknown_system_prompt_is_refused_by_name():

@@ -36,7 +36,6 @@ from runtime.text_terms import ANALYZER
 
 # Weight of the dense z-score in hybrid fusion (0.6-0.7 best on Cranfield and a second collection: docs/MEASUREMENTS.md#dense-weight).
 DENSE_WEIGHT = 0.65
-_EMBED_BATCH = 32
 
 
 @dataclass
@@ -242,7 +241,7 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
             vectors.append(None)
             pending.append(index)
     todo = [i for d in pending for i in range(*spans[d])]
-    embedded = _embed(encoder, [texts[i] for i in todo], progress)
+    embedded = encoder.encode_many([texts[i] for i in todo], lambda done, total: progress("embed chunks", done, total))
     fresh = dict(zip(todo, embedded))
     for d in pending:
         doc_vectors = np.stack([fresh[i] for i in range(*spans[d])]).astype(np.float32)
@@ -259,19 +258,6 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
     shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}
-
-
-def _embed(encoder, texts: list[str], progress) -> list[np.ndarray]:
-    """Embeds in batches of similar length (little padding), returns vectors in input order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[np.ndarray | None] = [None] * len(texts)
-    for start in range(0, len(order), _EMBED_BATCH):
-        progress("embed chunks", start, len(texts))
-        batch = order[start : start + _EMBED_BATCH]
-        for i, vector in zip(batch, encoder.encode([texts[i] for i in batch])):
-            out[i] = vector
-    progress("embed chunks", len(texts), len(texts))
-    return out
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -60,7 +60,8 @@ def test_batching_by_length_returns_vectors_in_input_order(shared_embedder, monk
     batched = encoder.encode_many(texts)
     single = np.concatenate([encoder.encode([text]) for text in texts])
     assert batched.shape == single.shape
-    assert (batched * single).sum(axis=1).min() >= 0.99
+    # int8 activations are scaled per batch, so a row moves a little with its batch-mates
+    assert (batched * single).sum(axis=1).min() >= 0.98
     assert list((batched @ single.T).argmax(axis=1)) == list(range(len(texts)))
 
 

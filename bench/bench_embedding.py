@@ -12,6 +12,7 @@ Tokens per CPU second is the fairer figure on a shared machine; the load average
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -31,9 +32,9 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from bundler.embedder_export import MAX_LENGTH, export_embedder, source_folder  # noqa: E402
 from bundler.index import build_index, index_text  # noqa: E402
-from runtime.bundle import DirectoryBundle  # noqa: E402
+from runtime import index_files  # noqa: E402
 from runtime.dense_search import SentenceEncoder  # noqa: E402
-from runtime.retrieval import ChunkStore  # noqa: E402
+from runtime.retrieval import Chunk  # noqa: E402
 
 
 def reference_models(work: Path) -> tuple[Path, Path]:
@@ -94,8 +95,8 @@ def main() -> None:
         (cache / "embedder" / embedder.key).symlink_to(embedder.folder.resolve())
         staging = work / "staging"
         _, build_s, build_cpu = timed(lambda: build_index(args.docs, staging, cache))
-        store = ChunkStore.from_bundle(DirectoryBundle(staging))
-        texts = [index_text(store[i]) for i in range(len(store))]
+        records = (staging / index_files.CHUNKS).read_text(encoding="utf-8").splitlines()
+        texts = [index_text(Chunk.from_record(json.loads(line))) for line in records]
         tokenizer = Tokenizer.from_file(str(embedder.tokenizer))  # truncates at MAX_LENGTH, as the build does
         tokens = sum(len(e.ids) for e in tokenizer.encode_batch(texts))
         load = os.getloadavg()[0]
@@ -121,7 +122,7 @@ def main() -> None:
             record.figures["embedder_alone"][name] = {"tokens_per_s": round(tokens / wall), "tokens_per_cpu_s": round(tokens / cpu),
                                                      "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_average": load}
             print(f"embedder alone, {name}: {tokens / wall:,.0f} tokens/s wall, {tokens / cpu:,.0f} per CPU s (load average {load:.1f})")
-        now, previous, fp32 = (vectors[name][:: args.sample] for name in runs)
+        previous, now, fp32 = (vectors[name][:: args.sample] for name in runs)
         record.figures["cosine_on_every_nth_chunk"] = {
             "n": args.sample, "now_vs_fp32": cosines(now, fp32), "now_vs_previous_int8": cosines(now, previous),
             "previous_int8_vs_fp32": cosines(previous, fp32)}

@@ -41,7 +41,6 @@ from runtime.text_terms import ANALYZER
 PARSE_MAKERS = ("bundler.ingest", "bundler.chunking", "bundler.formats")
 # Weight of the dense z-score in hybrid fusion (0.6-0.7 best on Cranfield and a second collection: docs/MEASUREMENTS.md#dense-weight).
 DENSE_WEIGHT = 0.65
-_EMBED_BATCH = 32
 
 
 @dataclass
@@ -296,25 +295,18 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}
 
 
-def _embed(encoder, groups: list[list[str]], progress) -> list[list[np.ndarray]]:
-    """Vectors of each group's texts, in input order, embedded in batches of similar length.
+def _embed(encoder, groups: list[list[str]], progress) -> list[np.ndarray]:
+    """Vectors of each group's texts, in input order; within a group, batched by token length.
 
     A batch holds texts of one group (document) only: the int8 embedder scales its activations
     per batch, so a vector depends on its batch mates, and a document's vectors must not depend on
     which other documents happened to be missing from the cache (reproducible builds).
     """
     total, done = sum(len(texts) for texts in groups), 0
-    out: list[list[np.ndarray]] = []
+    out = []
     for texts in groups:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vectors: list[np.ndarray | None] = [None] * len(texts)
-        for start in range(0, len(order), _EMBED_BATCH):
-            progress("embed chunks", done, total)
-            batch = order[start : start + _EMBED_BATCH]
-            for i, vector in zip(batch, encoder.encode([texts[i] for i in batch])):
-                vectors[i] = vector
-            done += len(batch)
-        out.append(vectors)
+        out.append(encoder.encode_many(texts, lambda step, _, base=done: progress("embed chunks", base + step, total)))
+        done += len(texts)
     progress("embed chunks", total, total)
     return out
 

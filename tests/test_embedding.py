@@ -1,0 +1,72 @@
+"""The exported sentence embedder: its vectors against the fp32 source model, and batching order."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from runtime.dense_search import SentenceEncoder
+
+SENTENCES = [
+    "Prime the coolant pump before starting the generator.",
+    "The antenna points at azimuth 212 degrees.",
+    "Diesel tank refilled on Monday; level at ninety percent.",
+    "Charge the battery bank weekly and log the voltage.",
+    "A list comprehension builds a new list from an iterable in one expression, optionally filtering items.",
+]
+
+
+def _encoder(embedder) -> SentenceEncoder:
+    session = ort.InferenceSession(str(embedder.model), providers=["CPUExecutionProvider"])
+    return SentenceEncoder(session, Tokenizer.from_file(str(embedder.tokenizer)), embedder.max_length)
+
+
+def _torch_fp32_vectors(texts: list[str]) -> np.ndarray:
+    """The sentence-transformers recipe computed independently: fp32 model, mean pooling, L2 norm."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from bundler.embedder_export import source_folder
+
+    source = source_folder()
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    model = AutoModel.from_pretrained(source, local_files_only=True).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+def test_exported_embedder_agrees_with_the_fp32_model(shared_embedder):
+    ours = _encoder(shared_embedder).encode_many(SENTENCES)
+    reference = _torch_fp32_vectors(SENTENCES)
+    cosines = (ours * reference).sum(axis=1)
+    assert cosines.min() >= 0.99, cosines
+    # and the sentences stay told apart: each vector is nearest its own reference
+    assert list((ours @ reference.T).argmax(axis=1)) == list(range(len(SENTENCES)))
+
+
+def test_batching_by_length_returns_vectors_in_input_order(shared_embedder, monkeypatch):
+    monkeypatch.setattr("runtime.dense_search.BATCH_TOKENS", 64)  # many batches of a few rows
+    words = "station pump antenna battery diesel valve radio log generator filter".split()
+    rng = random.Random(7)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) + f" item {n}" for n in range(40)]
+    rng.shuffle(texts)
+    encoder = _encoder(shared_embedder)
+    batched = encoder.encode_many(texts)
+    single = np.concatenate([encoder.encode([text]) for text in texts])
+    assert batched.shape == single.shape
+    # int8 activations are scaled per batch, so a row moves a little with its batch-mates
+    assert (batched * single).sum(axis=1).min() >= 0.98
+    assert list((batched @ single.T).argmax(axis=1)) == list(range(len(texts)))
+
+
+def test_encode_many_reports_progress_up_to_the_total(shared_embedder):
+    seen = []
+    _encoder(shared_embedder).encode_many(SENTENCES, lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, len(SENTENCES)) and seen[-1] == (len(SENTENCES), len(SENTENCES))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -158,6 +158,7 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
         work = Path(tempfile.mkdtemp(prefix=temp_prefix(key), dir=cached.parent))
         try:
             info = kind.export(source, quantization, work, progress)
+            info.graph = kind.manifest_name  # the registry names the graph; the runtime opens it by this name
             # The gate runs the model through the runtime's own decoder, as the bundle will.
             _write_manifest(work, info, target_name="host")
             progress("quality gate", 0, 1)

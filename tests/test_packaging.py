@@ -241,9 +241,9 @@ def test_budget_refuses_a_model_too_big_for_a_1gb_board(tmp_path):
 
 
 def test_budget_suggests_what_would_fit(tmp_path):
-    staging = staging_of_size(tmp_path / "staging", 360_000_000 * 4, parameters=360_000_000, quantization="fp32",
+    staging = staging_of_size(tmp_path / "staging", 300_000_000 * 4, parameters=300_000_000, quantization="fp32",
                               num_layers=16, num_kv_heads=5, head_dim=64, context_length=8192)
-    with pytest.raises(BuildError, match=r"would fit: --quantization int4 \(~240 MB weights\)"):
+    with pytest.raises(BuildError, match=r"would fit: --quantization int4 \(~200 MB weights\)"):
         package(staging, load_target("arm-board-1gb"), tmp_path / "station", STUB_CACHE)
 
 
@@ -255,10 +255,10 @@ def test_budget_suggests_a_smaller_context_and_the_build_context_option_is_honou
                               num_layers=28, num_kv_heads=8, head_dim=128, context_length=32768)
     manifest = Manifest.from_json((staging / "manifest.json").read_text())
     board = load_target("arm-board-1gb")
-    with pytest.raises(BuildError, match=r"would fit: .*--ctx 768 \(a context of at most 768 tokens\)"):
+    with pytest.raises(BuildError, match=r"would fit: .*--ctx 512 \(a context of at most 512 tokens\)"):
         check_budget(staging, manifest, board)
-    report = check_budget(staging, manifest, board, context=768)
-    assert report.fits and report.memory.context == 768
+    report = check_budget(staging, manifest, board, context=512)
+    assert report.fits and report.memory.context == 512
     with pytest.raises(BuildError, match="KV cache at 1024 tokens"):  # --ctx only ever lowers the context
         check_budget(staging, manifest, board, context=100_000)
 

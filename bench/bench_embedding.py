@@ -32,7 +32,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from bundler.embedder_export import MAX_LENGTH, export_embedder, source_folder  # noqa: E402
 from bundler.index import build_index, index_text  # noqa: E402
-from runtime import index_files  # noqa: E402
+from runtime import layout  # noqa: E402
 from runtime.dense_search import SentenceEncoder  # noqa: E402
 from runtime.retrieval import Chunk  # noqa: E402
 
@@ -95,7 +95,7 @@ def main() -> None:
         (cache / "embedder" / embedder.key).symlink_to(embedder.folder.resolve())
         staging = work / "staging"
         _, build_s, build_cpu = timed(lambda: build_index(args.docs, staging, cache))
-        records = (staging / index_files.CHUNKS).read_text(encoding="utf-8").splitlines()
+        records = (staging / layout.CHUNKS).read_text(encoding="utf-8").splitlines()
         texts = [index_text(Chunk.from_record(json.loads(line))) for line in records]
         tokenizer = Tokenizer.from_file(str(embedder.tokenizer))  # truncates at MAX_LENGTH, as the build does
         tokens = sum(len(e.ids) for e in tokenizer.encode_batch(texts))

@@ -34,7 +34,7 @@ from bundler.chunking import ChunkingConfig  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
 from bundler.index_bm25 import write_postings  # noqa: E402
-from runtime import index_files  # noqa: E402
+from runtime import layout  # noqa: E402
 from runtime.bundle import DirectoryBundle  # noqa: E402
 from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
 from bundler.index import DENSE_WEIGHT  # noqa: E402
@@ -148,7 +148,7 @@ def embedder_reference(retriever: Retriever, tokenizer: Tokenizer) -> tuple[floa
 
 def index_bytes(staging: Path) -> tuple[dict[str, int], int]:
     """(bytes of each per-chunk entry, fixed bytes of the embedder, its tokenizer and the settings)."""
-    fixed = {index_files.DENSE_MODEL, index_files.DENSE_TOKENIZER, index_files.SETTINGS}
+    fixed = {layout.DENSE_MODEL, layout.DENSE_TOKENIZER, layout.SETTINGS}
     data = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted((staging / "index").rglob("*"))
             if p.is_file() and p.relative_to(staging).as_posix() not in fixed}
     return data, sum((staging / name).stat().st_size for name in fixed)
@@ -262,15 +262,15 @@ def build_synthetic(data: Path, cache: Path, work: Path, chunks: int) -> Path:
     (staging / "index" / "dense").mkdir(parents=True)
     heads = synthetic_postings(words, chunks, rng, staging)
     offsets = [0]
-    with open(staging / index_files.CHUNKS, "wb") as out:
+    with open(staging / layout.CHUNKS, "wb") as out:
         for i, text in enumerate(heads):
             record = {"id": i, "text": text, "path": f"synthetic/{i // 100}.txt", "line_start": 1, "line_end": 1,
                       "page": None, "heading": "", "char_start": 0, "char_end": len(text)}
             line = json.dumps(record).encode() + b"\n"
             out.write(line)
             offsets.append(offsets[-1] + len(line))
-    np.save(staging / index_files.CHUNK_OFFSETS, np.array(offsets, dtype=np.int64))
-    vectors = np.lib.format.open_memmap(staging / index_files.DENSE_VECTORS, mode="w+", dtype=np.int8, shape=(chunks, 384))
+    np.save(staging / layout.CHUNK_OFFSETS, np.array(offsets, dtype=np.int64))
+    vectors = np.lib.format.open_memmap(staging / layout.DENSE_VECTORS, mode="w+", dtype=np.int8, shape=(chunks, 384))
     scales = np.zeros(chunks, dtype=np.float32)
     for first in range(0, chunks, 50_000):
         block = rng.standard_normal((min(50_000, chunks - first), 384)).astype(np.float32)
@@ -278,13 +278,13 @@ def build_synthetic(data: Path, cache: Path, work: Path, chunks: int) -> Path:
         vectors[first : first + len(block)], scales[first : first + len(block)] = quantize_vectors(block)
     vectors.flush()
     del vectors
-    np.save(staging / index_files.DENSE_SCALES, scales)
+    np.save(staging / layout.DENSE_SCALES, scales)
     embedder = export_embedder(cache)
-    shutil.copyfile(embedder.model, staging / index_files.DENSE_MODEL)
-    shutil.copyfile(embedder.tokenizer, staging / index_files.DENSE_TOKENIZER)
-    settings = {"format": index_files.FORMAT, "analyzer": ANALYZER, "modes": ["bm25", "dense"],
+    shutil.copyfile(embedder.model, staging / layout.DENSE_MODEL)
+    shutil.copyfile(embedder.tokenizer, staging / layout.DENSE_TOKENIZER)
+    settings = {"format": layout.FORMAT, "analyzer": ANALYZER, "modes": ["bm25", "dense"],
                 "dense": {"max_length": 256}, "fusion": {"dense_weight": DENSE_WEIGHT}}
-    (staging / index_files.SETTINGS).write_text(json.dumps(settings))
+    (staging / layout.SETTINGS).write_text(json.dumps(settings))
     write_manifest(staging, IndexInfo(documents=chunks // 100, chunks=chunks, modes=["bm25", "dense", "hybrid"]))
     return staging
 

@@ -18,12 +18,13 @@ from bundler.progress import ProgressCallback, no_progress
 from bundler.silence import silence_third_party
 from bundler.quantize import QUANTIZATIONS, quantize
 from runtime.decoder import OPTIMUM_GRAPH
+from runtime.layout import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from runtime.manifest import ModelInfo
 
 GRAPH_KIND = OPTIMUM_GRAPH
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE)
 STEP = "export model"
 
 
@@ -58,7 +59,7 @@ def copy_tokenizer_files(hf_dir: Path, out_dir: Path, config: dict) -> None:
         if not (hf_dir / name).is_file():
             raise BuildError(hf_dir, f"missing {name}")
         shutil.copyfile(hf_dir / name, out_dir / name)
-    generation = hf_dir / "generation_config.json"
+    generation = hf_dir / GENERATION_CONFIG_FILE
     if generation.is_file():
         shutil.copyfile(generation, out_dir / generation.name)
     else:

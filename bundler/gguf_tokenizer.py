@@ -18,6 +18,7 @@ import regex
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bundler.errors import BuildError
+from runtime.layout import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
@@ -210,9 +211,9 @@ def write_tokenizer_files(vocab: GgufVocabulary, out_dir: Path) -> None:
     if vocab.chat_template is not None:
         config["chat_template"] = vocab.chat_template
     generation = {"eos_token_id": vocab.stop_ids, "bos_token_id": vocab.bos_id, "pad_token_id": vocab.pad_id}
-    tokenizer.save(str(out_dir / "tokenizer.json"))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=1), encoding="utf-8")
+    tokenizer.save(str(out_dir / TOKENIZER_FILE))
+    (out_dir / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    (out_dir / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=1), encoding="utf-8")
 
 
 @lru_cache(maxsize=1)

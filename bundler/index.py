@@ -30,7 +30,7 @@ from bundler.isolated_parse import ParseLimitExceeded, ParseLimits, run_isolated
 from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
-from runtime import index_files
+from runtime import layout
 from runtime.dense_search import SentenceEncoder, quantize_vectors
 from runtime.manifest import IndexInfo
 from runtime.retrieval import Chunk, SourceSpan
@@ -105,7 +105,7 @@ def build_index(
     work = Path(tempfile.mkdtemp(prefix=temp_prefix(".index"), dir=out_dir))
     try:
         settings = {
-            "format": index_files.FORMAT,
+            "format": layout.FORMAT,
             "analyzer": ANALYZER,
             "modes": list(modes),
             "chunking": dataclasses.asdict(chunking),
@@ -122,7 +122,7 @@ def build_index(
         if "dense" in modes:
             settings["dense"] = _write_dense(documents, all_texts, [i for i, _ in kept], work, cache_dir, progress, result)
             result.info.embedding_model = settings["dense"]["model"]
-        (work / index_files.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
+        (work / layout.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
         replace_folder(work / "index", out_dir / "index")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -247,8 +247,8 @@ def _write_chunks(chunks: list[Chunk], work: Path) -> None:
     lines = [json.dumps(c.to_record(), ensure_ascii=False).encode("utf-8") + b"\n" for c in chunks]
     offsets = np.zeros(len(lines) + 1, dtype=np.int64)
     np.cumsum([len(line) for line in lines], out=offsets[1:])
-    (work / index_files.CHUNKS).write_bytes(b"".join(lines))
-    np.save(work / index_files.CHUNK_OFFSETS, offsets)
+    (work / layout.CHUNKS).write_bytes(b"".join(lines))
+    np.save(work / layout.CHUNK_OFFSETS, offsets)
 
 
 def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> dict:
@@ -287,11 +287,11 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
 
     matrix = np.concatenate(vectors)[kept]
     quantized, scales = quantize_vectors(matrix)
-    (work / index_files.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
-    np.save(work / index_files.DENSE_VECTORS, quantized)
-    np.save(work / index_files.DENSE_SCALES, scales)
-    shutil.copyfile(embedder.model, work / index_files.DENSE_MODEL)
-    shutil.copyfile(embedder.tokenizer, work / index_files.DENSE_TOKENIZER)
+    (work / layout.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
+    np.save(work / layout.DENSE_VECTORS, quantized)
+    np.save(work / layout.DENSE_SCALES, scales)
+    shutil.copyfile(embedder.model, work / layout.DENSE_MODEL)
+    shutil.copyfile(embedder.tokenizer, work / layout.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import index_files
+from runtime import layout
 from runtime.text_terms import terms
 
 
@@ -54,9 +54,9 @@ def write_postings(vocab: dict[str, int], term_ids: np.ndarray, doc_ids: np.ndar
     norm = config.k1 * (1.0 - config.b + config.b * lengths[doc_ids] / average)
     weights = (idf[term_ids] * tf / (tf + norm)).astype(np.float32)
 
-    folder = staging / Path(index_files.BM25_VOCAB).parent
+    folder = staging / Path(layout.BM25_VOCAB).parent
     folder.mkdir(parents=True, exist_ok=True)
-    (staging / index_files.BM25_VOCAB).write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-    np.save(staging / index_files.BM25_INDPTR, indptr)
-    np.save(staging / index_files.BM25_DOC_IDS, doc_ids.astype(np.int32))
-    np.save(staging / index_files.BM25_WEIGHTS, weights)
+    (staging / layout.BM25_VOCAB).write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    np.save(staging / layout.BM25_INDPTR, indptr)
+    np.save(staging / layout.BM25_DOC_IDS, doc_ids.astype(np.int32))
+    np.save(staging / layout.BM25_WEIGHTS, weights)

@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from runtime import index_files
+from runtime import layout
 from runtime.text_terms import terms
 
 
@@ -23,10 +23,10 @@ class Bm25Search:
     @classmethod
     def from_bundle(cls, bundle, size: int) -> "Bm25Search":
         return cls(
-            json.loads(bytes(bundle.read(index_files.BM25_VOCAB))),
-            bundle.array(index_files.BM25_INDPTR),
-            bundle.array(index_files.BM25_DOC_IDS),
-            bundle.array(index_files.BM25_WEIGHTS),
+            json.loads(bytes(bundle.read(layout.BM25_VOCAB))),
+            bundle.array(layout.BM25_INDPTR),
+            bundle.array(layout.BM25_DOC_IDS),
+            bundle.array(layout.BM25_WEIGHTS),
             size,
         )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from runtime import layout
 from runtime.entry_hashes import EntryHashes, EntryMismatch
 from runtime.errors import UserError
 from runtime.manifest import Entry, Manifest
@@ -23,7 +24,7 @@ from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, Pay
 from runtime.payload_coverage import CoverageError, check_uncovered_bytes
 from runtime.signature import SignatureError, check_signature_by
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = layout.MANIFEST
 _FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
 # Absent from 1.19.2 (the newest for Python 3.9 on aarch64), present in 1.32.0: both are tested.
 _ORT_HAS_FOLDER_OPTION = tuple(int(part) for part in ort.__version__.split(".")[:2]) >= (1, 20)

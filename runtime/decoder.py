@@ -12,9 +12,10 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
+from runtime import layout
 from runtime.bundle import BundleError
 
-MODEL_ONNX = "model/model.onnx"
+MODEL_ONNX = layout.MODEL_ONNX
 
 # Graph names as manifests record them (model.graph); the builder's registry (bundler/graph_kinds.py)
 # writes these names.

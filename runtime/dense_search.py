@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from runtime import index_files
+from runtime import layout
 from runtime.errors import UserError
 
 # Chunk vectors are symmetric int8, one scale per chunk (scoring is float32, so the full range is safe).
@@ -35,8 +35,8 @@ class SentenceEncoder:
 
     @classmethod
     def from_bundle(cls, bundle, max_length: int, options: ort.SessionOptions) -> "SentenceEncoder":
-        session = bundle.onnx_session(index_files.DENSE_MODEL, options)
-        tokenizer = Tokenizer.from_str(bytes(bundle.read(index_files.DENSE_TOKENIZER)).decode("utf-8"))
+        session = bundle.onnx_session(layout.DENSE_MODEL, options)
+        tokenizer = Tokenizer.from_str(bytes(bundle.read(layout.DENSE_TOKENIZER)).decode("utf-8"))
         return cls(session, tokenizer, max_length)
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -113,9 +113,9 @@ class DenseSearch:
     @classmethod
     def from_bundle(cls, bundle, max_length: int, size: int, threads: int | None = None) -> "DenseSearch":
         """size: the number of chunks, which the vectors must match."""
-        vectors, scales = bundle.array(index_files.DENSE_VECTORS), bundle.array(index_files.DENSE_SCALES)
+        vectors, scales = bundle.array(layout.DENSE_VECTORS), bundle.array(layout.DENSE_SCALES)
         if vectors.ndim != 2 or vectors.dtype != np.int8 or scales.dtype != np.float32 or scales.shape != (size,) or len(vectors) != size:
-            raise UserError(f"{bundle.path}: {index_files.DENSE_VECTORS}: expected int8 [{size}, dim] vectors and float32 "
+            raise UserError(f"{bundle.path}: {layout.DENSE_VECTORS}: expected int8 [{size}, dim] vectors and float32 "
                             f"[{size}] scales, found {vectors.dtype} {list(vectors.shape)} and {scales.dtype} {list(scales.shape)}")
         options = ort.SessionOptions()
         if threads:

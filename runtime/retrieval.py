@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from runtime import index_files
+from runtime import layout
 from runtime.bm25_search import Bm25Search
 from runtime.dense_search import DenseSearch
 from runtime.errors import UserError
@@ -27,9 +27,9 @@ class RetrievalError(UserError):
 
 def read_settings(bundle) -> dict:
     """The index's settings entry, checked for the fields the runtime reads."""
-    where = f"{bundle.path}: {index_files.SETTINGS}"
+    where = f"{bundle.path}: {layout.SETTINGS}"
     try:
-        settings = json.loads(bytes(bundle.read(index_files.SETTINGS)))
+        settings = json.loads(bytes(bundle.read(layout.SETTINGS)))
         modes, analyzer = settings["modes"], settings["analyzer"]
         float(settings["fusion"]["dense_weight"])
         if "dense" in modes:
@@ -37,9 +37,9 @@ def read_settings(bundle) -> dict:
     except (ValueError, KeyError, TypeError) as exc:
         raise RetrievalError(f"{where}: malformed index settings ({type(exc).__name__}: {exc})") from None
     version = settings.get("format", 1)  # format 1 had no field
-    if version != index_files.FORMAT:
+    if version != layout.FORMAT:
         raise RetrievalError(f"{where}: index format {version!r} is not supported by this runtime "
-                             f"(expected {index_files.FORMAT}); rebuild the executable with the current builder")
+                             f"(expected {layout.FORMAT}); rebuild the executable with the current builder")
     if not isinstance(modes, list) or not modes or not set(modes) <= {"bm25", "dense"}:
         raise RetrievalError(f"{where}: malformed index settings (modes {modes!r})")
     if analyzer != ANALYZER:
@@ -106,7 +106,7 @@ class ChunkStore:
 
     @classmethod
     def from_bundle(cls, bundle) -> "ChunkStore":
-        return cls(bundle.read(index_files.CHUNKS), bundle.array(index_files.CHUNK_OFFSETS))
+        return cls(bundle.read(layout.CHUNKS), bundle.array(layout.CHUNK_OFFSETS))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

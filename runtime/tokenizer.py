@@ -18,10 +18,7 @@ import jinja2.ext
 import jinja2.sandbox
 from tokenizers import Tokenizer
 
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
-MODEL_FOLDER = "model"
+from runtime.layout import GENERATION_CONFIG_FILE, MODEL_FOLDER, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 # Unicode private-use characters stand in for control strings inside message content while the
 # template renders, so that the template's own control tokens can be told apart afterwards.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import build
-from runtime import cli, index_files
+from runtime import cli, layout
 from runtime.errors import EXIT_USER_ERROR
 
 BAD_ARGUMENTS = [
@@ -55,16 +55,16 @@ def damaged_staging(query_staging, tmp_path) -> Path:
 
 
 def test_malformed_index_settings_are_one_error_naming_the_entry(damaged_staging, capsys):
-    (damaged_staging / index_files.SETTINGS).write_text('{"modes": "bm25"')
+    (damaged_staging / layout.SETTINGS).write_text('{"modes": "bm25"')
     code, errors = run_cli(["--bundle", str(damaged_staging), "search", "pump"], capsys)
     assert code == EXIT_USER_ERROR
-    assert errors == [errors[0]] and index_files.SETTINGS in errors[0] and "malformed" in errors[0]
+    assert errors == [errors[0]] and layout.SETTINGS in errors[0] and "malformed" in errors[0]
 
 
 def test_index_settings_with_an_unknown_mode_are_refused(damaged_staging, capsys):
-    settings = json.loads((damaged_staging / index_files.SETTINGS).read_text())
+    settings = json.loads((damaged_staging / layout.SETTINGS).read_text())
     settings["modes"] = ["bm25", "telepathy"]
-    (damaged_staging / index_files.SETTINGS).write_text(json.dumps(settings))
+    (damaged_staging / layout.SETTINGS).write_text(json.dumps(settings))
     code, errors = run_cli(["--bundle", str(damaged_staging), "search", "pump"], capsys)
     assert code == EXIT_USER_ERROR and "telepathy" in errors[0]
 

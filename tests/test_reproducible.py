@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bundler.index import build_index
 from bundler.pipeline import BuildConfig, build
-from runtime import index_files
+from runtime import layout
 from runtime.bundle import Bundle
 from tests.fixtures_station import STATION_DOCS, write_docs
 
@@ -57,7 +57,7 @@ def test_dense_index_does_not_depend_on_which_documents_the_cache_already_held(t
     warm = build_index(docs, tmp_path / "warm", warm_cache)
 
     assert warm.embedded == len(STATION_DOCS) - 1
-    for name in (index_files.DENSE_VECTORS, index_files.DENSE_SCALES, index_files.CHUNKS, index_files.BM25_WEIGHTS):
+    for name in (layout.DENSE_VECTORS, layout.DENSE_SCALES, layout.CHUNKS, layout.BM25_WEIGHTS):
         assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
 
 

@@ -1,5 +1,18 @@
-"""Names of the retrieval index entries inside a bundle: one definition for builder and runtime."""
+"""Every file of a bundle, by name: one definition for the builder that writes them and the runtime
+that reads them (a staging folder holds the same names as files)."""
 from __future__ import annotations
+
+MANIFEST = "manifest.json"               # runtime.manifest.Manifest; in a file bundle, after the entries
+
+# The language model (model/): graph, weights as its external data, Hugging Face tokenizer files.
+MODEL_FOLDER = "model"
+MODEL_ONNX = f"{MODEL_FOLDER}/model.onnx"
+MODEL_DATA = f"{MODEL_FOLDER}/model.onnx.data"
+TOKENIZER_FILE = "tokenizer.json"                 # names inside MODEL_FOLDER (and a Hugging Face folder)
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"   # chat template, bos/eos, add_bos_token
+GENERATION_CONFIG_FILE = "generation_config.json"  # eos_token_id list; optional
+
+# The retrieval index (index/).
 
 SETTINGS = "index/index.json"            # format, analyzer, dense model settings, fusion weight
 # Layout of the index entries; a runtime refuses any other. 2: dense vectors as .npy entries

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 # Importing bundler first turns off onnxruntime's telemetry and every model-hub lookup.
 from bundler.graph_kinds import GRAPH_KINDS, GRAPHS, QUANTIZATIONS
 from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, BuildConfig, build
+from runtime.arguments import positive_int
 from runtime.errors import EXIT_USER_ERROR, UserError
 from runtime.terminal_text import visible
 
@@ -34,13 +35,6 @@ the executable it writes:
   (run it with --help for every option)
 
 Progress bars go to stderr when it is a terminal; --json prints one object on stdout."""
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def ppl_ratio(text: str) -> float:

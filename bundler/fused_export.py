@@ -94,13 +94,8 @@ def model_info(weights: LlamaWeights, plan: QuantizationPlan) -> ModelInfo:
         graph=GRAPH_NAME,
         quantization=plan.mode,
         parameters=parameters,
-        num_layers=spec.num_layers,
-        num_heads=spec.num_heads,
-        num_kv_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
-        hidden_size=spec.hidden_size,
-        vocab_size=spec.vocab_size,
-        context_length=min(spec.context_length, MAX_ROPE_POSITIONS),
+        # the graph's rotary tables stop at MAX_ROPE_POSITIONS
+        **{**spec.info_fields(), "context_length": min(spec.context_length, MAX_ROPE_POSITIONS)},
         weights=weight_summary(weights, plan),
     )
 

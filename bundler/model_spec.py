@@ -37,6 +37,12 @@ class ModelSpec:
     rope_scaling: Optional[dict] = None
     rope_factors: Optional[np.ndarray] = field(default=None, repr=False)  # GGUF rope_freqs
 
+    def info_fields(self) -> dict:
+        """The shape fields of the manifest's ModelInfo, as this spec gives them."""
+        return {"num_layers": self.num_layers, "num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
+                "head_dim": self.head_dim, "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
+                "context_length": self.context_length}
+
     def inverse_frequencies(self) -> np.ndarray:
         """Rotary inverse frequencies, with Llama 3 scaling where the model asks for it."""
         dims = np.arange(0, self.head_dim, 2, dtype=np.int64).astype(np.float32)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from runtime.bundle import Bundle, BundleError, FileBundle
+from runtime.arguments import (non_negative_float, non_negative_int, port_number, positive_float, positive_int,
+                               probability)
 from runtime.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 from runtime.network_guard import install_network_guard
 from runtime.signature import SignatureError, pinned_key
@@ -24,48 +26,6 @@ MODES = ("bm25", "dense", "hybrid")
 def default_bundle_path() -> Optional[Path]:
     """The executable itself carries the payload once frozen by PyInstaller."""
     return Path(sys.executable) if getattr(sys, "frozen", False) else None
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

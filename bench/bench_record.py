@@ -21,6 +21,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Every benchmark imports this module first: importing the product here turns onnxruntime's telemetry
+# off (runtime/__init__.py) before any benchmark imports onnxruntime itself.
+import runtime  # noqa: E402,F401
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BUSY_LOAD = 1.0
 SAMPLE_SECONDS = 2.0

@@ -12,6 +12,9 @@ import os
 
 import pytest
 
+# Before any test module imports onnxruntime itself: importing the product turns its telemetry off.
+import runtime  # noqa: F401
+
 # Modules imported by another fixture module come first, so pytest rewrites their asserts.
 pytest_plugins = [
     "tests.fixtures_model",

@@ -162,8 +162,8 @@ class Assistant:
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
         answer.stats.settings = generation_settings(config, grounding)
-        answer._deltas = self._stream(prompt_ids, config, StopStringFilter(options.stop), answer.stats, started,
-                                      grounding.stop_after_paragraph)
+        answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
+                                     StopStringFilter(options.stop), grounding.stop_after_paragraph)
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -176,34 +176,40 @@ class Assistant:
         answer.stats.first_token_s = answer.stats.total_s = time.perf_counter() - started
         return answer
 
-    def _stream(self, prompt_ids: list[int], config: GenerationConfig, stops: StopStringFilter,
-                stats: AnswerStats, started: float, stop_after_paragraph: bool = False) -> Iterator[str]:
-        self.decoder.reset()
-        stream = self.tokenizer.StreamDecoder(self.tokenizer)
-        stats.finish_reason = "length"
-        guard = RepetitionGuard.from_config(config)
-        shown = ""
-        try:
-            for token in generate(self.decoder, prompt_ids, config, guard):
-                if token in config.stop_token_ids:
-                    stats.finish_reason = "stop"
-                    break
-                stats.new_tokens += 1
-                if stats.new_tokens == 1:
-                    stats.first_token_s = time.perf_counter() - started
-                text = stops.push(stream.push(token))
-                if text:
-                    shown += text
-                    yield text
-                if stops.stopped or (stop_after_paragraph and ends_paragraph(shown)):
-                    stats.finish_reason = "stop"
-                    break
-            else:
-                stats.loop_stopped = guard.stopped
-                if stats.new_tokens < config.max_new_tokens:
-                    stats.finish_reason = "stop"
-            tail = stops.push(stream.flush()) + stops.flush()
-            if tail:
-                yield tail
-        finally:
-            stats.total_s = time.perf_counter() - started
+
+def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int], config: GenerationConfig,
+                stats, started: float, stops: Optional[StopStringFilter] = None,
+                stop_after_paragraph: bool = False) -> Iterator[str]:
+    """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
+    summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
+    stream's first token, from `started`), finish_reason, loop_stopped and total_s."""
+    stops = stops or StopStringFilter(())
+    stream = tokenizer.StreamDecoder(tokenizer)
+    stats.finish_reason = "length"
+    guard = RepetitionGuard.from_config(config)
+    shown, produced = "", 0
+    try:
+        for token in generate(decoder, prompt_ids, config, guard):
+            if token in config.stop_token_ids:
+                stats.finish_reason = "stop"
+                break
+            produced += 1
+            stats.new_tokens += 1
+            if produced == 1:
+                stats.first_token_s = time.perf_counter() - started
+            text = stops.push(stream.push(token))
+            if text:
+                shown += text
+                yield text
+            if stops.stopped or (stop_after_paragraph and ends_paragraph(shown)):
+                stats.finish_reason = "stop"
+                break
+        else:
+            stats.loop_stopped = guard.stopped
+            if produced < config.max_new_tokens:
+                stats.finish_reason = "stop"
+        tail = stops.push(stream.flush()) + stops.flush()
+        if tail:
+            yield tail
+    finally:
+        stats.total_s = time.perf_counter() - started

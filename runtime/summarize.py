@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
+from runtime.assistant import stream_text
 from runtime.errors import UserError
-from runtime.generation import GenerationConfig, generate
+from runtime.generation import GenerationConfig
 from runtime.retrieval import Chunk, Hit, SourceSpan
 from runtime.support_quote import sentence_spans
 from runtime.text_terms import terms
@@ -118,6 +119,7 @@ class SummaryStats:
     first_token_s: float = 0.0      # of the streamed (last) pass, from the start
     total_s: float = 0.0
     finish_reason: str = ""
+    loop_stopped: bool = False      # the repetition guard ended the last pass
 
 
 @dataclass
@@ -257,27 +259,4 @@ class Summarizer:
         ids = self.tokenizer.encode_chat(messages)
         stats.passes += 1
         stats.prompt_tokens += len(ids)
-        stream = self.tokenizer.StreamDecoder(self.tokenizer)
-        self.decoder.reset()
-        stats.finish_reason = "length"
-        produced = 0
-        try:
-            for token in generate(self.decoder, ids, config):
-                if token in config.stop_token_ids:
-                    stats.finish_reason = "stop"
-                    break
-                produced += 1
-                stats.new_tokens += 1
-                if produced == 1:
-                    stats.first_token_s = time.perf_counter() - started
-                text = stream.push(token)
-                if text:
-                    yield text
-            else:
-                if produced < config.max_new_tokens:
-                    stats.finish_reason = "stop"
-            tail = stream.flush()
-            if tail:
-                yield tail
-        finally:
-            stats.total_s = time.perf_counter() - started
+        return stream_text(self.decoder, self.tokenizer, ids, config, stats, started)

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the smaller of those two, 4,096 when neither says)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="where exported models, index parts and runtime stubs are kept between builds")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="parse and embed the documents on a Ray cluster (ray start --head prints ADDRESS), "
+                             "or 'local' for a Ray instance on this machine; needs the ray extra (docs/SCALING.md)")
     parser.add_argument("--strict", action="store_true", help="fail the build when any document is skipped")
     parser.add_argument("--include-hidden", action="store_true",
                         help="also index hidden files and folders (.env, .git/, .ssh/), key files (id_rsa, *.pem, "
@@ -142,7 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          graph=args.graph, quality_text=args.quality_text, max_ppl_ratio=args.max_ppl_ratio,
                          target=args.target, cache_dir=args.cache_dir, strict=args.strict,
                          include_hidden=args.include_hidden, sign_key=args.sign_key,
-                         require_signature=args.require_signature, runtime_stub=args.runtime_stub, context=args.ctx)
+                         require_signature=args.require_signature, runtime_stub=args.runtime_stub, context=args.ctx,
+                         ray=args.ray)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
     started = time.perf_counter()
     try:

@@ -27,7 +27,7 @@ from bundler.formats import PARSER_VERSION, SkipFile
 from bundler.fs import replace_folder, write_atomic
 from bundler.index_bm25 import Bm25Config, build_bm25
 from bundler.isolated_parse import ParseLimitExceeded, ParseLimits, run_isolated
-from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, read_source
+from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find_documents, parse_source, unpack_source
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from runtime import layout
@@ -79,10 +79,12 @@ def build_index(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     limits: ParseLimits = ParseLimits(),
     include_hidden: bool = False,
+    ray: str | None = None,
 ) -> IndexResult:
     """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
     previous index only once the new one is complete. Hidden and key files are left out unless
-    `include_hidden` (see `find_documents`)."""
+    `include_hidden` (see `find_documents`). `ray`: a Ray cluster address, or "local", where the
+    documents missing from the cache are parsed and embedded (`bundler.ray_build`)."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
@@ -90,6 +92,11 @@ def build_index(
     modes = tuple(m for m in ("bm25", "dense") if m in modes)
     scan = find_documents(docs_dir, max_file_bytes, include_hidden)
     result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=scan.skipped, left_out=scan.left_out)
+    remote = None
+    if ray is not None:
+        from bundler.ray_build import prepare_on_ray  # Ray is an optional extra
+
+        remote = prepare_on_ray(ray, scan.found, cache_dir, chunking, max_file_bytes, limits, "dense" in modes, progress)
     documents = _load_documents(scan.found, cache_dir, chunking, max_file_bytes, limits, progress, result)
     if strict and result.skipped:
         first = result.skipped[0]
@@ -127,6 +134,10 @@ def build_index(
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    if remote is not None:
+        result.parsed += remote.parsed
+        result.embedded += remote.embedded
+        result.chunks_embedded += remote.chunks_embedded
     result.info.documents = len(documents)
     result.info.chunks = len(chunks)
     result.info.modes = list(modes) + (["hybrid"] if len(modes) == 2 else [])
@@ -148,7 +159,7 @@ def _unique_passages(drafts: list[ChunkDraft]) -> list[tuple[int, SourceSpan]]:
     return [(i, dataclasses.replace(drafts[i].span, also_in=others.get(i, []))) for i in first.values()]
 
 
-def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max_file_bytes: int) -> str:
+def document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max_file_bytes: int) -> str:
     """Everything that shapes a document's chunks: its bytes, how they are parsed and cut."""
     digest = hashlib.sha256()
     recipe = {"parser": PARSER_VERSION, "format": source.format, "gz": source.relative.lower().endswith(".gz"),
@@ -164,19 +175,17 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
     for done, source in enumerate(sources):
         progress("parse documents", done, len(sources))
         raw = source.path.read_bytes()
-        key = _document_key(source, raw, chunking, max_file_bytes)
-        cached = cache_dir / "documents" / key[:2] / f"{key}.json"
-        entry = _read_entry(cached)
+        key = document_key(source, raw, chunking, max_file_bytes)
+        entry = read_entry(entry_path(cache_dir, key))
         if entry is None:
             try:
-                entry = run_isolated(_parse, (source, chunking, max_file_bytes), limits)
+                entry = run_isolated(parse_document, (source, raw, chunking, max_file_bytes), limits)
             except ParseLimitExceeded as exc:
                 # not cached: a limit hit on a busy machine should not stick to the file
                 result.skipped.append(SkippedFile(source.relative, str(exc), "parse limit"))
                 continue
             result.parsed += 1
-            record = {"code": code_digest(*PARSE_MAKERS), "sha256": _entry_sha256(entry), "entry": entry}
-            write_atomic(cached, json.dumps(record, ensure_ascii=False).encode("utf-8"))
+            store_entry(cache_dir, key, entry)
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
         if "skip" in entry:
             result.skipped.append(SkippedFile(source.relative, entry["skip"], entry["kind"]))
@@ -192,7 +201,17 @@ def _entry_sha256(entry: dict) -> str:
     return hashlib.sha256(json.dumps(entry, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _read_entry(path: Path) -> dict | None:
+def entry_path(cache_dir: Path, key: str) -> Path:
+    """Where a document's parsed entry (its chunks, or its skip reason) is cached."""
+    return cache_dir / "documents" / key[:2] / f"{key}.json"
+
+
+def store_entry(cache_dir: Path, key: str, entry: dict) -> None:
+    record = {"code": code_digest(*PARSE_MAKERS), "sha256": _entry_sha256(entry), "entry": entry}
+    write_atomic(entry_path(cache_dir, key), json.dumps(record, ensure_ascii=False).encode("utf-8"))
+
+
+def read_entry(path: Path) -> dict | None:
     """A cached document entry; None when there is none, or it names other code or fails its sha256."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -203,7 +222,18 @@ def _read_entry(path: Path) -> dict | None:
     return None
 
 
-def _read_vectors(folder: Path, key: str, embedder_key: str) -> np.ndarray | None:
+def vectors_folder(cache_dir: Path, embedder_key: str) -> Path:
+    # "-doc": vectors embedded in batches of their own document only (see _embed); older ones were not
+    return cache_dir / "embeddings" / f"{embedder_key}-doc"
+
+
+def store_vectors(folder: Path, key: str, vectors: np.ndarray, embedder_key: str) -> None:
+    data = _npy_bytes(vectors)
+    write_atomic(folder / f"{key}.npy", data)
+    write_atomic(folder / f"{key}.json", json.dumps({"code": embedder_key, "sha256": hashlib.sha256(data).hexdigest()}).encode())
+
+
+def read_vectors(folder: Path, key: str, embedder_key: str) -> np.ndarray | None:
     """A document's cached embeddings; None when there are none, or they fail the sha256 beside them."""
     try:
         record = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
@@ -215,10 +245,10 @@ def _read_vectors(folder: Path, key: str, embedder_key: str) -> np.ndarray | Non
     return None
 
 
-def _parse(source: SourceFile, chunking: ChunkingConfig, max_file_bytes: int) -> dict:
-    """Chunks of one file as cacheable JSON, or the reason it is skipped."""
+def parse_document(source: SourceFile, raw: bytes, chunking: ChunkingConfig, max_file_bytes: int) -> dict:
+    """Chunks of one file (its bytes as read) as cacheable JSON, or the reason it is skipped."""
     try:
-        parsed = parse_source(source, read_source(source, max_file_bytes))
+        parsed = parse_source(source, unpack_source(source, raw, max_file_bytes))
     except SkipFile as exc:
         return {"skip": str(exc), "kind": _skip_kind(str(exc)), "warnings": []}
     except Exception as exc:  # a parser library choking on a malformed file must not end the build
@@ -262,8 +292,7 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
         Tokenizer.from_file(str(embedder.tokenizer)),
         embedder.max_length,
     )
-    # "-doc": vectors embedded in batches of their own document only (see _embed); older ones were not
-    folder = cache_dir / "embeddings" / f"{embedder.key}-doc"
+    folder = vectors_folder(cache_dir, embedder.key)
     vectors: list[np.ndarray | None] = []
     pending: list[int] = []  # documents to embed now
     start = 0
@@ -271,17 +300,14 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
     for index, doc in enumerate(documents):
         spans.append((start, start + len(doc.drafts)))
         start += len(doc.drafts)
-        cached = _read_vectors(folder, doc.key, embedder.key)
+        cached = read_vectors(folder, doc.key, embedder.key)
         vectors.append(cached)
         if cached is None:
             pending.append(index)
     embedded = _embed(encoder, [texts[slice(*spans[d])] for d in pending], progress)
     for d, doc_vectors in zip(pending, embedded):
         vectors[d] = np.stack(doc_vectors).astype(np.float32)
-        data = _npy_bytes(vectors[d])
-        write_atomic(folder / f"{documents[d].key}.npy", data)
-        record = {"code": embedder.key, "sha256": hashlib.sha256(data).hexdigest()}
-        write_atomic(folder / f"{documents[d].key}.json", json.dumps(record).encode())
+        store_vectors(folder, documents[d].key, vectors[d], embedder.key)
     result.embedded = len(pending)
     result.chunks_embedded = sum(len(group) for group in embedded)
 

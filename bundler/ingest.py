@@ -124,9 +124,8 @@ def _read_head(path: Path, name: str) -> bytes:
         raise SkipFile(f"cannot be read ({exc})") from None
 
 
-def read_source(source: SourceFile, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
-    """The file's bytes, gunzipped if it is gzipped (bounded, against gzip bombs)."""
-    data = source.path.read_bytes()
+def unpack_source(source: SourceFile, data: bytes, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The file's bytes as read, gunzipped if it is gzipped (bounded, against gzip bombs)."""
     if source.relative.lower().endswith(".gz"):
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:

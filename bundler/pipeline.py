@@ -56,6 +56,7 @@ class BuildConfig:
     require_signature: bool = False        # pin sign_key's public key: the executable starts only while signed by it
     runtime_stub: Optional[Path] = None    # a stub built elsewhere (e.g. natively on Windows) instead of the cache
     context: Optional[int] = None          # lowers the context the bundle runs with (min with model and target)
+    ray: Optional[str] = None              # Ray cluster address, or "local": parse and embed documents there
 
     def output_path(self) -> Path:
         return self.output or REPO_ROOT / "dist" / self.docs.resolve().name
@@ -126,7 +127,7 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     # Documents first: their errors are found in seconds, a model export takes minutes.
     index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict,
-                        include_hidden=config.include_hidden)
+                        include_hidden=config.include_hidden, ray=config.ray)
     model_info, model_cached = _stage_model(source, kind, quantization, config, staging, progress)
     manifest = _write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,

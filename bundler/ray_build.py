@@ -35,11 +35,20 @@ class RemoteWork:
     workers: int = 0          # actors in the pool
 
 
-def connect(address: str) -> None:
-    """ray.init for `--ray ADDRESS` (or "local"); a session already open (a test's, a bench's) is used as is."""
+def connect(address: str, cpus: int | None = None) -> None:
+    """ray.init for `--ray ADDRESS` (or "local", with `cpus` CPUs: default all of this machine's);
+    a session already open (a test's, a bench's) is used as is."""
     ray = _import_ray()
-    if not ray.is_initialized():
-        ray.init(address=None if address == LOCAL else address, log_to_driver=False, configure_logging=False)
+    if ray.is_initialized():
+        return
+    import bundler
+    import runtime
+
+    local = address == LOCAL
+    # the driver's own code on every worker: the parse code is part of each document's cache key
+    code = {"py_modules": [os.path.dirname(bundler.__file__), os.path.dirname(runtime.__file__)]}
+    ray.init(address=None if local else address, num_cpus=cpus if local else None, runtime_env=code,
+             include_dashboard=False if local else None, log_to_driver=False, configure_logging=False)
 
 
 def prepare_on_ray(
@@ -80,9 +89,6 @@ def prepare_on_ray(
     work = RemoteWork(workers=workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
     if not items:
         return work
-    import bundler
-    import runtime
-
     dataset = ray.data.from_items(items).map_batches(
         DocumentWorker,
         fn_constructor_kwargs={
@@ -94,8 +100,6 @@ def prepare_on_ray(
         batch_size=1,  # one document per call: its chunks are embedded in batches of their own
         concurrency=work.workers,
         num_cpus=1,
-        # the driver's own code on every worker: the parse code is part of each document's cache key
-        runtime_env={"py_modules": [os.path.dirname(bundler.__file__), os.path.dirname(runtime.__file__)]},
     )
     progress(STEP, 0, len(items))
     for done, row in enumerate(dataset.iter_rows(), start=1):

@@ -42,9 +42,11 @@ def test_index_built_on_a_two_worker_ray_cluster_matches_the_local_build(tmp_pat
     docs = write_documents(tmp_path / "docs")
     local_cache, ray_cache = fresh_cache(tmp_path / "local-cache", shared_embedder), fresh_cache(tmp_path / "ray-cache", shared_embedder)
     local = build_index(docs, tmp_path / "local", local_cache)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from bundler.ray_build import LOCAL, connect
+
+    connect(LOCAL, cpus=2)  # a local cluster of two worker CPUs, with this checkout's code
     try:
-        remote = build_index(docs, tmp_path / "ray", ray_cache, ray="local")
+        remote = build_index(docs, tmp_path / "ray", ray_cache, ray=LOCAL)
     finally:
         ray.shutdown()
 

@@ -121,6 +121,7 @@ def build_index(
         all_texts = [index_text(Chunk(0, d.text, d.span)) for d in drafts]
         texts = [all_texts[i] for i, _ in kept]
         _write_chunks(chunks, work)
+        _write_document_starts(documents, [i for i, _ in kept], work)
         if "bm25" in modes:
             bm25 = Bm25Config()
             progress("bm25 index", 0, 1)
@@ -279,6 +280,14 @@ def _write_chunks(chunks: list[Chunk], work: Path) -> None:
     np.cumsum([len(line) for line in lines], out=offsets[1:])
     (work / layout.CHUNKS).write_bytes(b"".join(lines))
     np.save(work / layout.CHUNK_OFFSETS, offsets)
+
+
+def _write_document_starts(documents: list[_Document], kept: list[int], work: Path) -> None:
+    """Chunks are kept in document order (a passage held by several files stays with the first), so
+    each document's chunks are one range: hits can be ranked and capped per document."""
+    document_of_draft = np.repeat(np.arange(len(documents)), [len(doc.drafts) for doc in documents])
+    counts = np.bincount(document_of_draft[kept], minlength=len(documents))
+    np.save(work / layout.DOCUMENT_STARTS, np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
 
 
 def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> dict:

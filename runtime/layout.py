@@ -15,11 +15,14 @@ GENERATION_CONFIG_FILE = "generation_config.json"  # eos_token_id list; optional
 # The retrieval index (index/).
 
 SETTINGS = "index/index.json"            # format, analyzer, dense model settings, fusion weight
-# Layout of the index entries; a runtime refuses any other. 2: dense vectors as .npy entries
-# (1 held them inside an ONNX scorer graph).
-FORMAT = 2
+# Layout of the index entries; a runtime refuses any other. 3: DOCUMENT_STARTS (2 had none: hits
+# were passages without regard to their document); 2: dense vectors as .npy entries (1 held them
+# inside an ONNX scorer graph).
+FORMAT = 3
 CHUNKS = "index/chunks.jsonl"            # one JSON record per chunk, in id order
 CHUNK_OFFSETS = "index/chunk_offsets.npy"  # int64 [chunks + 1]: byte offsets of records in CHUNKS
+# int64 [documents + 1]: the chunks of document d (files in path order) are [starts[d], starts[d+1])
+DOCUMENT_STARTS = "index/document_starts.npy"
 
 BM25_VOCAB = "index/bm25/vocab.json"     # {term: term id}
 BM25_INDPTR = "index/bm25/indptr.npy"    # int64 [terms + 1]: postings of term t are [indptr[t], indptr[t+1])

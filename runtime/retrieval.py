@@ -126,6 +126,20 @@ def top_k(scores: np.ndarray, k: int, positive_only: bool = False) -> np.ndarray
     return best if chosen is None else chosen[best]
 
 
+def one_document_at_a_time(ids: np.ndarray, starts: np.ndarray, k: int) -> np.ndarray:
+    """Positions in `ids` (passages, best first) of the k to return: every document's best passage,
+    documents in the order of their best passage (max-passage), before any document's second-best
+    passage, and so on. One long document cannot crowd the hits; a corpus of one document still
+    gives k passages. starts: layout.DOCUMENT_STARTS."""
+    documents = np.searchsorted(starts, ids, side="right") - 1
+    by_document = np.argsort(documents, kind="stable")  # within a document, best first
+    grouped = documents[by_document]
+    group_start = np.maximum.accumulate(np.where(np.r_[True, grouped[1:] != grouped[:-1]], np.arange(len(ids)), 0))
+    place = np.empty(len(ids), dtype=np.int64)  # 0 for a document's best passage, 1 for its second, ...
+    place[by_document] = np.arange(len(ids)) - group_start
+    return np.lexsort((np.arange(len(ids)), place))[:k]
+
+
 def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sum of z-normalised scores over the union of both methods' best candidates.
 
@@ -146,8 +160,10 @@ def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tu
 
 
 class Retriever:
-    def __init__(self, chunks: ChunkStore, bm25: Bm25Search | None, dense: DenseSearch | None, dense_weight: float):
+    def __init__(self, chunks: ChunkStore, document_starts: np.ndarray, bm25: Bm25Search | None, dense: DenseSearch | None,
+                 dense_weight: float):
         self.chunks = chunks
+        self.document_starts = document_starts
         self.bm25 = bm25
         self.dense = dense
         self.dense_weight = dense_weight
@@ -159,12 +175,16 @@ class Retriever:
     def from_bundle(cls, bundle, threads: int | None = None) -> "Retriever":
         settings = read_settings(bundle)
         chunks = ChunkStore.from_bundle(bundle)
+        starts = bundle.array(layout.DOCUMENT_STARTS)
+        if starts.ndim != 1 or starts.dtype != np.int64 or len(starts) < 2 or starts[0] != 0 or starts[-1] != len(chunks):
+            raise RetrievalError(f"{bundle.path}: {layout.DOCUMENT_STARTS}: expected int64 chunk offsets from 0 to "
+                                 f"{len(chunks)}, found {starts.dtype} {list(starts.shape)}")
         modes = settings["modes"]
         bm25 = Bm25Search.from_bundle(bundle, len(chunks)) if "bm25" in modes else None
         dense = None
         if "dense" in modes:
             dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], len(chunks), threads)
-        return cls(chunks, bm25, dense, settings["fusion"]["dense_weight"])
+        return cls(chunks, starts, bm25, dense, settings["fusion"]["dense_weight"])
 
     def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:
         if mode not in self.modes:
@@ -173,14 +193,18 @@ class Retriever:
             raise RetrievalError(f"number of passages must be at least 1, got {k}")
         if len(self.chunks) == 0 or not query.strip():
             return []
+        # enough passages to find k documents, or k passages of fewer documents
+        depth = max(FUSION_CANDIDATES, k)
         if mode == "bm25":
             scores = self.bm25.scores(query)
-            ids = top_k(scores, k, positive_only=True)
+            ids = top_k(scores, depth, positive_only=True)
             values = scores[ids]
         elif mode == "dense":
             scores = self.dense.scores(query)
-            ids = top_k(scores, k)
+            ids = top_k(scores, depth)
             values = scores[ids]
         else:
-            ids, values = fuse(self.bm25.scores(query), self.dense.scores(query), self.dense_weight, k)
+            ids, values = fuse(self.bm25.scores(query), self.dense.scores(query), self.dense_weight, depth)
+        chosen = one_document_at_a_time(ids, self.document_starts, k)
+        ids, values = ids[chosen], values[chosen]
         return [Hit(rank=r + 1, score=float(v), chunk=self.chunks[int(i)]) for r, (i, v) in enumerate(zip(ids, values))]

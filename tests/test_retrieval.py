@@ -220,9 +220,12 @@ def test_index_is_plain_arrays_int8_vectors_and_json_lines(tmp_path, index_cache
     names = sorted(p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file())
     assert names == ["bm25/doc_ids.npy", "bm25/indptr.npy", "bm25/vocab.json", "bm25/weights.npy", "chunk_offsets.npy",
                      "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/tokenizer.json", "dense/vectors.npy",
-                     "index.json"]
+                     "document_starts.npy", "index.json"]
     vectors, scales = np.load(index_dir / "dense/vectors.npy"), np.load(index_dir / "dense/scales.npy")
     records = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
+    starts = np.load(index_dir / "document_starts.npy")
+    assert starts.dtype == np.int64 and list(starts) == [0] + [i for i in range(1, len(records) + 1)
+                                                              if i == len(records) or records[i]["path"] != records[i - 1]["path"]]
     assert vectors.dtype == np.int8 and vectors.shape == (len(records), 384)
     assert scales.dtype == np.float32 and scales.shape == (len(records),)
     assert np.allclose(np.linalg.norm(vectors * scales[:, None], axis=1), 1.0, atol=0.01)  # unit vectors

@@ -70,7 +70,6 @@ def prepare_on_ray(
     from bundler import index  # the cache layout and the per-document steps of the local build
 
     ray = _import_ray()
-    connect(address)
     embedder = None
     if embed:
         from bundler.embedder_export import export_embedder
@@ -86,9 +85,10 @@ def prepare_on_ray(
             index.read_vectors(folder, key, embedder.key) is None
         if entry is None or needs_vectors:
             items.append({"key": key, "relative": source.relative, "format": source.format, "raw": raw})
-    work = RemoteWork(workers=workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
     if not items:
-        return work
+        return RemoteWork()
+    connect(address)
+    work = RemoteWork(workers=workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
     dataset = ray.data.from_items(items).map_batches(
         DocumentWorker,
         fn_constructor_kwargs={

@@ -12,6 +12,7 @@ gains by adding machines; on one shared machine the figures show the overhead of
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -30,8 +31,6 @@ from tokenizers import Tokenizer  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
 from runtime import layout  # noqa: E402
-from runtime.bundle import DirectoryBundle  # noqa: E402
-from runtime.retrieval import ChunkStore  # noqa: E402
 
 SAME_BYTES = (layout.SETTINGS, layout.CHUNKS, layout.CHUNK_OFFSETS, layout.DOCUMENT_STARTS, layout.BM25_VOCAB,
               layout.BM25_INDPTR, layout.BM25_DOC_IDS, layout.BM25_WEIGHTS)
@@ -52,8 +51,8 @@ def same_index(first: Path, second: Path) -> str:
 
 
 def chunk_tokens(staging: Path, tokenizer: Tokenizer) -> int:
-    chunks = ChunkStore.from_bundle(DirectoryBundle(staging))
-    return sum(len(e.ids) - 2 for e in tokenizer.encode_batch([chunks[i].text for i in range(len(chunks))]))
+    texts = [json.loads(line)["text"] for line in (staging / layout.CHUNKS).read_text(encoding="utf-8").splitlines()]
+    return sum(len(e.ids) - 2 for e in tokenizer.encode_batch(texts))
 
 
 def main() -> None:

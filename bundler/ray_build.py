@@ -11,6 +11,7 @@ only here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,9 @@ def prepare_on_ray(
         return RemoteWork()
     connect(address)
     work = RemoteWork(workers=workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
+    # the build reports through `progress`; Ray Data would also log every 10 s where stdout is no terminal
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     dataset = ray.data.from_items(items).map_batches(
         DocumentWorker,
         fn_constructor_kwargs={

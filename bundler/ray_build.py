@@ -1,7 +1,7 @@
 """Parsing and embedding documents on a Ray cluster (Ray Data), for builds too big for one machine.
 
 The driver walks the folder, reads each file and keys it as the local build does; documents missing
-from the builder cache go through `map_batches` to a pool of actors, each of which loads the ONNX
+from the builder cache go through `map_batches` to a pool of actors (`ActorPoolStrategy`), each of which loads the ONNX
 embedder once, parses a document (in a forked child with the same limits) and embeds its chunks in
 batches of that document only, exactly as `bundler.index` does. The driver stores what comes back in
 the same cache entries; `build_index` then writes the index from the cache, so BM25 and the index
@@ -102,7 +102,7 @@ def prepare_on_ray(
             "chunking": chunking, "max_file_bytes": max_file_bytes, "limits": limits,
         },
         batch_size=1,  # one document per call: its chunks are embedded in batches of their own
-        concurrency=work.workers,
+        compute=ray.data.ActorPoolStrategy(size=work.workers),
         num_cpus=1,
     )
     progress(STEP, 0, len(items))

@@ -1,8 +1,8 @@
 """Parsing and embedding documents on a Ray cluster (Ray Data), for builds too big for one machine.
 
 The driver walks the folder, reads each file and keys it as the local build does; documents missing
-from the builder cache go through `map_batches` to a pool of actors (`ActorPoolStrategy`), each of which loads the ONNX
-embedder once, parses a document (in a forked child with the same limits) and embeds its chunks in
+from the builder cache go through `map_batches` to a pool of actors (`ActorPoolStrategy`), each of
+which loads the ONNX embedder once, parses a document (in a forked child with the same limits) and embeds its chunks in
 batches of that document only, exactly as `bundler.index` does. The driver stores what comes back in
 the same cache entries; `build_index` then writes the index from the cache, so BM25 and the index
 files are the local build's. Ray is an optional extra (`pip install 'edgebundle[ray]'`), imported

@@ -2,8 +2,8 @@
 
 The driver walks the folder, reads each file and keys it as the local build does; documents missing
 from the builder cache go through `map_batches` to a pool of actors (`ActorPoolStrategy`), each of
-which loads the ONNX embedder once, parses a document (in a forked child with the same limits) and embeds its chunks in
-batches of that document only, exactly as `bundler.index` does. The driver stores what comes back in
+which loads the ONNX embedder once, parses a document (in a forked child with the same limits) and
+embeds its chunks in batches of that document only, exactly as `bundler.index` does. The driver stores what comes back in
 the same cache entries; `build_index` then writes the index from the cache, so BM25 and the index
 files are the local build's. Ray is an optional extra (`pip install 'edgebundle[ray]'`), imported
 only here.

@@ -3,10 +3,10 @@
 The driver walks the folder, reads each file and keys it as the local build does; documents missing
 from the builder cache go through `map_batches` to a pool of actors (`ActorPoolStrategy`), each of
 which loads the ONNX embedder once, parses a document (in a forked child with the same limits) and
-embeds its chunks in batches of that document only, exactly as `bundler.index` does. The driver stores what comes back in
-the same cache entries; `build_index` then writes the index from the cache, so BM25 and the index
-files are the local build's. Ray is an optional extra (`pip install 'edgebundle[ray]'`), imported
-only here.
+embeds its chunks in batches of that document only, exactly as `bundler.index` does. The driver
+stores what comes back in the same cache entries; `build_index` then writes the index from the
+cache, so BM25 and the index files are the local build's. Ray is an optional extra
+(`pip install 'edgebundle[ray]'`), imported only here.
 """
 from __future__ import annotations
 
@@ -61,12 +61,11 @@ def prepare_on_ray(
     limits: ParseLimits,
     embed: bool,
     progress: ProgressCallback = no_progress,
-    workers: int | None = None,
 ) -> RemoteWork:
     """Fills the builder cache with the entries (and vectors) of every document not yet in it.
 
-    workers: actors in the pool (default: one per CPU of the cluster), each running the embedder on
-    one thread. A document whose parse hits a limit gets no entry: the local pass meets it again.
+    The pool has one actor per CPU of the cluster, each running the embedder on one thread. A
+    document whose parse hits a limit gets no entry: the local pass meets it again.
     """
     from bundler import index  # the cache layout and the per-document steps of the local build
 
@@ -89,7 +88,7 @@ def prepare_on_ray(
     if not items:
         return RemoteWork()
     connect(address)
-    work = RemoteWork(workers=workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
+    work = RemoteWork(workers=max(1, int(ray.cluster_resources().get("CPU", 1))))
     # the build reports through `progress`; Ray Data would also log every 10 s where stdout is no terminal
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

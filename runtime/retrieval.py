@@ -17,7 +17,8 @@ from runtime.dense_search import DenseSearch
 from runtime.errors import UserError
 from runtime.text_terms import ANALYZER
 
-# Weighted fusion normalises each method's scores over this many of its best candidates.
+# Weighted fusion normalises each method's scores over this many of its best candidates; a search
+# orders at least this many passages by document (one_document_at_a_time).
 FUSION_CANDIDATES = 100
 
 

@@ -14,13 +14,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from bundler.code_digest import code_digest
-from bundler.embedder_export import export_embedder
+from bundler.embedder_export import Embedder, export_embedder
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
 from bundler.formats import PARSER_VERSION, SkipFile
@@ -35,6 +36,9 @@ from runtime.dense_search import SentenceEncoder, quantize_vectors
 from runtime.manifest import IndexInfo
 from runtime.retrieval import Chunk, SourceSpan
 from runtime.text_terms import ANALYZER
+
+if TYPE_CHECKING:
+    from bundler.index_reuse import IndexReuse
 
 # The code that turns a file into chunks: a document's cache entry names its hash and is made again
 # when it changes (the hash is part of the entry's key, and checked with the entry's own sha256).
@@ -53,6 +57,8 @@ class IndexResult:
     embedded: int = 0          # documents whose chunks were embedded in this build
     chunks_embedded: int = 0
     duplicate_passages: int = 0  # passages indexed once although more files (or places) hold them
+    files: list[dict] = field(default_factory=list)  # layout.DOCUMENTS records: each parsed file's key
+    reused: int = 0            # documents taken from an earlier bundle's index (bundler/index_reuse.py)
 
 
 @dataclass
@@ -79,10 +85,13 @@ def build_index(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     limits: ParseLimits = ParseLimits(),
     include_hidden: bool = False,
+    bm25: Bm25Config = Bm25Config(),
+    reuse: Optional["IndexReuse"] = None,
 ) -> IndexResult:
     """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
     previous index only once the new one is complete. Hidden and key files are left out unless
-    `include_hidden` (see `find_documents`)."""
+    `include_hidden` (see `find_documents`). With `reuse` (an update), documents an earlier index
+    holds unchanged take its passages and vectors, and the embedder is the one it carries."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
@@ -90,7 +99,7 @@ def build_index(
     modes = tuple(m for m in ("bm25", "dense") if m in modes)
     scan = find_documents(docs_dir, max_file_bytes, include_hidden)
     result = IndexResult(IndexInfo(documents=0, chunks=0), skipped=scan.skipped, left_out=scan.left_out)
-    documents = _load_documents(scan.found, cache_dir, chunking, max_file_bytes, limits, progress, result)
+    documents = _load_documents(scan.found, cache_dir, chunking, max_file_bytes, limits, progress, result, reuse)
     if strict and result.skipped:
         first = result.skipped[0]
         raise BuildError(docs_dir / first.path, f"{first.reason} (--strict: {len(result.skipped)} file(s) skipped)")
@@ -114,13 +123,16 @@ def build_index(
         all_texts = [index_text(Chunk(0, d.text, d.span)) for d in drafts]
         texts = [all_texts[i] for i, _ in kept]
         _write_chunks(chunks, work)
+        # each file's content key: an update (bundler/index_reuse.py) knows from it what is unchanged
+        (work / layout.DOCUMENTS).write_text(json.dumps({"format": 1, "files": result.files}, ensure_ascii=False),
+                                             encoding="utf-8")
         if "bm25" in modes:
-            bm25 = Bm25Config()
             progress("bm25 index", 0, 1)
             settings["bm25"] = {**dataclasses.asdict(bm25), "terms": build_bm25(texts, work, bm25)}
             progress("bm25 index", 1, 1)
         if "dense" in modes:
-            settings["dense"] = _write_dense(documents, all_texts, [i for i, _ in kept], work, cache_dir, progress, result)
+            settings["dense"] = _write_dense(documents, all_texts, [i for i, _ in kept], work, cache_dir, progress, result,
+                                             reuse)
             result.info.embedding_model = settings["dense"]["model"]
         (work / layout.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
         replace_folder(work / "index", out_dir / "index")
@@ -159,14 +171,16 @@ def _document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max
     return digest.hexdigest()
 
 
-def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result) -> list[_Document]:
+def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result, reuse) -> list[_Document]:
     documents = []
     for done, source in enumerate(sources):
         progress("parse documents", done, len(sources))
         raw = source.path.read_bytes()
         key = _document_key(source, raw, chunking, max_file_bytes)
         cached = cache_dir / "documents" / key[:2] / f"{key}.json"
-        entry = _read_entry(cached)
+        entry = reuse.entries.get(key) if reuse is not None else None
+        result.reused += entry is not None
+        entry = entry or _read_entry(cached)
         if entry is None:
             try:
                 entry = run_isolated(_parse, (source, chunking, max_file_bytes), limits)
@@ -178,10 +192,12 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
             record = {"code": code_digest(*PARSE_MAKERS), "sha256": _entry_sha256(entry), "entry": entry}
             write_atomic(cached, json.dumps(record, ensure_ascii=False).encode("utf-8"))
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
+        result.files.append({"path": source.relative, "key": key, **{k: v for k, v in entry.items() if k != "chunks"}})
         if "skip" in entry:
             result.skipped.append(SkippedFile(source.relative, entry["skip"], entry["kind"]))
             continue
-        drafts = [ChunkDraft(c.pop("text"), SourceSpan(path=source.relative, **c)) for c in entry["chunks"]]
+        drafts = [ChunkDraft(c["text"], SourceSpan(path=source.relative, **{k: v for k, v in c.items() if k != "text"}))
+                  for c in entry["chunks"]]
         documents.append(_Document(source.relative, key, drafts))
     progress("parse documents", len(sources), len(sources))
     result.skipped.sort(key=lambda s: s.path)
@@ -251,9 +267,12 @@ def _write_chunks(chunks: list[Chunk], work: Path) -> None:
     np.save(work / layout.CHUNK_OFFSETS, offsets)
 
 
-def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> dict:
-    """Embeds every passage of every document (cached per document), stores the kept ones."""
-    embedder = export_embedder(cache_dir, progress)
+def _write_dense(documents, texts, kept, work, cache_dir, progress, result, reuse) -> dict:
+    """Embeds every passage of every document (cached per document), stores the kept ones.
+
+    Vectors are quantized per row (quantize_vectors), so a document's int8 rows do not depend on
+    the others: an update takes an unchanged document's rows from the earlier index as they are."""
+    embedder: Embedder = reuse.embedder if reuse is not None else export_embedder(cache_dir, progress)
     options = ort.SessionOptions()
     # batches are long: spinning threads gain nothing and steal CPU from a shared builder machine
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -264,35 +283,39 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> d
     )
     # "-doc": vectors embedded in batches of their own document only (see _embed); older ones were not
     folder = cache_dir / "embeddings" / f"{embedder.key}-doc"
-    vectors: list[np.ndarray | None] = []
+    rows: list[tuple[np.ndarray, np.ndarray] | None] = []  # each document's int8 rows and scales
     pending: list[int] = []  # documents to embed now
     start = 0
     spans = []
     for index, doc in enumerate(documents):
         spans.append((start, start + len(doc.drafts)))
         start += len(doc.drafts)
-        cached = _read_vectors(folder, doc.key, embedder.key)
-        vectors.append(cached)
-        if cached is None:
+        known = reuse.vectors.get(doc.key) if reuse is not None else None
+        if known is None:
+            cached = _read_vectors(folder, doc.key, embedder.key)
+            known = quantize_vectors(cached) if cached is not None else None
+        rows.append(known)
+        if known is None:
             pending.append(index)
     embedded = _embed(encoder, [texts[slice(*spans[d])] for d in pending], progress)
     for d, doc_vectors in zip(pending, embedded):
-        vectors[d] = np.stack(doc_vectors).astype(np.float32)
-        data = _npy_bytes(vectors[d])
+        vectors = np.stack(doc_vectors).astype(np.float32)
+        data = _npy_bytes(vectors)
         write_atomic(folder / f"{documents[d].key}.npy", data)
         record = {"code": embedder.key, "sha256": hashlib.sha256(data).hexdigest()}
         write_atomic(folder / f"{documents[d].key}.json", json.dumps(record).encode())
+        rows[d] = quantize_vectors(vectors)
     result.embedded = len(pending)
     result.chunks_embedded = sum(len(group) for group in embedded)
 
-    matrix = np.concatenate(vectors)[kept]
-    quantized, scales = quantize_vectors(matrix)
+    quantized = np.concatenate([q for q, _ in rows])[kept]
+    scales = np.concatenate([s for _, s in rows])[kept]
     (work / layout.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
     np.save(work / layout.DENSE_VECTORS, quantized)
     np.save(work / layout.DENSE_SCALES, scales)
     shutil.copyfile(embedder.model, work / layout.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / layout.DENSE_TOKENIZER)
-    return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}
+    return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(quantized.shape[1])}
 
 
 def _embed(encoder, groups: list[list[str]], progress) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from bundler.progress import ProgressCallback, no_progress
 from runtime.bundle import FileBundle
 from runtime.manifest import Manifest
 from runtime.memory import MB
-from runtime.payload_coverage import CoverageError, stub_end
+from runtime.payload_coverage import CoverageError, find_stub_end
 
 COPY_BLOCK = 4 << 20
 
@@ -99,7 +99,7 @@ def _extract_stub(old: FileBundle, dest: Path) -> Optional[Path]:
         return None
     with open(old.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         try:
-            end = stub_end(data, start, old.manifest.stub_sha256, str(old.path))
+            end = find_stub_end(data, start, old.manifest.stub_sha256, str(old.path))
         except CoverageError as exc:
             raise BuildError(None, str(exc)) from None
         with open(dest, "wb") as out:

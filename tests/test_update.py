@@ -2,8 +2,8 @@
 and `build.py patch` + `EXE apply-patch` rebuild the new bundle byte for byte at the station."""
 from __future__ import annotations
 
+import gzip
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +15,23 @@ from runtime import layout
 from runtime.bundle import FileBundle
 from tests.fixtures_station import STATION_DOCS
 
-# OLD holds a copy of the pump page: its passages are indexed once, under the first file.
-OLD_DOCS = {**STATION_DOCS, "pumps/zz-coolant-pump-copy.md": STATION_DOCS["pumps/coolant-pump.md"]}
+# OLD holds a compressed copy of the pump page (another file, another content key): its passages
+# are indexed once, under the first file, with the copy in their `also_in`.
+PUMP_COPY = gzip.compress(STATION_DOCS["pumps/coolant-pump.md"].encode(), mtime=0)
+OLD_DOCS = {**STATION_DOCS, "pumps/zz-coolant-pump-copy.md.gz": PUMP_COPY}
 NEW_DOCS = {
-    # the original pump page is gone: the copy now holds the passages under its own name and lines
-    "pumps/zz-coolant-pump-copy.md": STATION_DOCS["pumps/coolant-pump.md"],
+    # the original pump page is gone: the copy now holds the passages under its own name
+    "pumps/zz-coolant-pump-copy.md.gz": PUMP_COPY,
     "power/solar-array.txt": STATION_DOCS["power/solar-array.txt"].replace("ninety", "sixty"),   # modified
     "radio/antenna.md": STATION_DOCS["radio/antenna.md"],                                          # unchanged
     "radio/beacon.md": "# Emergency beacon\n\nTest the emergency beacon on the first day of each month.\n",  # added
 }
 
 
-def write_tree(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
+def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
+    for name, content in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
+        (root / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return root
 
 
@@ -60,7 +62,7 @@ def test_update_writes_the_bundle_a_full_build_of_the_new_documents_writes(stati
     np.testing.assert_array_equal(new.array(layout.BM25_WEIGHTS), reference.array(layout.BM25_WEIGHTS))
     assert new.manifest.to_json() == reference.manifest.to_json()
     assert updated.sha256 == FileBundle(full).file_sha256()
-    # the antenna page came from OLD; the pump copy (indexed under another name in OLD), the solar
+    # the antenna page came from OLD; the pump copy (its passages indexed under another file in OLD), the solar
     # page (modified) and the beacon page (added) were parsed and embedded again
     assert (updated.reused, updated.parsed, updated.embedded, updated.removed) == (1, 3, 3, 1)
     chunks = [json.loads(line) for line in bytes(new.read(layout.CHUNKS)).splitlines()]

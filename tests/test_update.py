@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,92 @@ def test_update_of_a_file_that_is_not_a_bundle_is_refused(tmp_path):
     with pytest.raises(UserError, match="no payload trailer"):
         update(UpdateConfig(old=bogus, docs=tmp_path, output=tmp_path / "new", cache_dir=tmp_path / "cache"))
     assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture(scope="module")
+def station_patch(station_versions, tmp_path_factory):
+    from bundler.patch_writer import write_patch
+
+    old, updated, _ = station_versions
+    return write_patch(old, updated.executable, tmp_path_factory.mktemp("patch") / "station.patch")
+
+
+def test_patch_holds_only_the_changed_entries_and_rebuilds_the_new_bundle_byte_for_byte(station_versions,
+                                                                                       station_patch, tmp_path):
+    from tests.fixtures_station import run_offline
+
+    old, updated, _ = station_versions
+    # the model's weights and the embedder are copied at the station; the index and the model's graph
+    # (whose weight offsets moved) travel
+    assert "model/model.onnx.data" not in station_patch.changed and layout.CHUNKS in station_patch.changed
+    assert station_patch.size <= 1.1 * station_patch.changed_bytes
+    assert station_patch.size < 0.01 * updated.executable.stat().st_size
+    station = tmp_path / "station"
+    station.mkdir()
+    shutil.copy2(old, station / "station")
+    applied = run_offline(station / "station", "apply-patch", str(station_patch.path), "-o", "station-v2",
+                          cwd=station)
+    assert applied.returncode == 0, applied.stderr
+    assert updated.sha256 in applied.stdout
+    assert FileBundle(station / "station-v2").file_sha256() == updated.sha256
+    assert (station / "station-v2").stat().st_mode & 0o111
+    checked = run_offline(station / "station-v2", "verify", cwd=station)
+    assert checked.returncode == 0 and checked.stdout.startswith("ok:"), checked.stderr
+
+
+def apply_in_process(old: Path, patch: Path, dest: Path, capsys) -> tuple[int, list[str]]:
+    from runtime import cli
+
+    code = cli.main(["--bundle", str(old), "apply-patch", str(patch), "-o", str(dest)])
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def test_a_patch_for_another_bundle_is_refused_naming_both_digests_and_nothing_is_written(
+        station_versions, station_patch, tmp_path, capsys):
+    old, updated, full = station_versions
+    code, errors = apply_in_process(updated.executable, station_patch.path, tmp_path / "new", capsys)
+    assert code == 2 and len(errors) == 1
+    assert FileBundle(old).file_sha256() in errors[0] and updated.sha256 in errors[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda data: data[:len(data) // 2], "does not match its header"),
+    (lambda data: data[:-40] + bytes([data[-40] ^ 1]) + data[-39:], "does not match its checksum"),
+    (lambda data: b"PK\x03\x04" + data[4:], "not a bundle patch"),
+], ids=["truncated", "tampered", "not a patch"])
+def test_a_damaged_patch_is_refused_with_one_line_and_nothing_is_written(station_versions, station_patch, tmp_path,
+                                                                        capsys, damage, problem):
+    old, _, _ = station_versions
+    damaged = tmp_path / "damaged.patch"
+    damaged.write_bytes(damage(station_patch.path.read_bytes()))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, errors = apply_in_process(old, damaged, out / "new", capsys)
+    assert code == 2 and len(errors) == 1 and problem in errors[0] and str(damaged) in errors[0]
+    assert list(out.iterdir()) == []
+
+
+def test_a_patch_whose_data_and_checksum_were_both_replaced_leaves_the_existing_file_untouched(
+        station_versions, station_patch, tmp_path, capsys):
+    import hashlib
+    import zlib
+
+    from runtime.patch import CHECKSUM_SIZE, HEADER, SEGMENT, read_header
+
+    old, _, _ = station_versions
+    raw = station_patch.path.read_bytes()
+    with open(station_patch.path, "rb") as handle:
+        header = read_header(handle, len(raw), "patch")
+    start = HEADER.size + len(header.segments) * SEGMENT.size
+    data = bytearray(zlib.decompress(raw[start:-CHECKSUM_SIZE]))
+    data[100] ^= 0xFF   # a forged passage, sent with a checksum that matches it
+    body = zlib.compress(bytes(data))
+    forged = raw[:HEADER.size - 8] + len(body).to_bytes(8, "little") + raw[HEADER.size:start] + body
+    (tmp_path / "forged.patch").write_bytes(forged + hashlib.sha256(forged).digest())
+    existing = tmp_path / "station-v2"
+    existing.write_bytes(b"the station's current file")
+    code, errors = apply_in_process(old, tmp_path / "forged.patch", existing, capsys)
+    assert code == 2 and len(errors) == 1 and "does not match the patch's sha256" in errors[0]
+    assert existing.read_bytes() == b"the station's current file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forged.patch", "station-v2"]

@@ -77,7 +77,7 @@ def test_an_updated_bundle_answers_from_its_new_documents(station_versions, tmp_
     _, updated, _ = station_versions
     found = run_offline(updated.executable, "search", "emergency beacon", "--json", cwd=tmp_path)
     assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout)["hits"][0]["path"] == "radio/beacon.md"
+    assert json.loads(found.stdout)["hits"][0]["source"]["path"] == "radio/beacon.md"
     checked = run_offline(updated.executable, "verify", cwd=tmp_path)
     assert checked.returncode == 0 and checked.stdout.startswith("ok:"), checked.stderr
 

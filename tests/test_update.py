@@ -82,16 +82,6 @@ def test_an_updated_bundle_answers_from_its_new_documents(station_versions, tmp_
     assert checked.returncode == 0 and checked.stdout.startswith("ok:"), checked.stderr
 
 
-def test_update_of_a_file_that_is_not_a_bundle_is_refused(tmp_path):
-    from runtime.errors import UserError
-
-    bogus = tmp_path / "notes.txt"
-    bogus.write_text("not a bundle")
-    with pytest.raises(UserError, match="no payload trailer"):
-        update(UpdateConfig(old=bogus, docs=tmp_path, output=tmp_path / "new", cache_dir=tmp_path / "cache"))
-    assert not (tmp_path / "new").exists()
-
-
 @pytest.fixture(scope="module")
 def station_patch(station_versions, tmp_path_factory):
     from bundler.patch_writer import write_patch
@@ -181,3 +171,29 @@ def test_a_patch_whose_data_and_checksum_were_both_replaced_leaves_the_existing_
     assert code == 2 and len(errors) == 1 and "does not match the patch's sha256" in errors[0]
     assert existing.read_bytes() == b"the station's current file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["forged.patch", "station-v2"]
+
+
+def test_a_signed_update_carries_the_key_through_the_patch_and_apply_patch_checks_it(station_versions, tmp_path,
+                                                                                     capsys):
+    from bundler.patch_writer import write_patch
+    from bundler.signing import generate_keypair
+    from runtime import cli
+    from runtime.verify_command import verify_bundle
+
+    old, updated, _ = station_versions
+    public = generate_keypair(tmp_path / "builder")
+    other = generate_keypair(tmp_path / "other")
+    signed = update(UpdateConfig(old=old, docs=updated.executable.parent.parent / "new-docs",
+                                 output=tmp_path / "signed", sign_key=tmp_path / "builder", cache_dir=tmp_path / "c"))
+    assert "signature good" in verify_bundle(FileBundle(signed.executable), public)
+    patch = write_patch(old, signed.executable, tmp_path / "signed.patch").path
+    station = tmp_path / "station"
+    station.mkdir()
+    refused = cli.main(["--bundle", str(old), "apply-patch", str(patch), "-o", str(station / "new"), "--pubkey", str(other)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert refused == 2 and len(errors) == 1 and "signature does not match" in errors[0] and ".part" not in errors[0]
+    assert list(station.iterdir()) == []
+    assert cli.main(["--bundle", str(old), "apply-patch", str(patch), "-o", str(station / "new"),
+                     "--pubkey", str(public)]) == 0
+    assert "signed; signature and entries verified" in capsys.readouterr().out
+    assert FileBundle(station / "new").file_sha256() == signed.sha256

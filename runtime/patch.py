@@ -37,6 +37,7 @@ CHECKSUM_SIZE = 32
 FLAG_NEW_SIGNED = 1
 COPY, DATA, ZERO = 0, 1, 2
 BLOCK = 4 << 20
+MAX_NEW_SIZE = 1 << 32  # a bundle's PyInstaller cookie addresses at most 4 GiB (runtime/payload.py)
 
 
 class PatchError(UserError):
@@ -82,6 +83,8 @@ def read_header(handle: BinaryIO, file_size: int, name: str) -> PatchHeader:
         if segment.kind not in (COPY, DATA, ZERO) or (segment.kind == COPY
                                                       and segment.old_offset + segment.length > old_size):
             raise PatchError(f"{name}: malformed segment table (altered)")
+    if new_size > MAX_NEW_SIZE:
+        raise PatchError(f"{name}: the new bundle would be {new_size} bytes, more than a bundle can be (altered)")
     if sum(s.length for s in segments) != new_size:
         raise PatchError(f"{name}: segments do not add up to the new file's size (altered)")
     return PatchHeader(flags, old_size, old_sha, new_size, new_sha, segments, data_size)

@@ -197,3 +197,25 @@ def test_a_signed_update_carries_the_key_through_the_patch_and_apply_patch_check
                      "--pubkey", str(public)]) == 0
     assert "signed; signature and entries verified" in capsys.readouterr().out
     assert FileBundle(station / "new").file_sha256() == signed.sha256
+
+
+def test_an_old_bundle_pinned_to_a_key_is_updated_only_with_that_key(tiny_llama_dir, host_stub, tmp_path):
+    from bundler.signing import generate_keypair
+    from runtime.errors import UserError
+    from tests.fixtures_station import run_offline
+
+    generate_keypair(tmp_path / "builder")
+    generate_keypair(tmp_path / "other")
+    pinned = full_build(tiny_llama_dir, write_tree(tmp_path / "docs", STATION_DOCS), tmp_path / "pinned",
+                        sign_key=tmp_path / "builder", require_signature=True)
+    new_docs = write_tree(tmp_path / "docs", {"radio/beacon.md": NEW_DOCS["radio/beacon.md"]})
+    for key, problem in ((None, "pinned to a signing key"), (tmp_path / "other", "is not the key")):
+        with pytest.raises(UserError, match=problem):
+            update(UpdateConfig(old=pinned, docs=new_docs, output=tmp_path / "new", sign_key=key,
+                                cache_dir=tmp_path / "cache"))
+        assert not (tmp_path / "new").exists()
+    new = update(UpdateConfig(old=pinned, docs=new_docs, output=tmp_path / "new", sign_key=tmp_path / "builder",
+                              cache_dir=tmp_path / "cache"))
+    found = run_offline(new.executable, "search", "emergency beacon", "--json", cwd=tmp_path)
+    assert found.returncode == 0, found.stderr   # the pinned stub starts: NEW is signed by its key
+    assert json.loads(found.stdout)["hits"][0]["source"]["path"] == "radio/beacon.md"

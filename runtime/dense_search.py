@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -18,9 +17,6 @@ VECTOR_LEVELS = 127
 # keeps a product this small on the calling thread (larger blocks made it start its own threads,
 # which collapsed on a loaded 2-core machine: 30x slower).
 SCORE_BLOCK_ROWS = 512
-# Tokens (rows x padded width) per batch when encoding many texts sorted by length: 16 rows of the
-# longest (256-token) chunks. 2,048 and 8,192 measured the same per CPU second; smaller batches pad less.
-BATCH_TOKENS = 4096
 
 
 class SentenceEncoder:
@@ -42,31 +38,6 @@ class SentenceEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), dim] unit vectors, as one batch (padded to the longest text)."""
         return self._run(self.tokenizer.encode_batch(texts))
-
-    def encode_many(self, texts: list[str], report: Callable[[int, int], None] = lambda done, total: None) -> np.ndarray:
-        """float32 [len(texts), dim] unit vectors in input order, however many texts.
-
-        Texts are run in order of token length, in batches of about BATCH_TOKENS tokens, so a
-        batch pads little; report(done, total) is called before each batch and at the end.
-        """
-        encodings = self.tokenizer.encode_batch(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        out: np.ndarray | None = None
-        start = 0
-        while start < len(order):
-            report(start, len(texts))
-            # sorted ascending, so the last row of a batch sets its width
-            stop = start + 1
-            while stop < len(order) and (stop - start + 1) * len(encodings[order[stop]].ids) <= BATCH_TOKENS:
-                stop += 1
-            rows = order[start:stop]
-            vectors = self._run([encodings[i] for i in rows])
-            if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors
-            start = stop
-        report(len(texts), len(texts))
-        return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
     def _run(self, encodings: list) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)

@@ -106,7 +106,9 @@ class DenseSearch:
         for first in range(start, stop, SCORE_BLOCK_ROWS):
             rows = self.vectors[first : min(first + SCORE_BLOCK_ROWS, stop)]
             np.copyto(block[: len(rows)], rows, casting="unsafe")
-            np.dot(block[: len(rows)], query, out=out[first : first + len(rows)])
+            scores = out[first : first + len(rows)]
+            np.dot(block[: len(rows)], query, out=scores)
+            scores *= self.scales[first : first + len(rows)]  # per chunk, on this thread while cached
 
     def score_vector(self, vector: np.ndarray) -> np.ndarray:
         """Cosine similarity of a unit query vector to every chunk (float32 [chunks])."""
@@ -120,7 +122,6 @@ class DenseSearch:
         else:
             for job in [self.pool.submit(self._score_rows, query, out, a, b) for a, b in zip(bounds, bounds[1:])]:
                 job.result()
-        out *= self.scales
         return out
 
     def scores(self, query: str) -> np.ndarray:

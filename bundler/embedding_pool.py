@@ -48,8 +48,8 @@ class EmbeddingPool:
         Longest texts first, so the workers finish together; report(done, total) is called as texts
         finish (from the calling thread) and at the end.
         """
-        if not texts:
-            return np.empty((0, 0), dtype=np.float32)
+        if self.workers == 1 or not texts:
+            return self.encoders[0].encode_many(texts, report)
         lengths = [len(e.ids) for e in self.encoders[0].tokenizer.encode_batch(texts)]
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         free = list(self.encoders)  # each worker thread takes one encoder for good

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -38,6 +39,24 @@ class SentenceEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), dim] unit vectors, as one batch (padded to the longest text)."""
         return self._run(self.tokenizer.encode_batch(texts))
+
+    def encode_many(self, texts: list[str], report: Callable[[int, int], None] = lambda done, total: None) -> np.ndarray:
+        """float32 [len(texts), dim] unit vectors in input order, each text run on its own.
+
+        One text per run pads nothing, and a vector depends on its own text only: the int8 model
+        scales its activations per run, so in a batch a vector moved with its batch-mates.
+        report(done, total) is called every 64 texts and at the end.
+        """
+        out: np.ndarray | None = None
+        for done, text in enumerate(texts):
+            if done % 64 == 0:
+                report(done, len(texts))
+            vector = self.encode([text])[0]
+            if out is None:
+                out = np.empty((len(texts), len(vector)), dtype=np.float32)
+            out[done] = vector
+        report(len(texts), len(texts))
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
     def _run(self, encodings: list) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)

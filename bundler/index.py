@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from bundler.code_digest import code_digest
 from bundler.embedder_export import Embedder, export_embedder
+from bundler.embedding_pool import EmbeddingPool
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
 from bundler.formats import PARSER_VERSION, SkipFile
@@ -32,7 +31,7 @@ from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from runtime import layout
-from runtime.dense_search import SentenceEncoder, quantize_vectors
+from runtime.dense_search import quantize_vectors
 from runtime.manifest import IndexInfo
 from runtime.retrieval import Chunk, SourceSpan
 from runtime.text_terms import ANALYZER
@@ -273,16 +272,8 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result, reus
     Vectors are quantized per row (quantize_vectors), so a document's int8 rows do not depend on
     the others: an update takes an unchanged document's rows from the earlier index as they are."""
     embedder: Embedder = reuse.embedder if reuse is not None else export_embedder(cache_dir, progress)
-    options = ort.SessionOptions()
-    # batches are long: spinning threads gain nothing and steal CPU from a shared builder machine
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    encoder = SentenceEncoder(
-        ort.InferenceSession(str(embedder.model), options, providers=["CPUExecutionProvider"]),
-        Tokenizer.from_file(str(embedder.tokenizer)),
-        embedder.max_length,
-    )
-    # "-doc": vectors embedded in batches of their own document only (see _embed); older ones were not
-    folder = cache_dir / "embeddings" / f"{embedder.key}-doc"
+    # "-one": vectors embedded one text per run (bundler/embedding_pool.py); older ones were batched
+    folder = cache_dir / "embeddings" / f"{embedder.key}-one"
     rows: list[tuple[np.ndarray, np.ndarray] | None] = []  # each document's int8 rows and scales
     pending: list[int] = []  # documents to embed now
     start = 0
@@ -297,16 +288,21 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result, reus
         rows.append(known)
         if known is None:
             pending.append(index)
-    embedded = _embed(encoder, [texts[slice(*spans[d])] for d in pending], progress)
-    for d, doc_vectors in zip(pending, embedded):
-        vectors = np.stack(doc_vectors).astype(np.float32)
-        data = _npy_bytes(vectors)
-        write_atomic(folder / f"{documents[d].key}.npy", data)
-        record = {"code": embedder.key, "sha256": hashlib.sha256(data).hexdigest()}
-        write_atomic(folder / f"{documents[d].key}.json", json.dumps(record).encode())
-        rows[d] = quantize_vectors(vectors)
+    if pending:
+        # all pending chunks in one pass: each is embedded alone, so batch-mates cannot shift its vector
+        pool = EmbeddingPool(embedder.model, embedder.tokenizer, embedder.max_length)
+        flat = pool.encode_each([t for d in pending for t in texts[slice(*spans[d])]],
+                                lambda done, total: progress("embed chunks", done, total))
+        ends = np.cumsum([spans[d][1] - spans[d][0] for d in pending])
+        for d, doc_vectors in zip(pending, np.split(flat, ends[:-1])):
+            vectors = doc_vectors.astype(np.float32)
+            data = _npy_bytes(vectors)
+            write_atomic(folder / f"{documents[d].key}.npy", data)
+            record = {"code": embedder.key, "sha256": hashlib.sha256(data).hexdigest()}
+            write_atomic(folder / f"{documents[d].key}.json", json.dumps(record).encode())
+            rows[d] = quantize_vectors(vectors)
     result.embedded = len(pending)
-    result.chunks_embedded = sum(len(group) for group in embedded)
+    result.chunks_embedded = sum(spans[d][1] - spans[d][0] for d in pending)
 
     quantized = np.concatenate([q for q, _ in rows])[kept]
     scales = np.concatenate([s for _, s in rows])[kept]
@@ -316,22 +312,6 @@ def _write_dense(documents, texts, kept, work, cache_dir, progress, result, reus
     shutil.copyfile(embedder.model, work / layout.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / layout.DENSE_TOKENIZER)
     return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(quantized.shape[1])}
-
-
-def _embed(encoder, groups: list[list[str]], progress) -> list[np.ndarray]:
-    """Vectors of each group's texts, in input order; within a group, batched by token length.
-
-    A batch holds texts of one group (document) only: the int8 embedder scales its activations
-    per batch, so a vector depends on its batch mates, and a document's vectors must not depend on
-    which other documents happened to be missing from the cache (reproducible builds).
-    """
-    total, done = sum(len(texts) for texts in groups), 0
-    out = []
-    for texts in groups:
-        out.append(encoder.encode_many(texts, lambda step, _, base=done: progress("embed chunks", base + step, total)))
-        done += len(texts)
-    progress("embed chunks", total, total)
-    return out
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

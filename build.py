@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 # Importing bundler first turns off onnxruntime's telemetry and every model-hub lookup.
 from bundler.graph_kinds import GRAPH_KINDS, GRAPHS, QUANTIZATIONS
 from bundler.pipeline import DEFAULT_CACHE, DEFAULT_DOCS, BuildConfig, build
+from bundler.update_command import COMMANDS as UPDATE_COMMANDS
 from runtime.arguments import positive_int
 from runtime.errors import EXIT_USER_ERROR, UserError
 from runtime.terminal_text import visible
@@ -27,6 +28,8 @@ EPILOG = """examples:
   build.py                                        default model, sample documents, this machine
   build.py --docs ~/manuals -o dist/manuals       your documents
   build.py --model model.gguf --quantization int8 --target raspberry-pi-5 --docs ~/manuals
+  build.py update dist/manuals --docs ~/manuals -o dist/manuals-v2    new documents, no model file needed
+  build.py patch dist/manuals dist/manuals-v2 -o manuals.patch        what the station needs (see --help of each)
 
 the executable it writes:
   ask "question"     streamed answer citing file and lines     chat       a conversation
@@ -130,6 +133,11 @@ class ProgressBars:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in UPDATE_COMMANDS:
+        from bundler.update_command import main as update_main
+
+        return update_main(argv)
     args = parse_args(argv)
     if args.new_sign_key is not None:
         from bundler.signing import generate_keypair

@@ -4,9 +4,11 @@
 
 Builds the index of --docs with a fresh document cache (the exported embedder is reused from --cache)
 and reports document tokens embedded per wall second and per CPU second of the build, then the
-embedder alone on the same chunk texts, before (the previous recipe: unfused graph, batches of 32
-texts sorted by characters) and after (fused graph, token-length batches). Vectors of every
---sample-th chunk are compared, by cosine, with the fp32 ONNX model and the previous int8 model.
+embedder alone on the same chunk texts: the first recipe (unfused graph, batches of 32 texts sorted by
+characters), the fused graph in token-length batches of one --threads session (the build until
+2026-12-02), and now (fused graph, one text per run on --threads single-threaded sessions, as
+bundler/embedding_pool.py runs the build). Vectors of every --sample-th chunk are compared, by
+cosine, with the fp32 ONNX model and the earlier int8 runs.
 Tokens per CPU second is the fairer figure on a shared machine; the load average is recorded.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ import onnxruntime as ort  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from bundler.embedder_export import MAX_LENGTH, export_embedder, source_folder  # noqa: E402
+from bundler.embedding_pool import EmbeddingPool  # noqa: E402
 from bundler.index import build_index, index_text  # noqa: E402
 from runtime import layout  # noqa: E402
 from runtime.dense_search import SentenceEncoder  # noqa: E402
@@ -56,6 +60,21 @@ def encoder(model: Path, tokenizer: Path, threads: int) -> SentenceEncoder:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return SentenceEncoder(session, Tokenizer.from_file(str(tokenizer)), MAX_LENGTH)
+
+
+def token_length_batches(encoder: SentenceEncoder, texts: list[str], batch_tokens: int = 4096) -> np.ndarray:
+    """The build's batching before one text per run: by token length, ~4,096 tokens a batch."""
+    lengths = [len(e.ids) for e in encoder.tokenizer.encode_batch(texts)]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    out = np.empty((len(texts), 384), dtype=np.float32)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * lengths[order[stop]] <= batch_tokens:
+            stop += 1
+        out[order[start:stop]] = encoder.encode([texts[i] for i in order[start:stop]])
+        start = stop
+    return out
 
 
 def previous_batching(encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
@@ -108,23 +127,28 @@ def main() -> None:
               f"{tokens / build_s:,.0f} tokens/s wall, {tokens / build_cpu:,.0f} per CPU s")
 
         fp32_model, previous_model = reference_models(work)
+        def one_per_run(model: Path):
+            return EmbeddingPool(model, embedder.tokenizer, MAX_LENGTH, args.threads).encode_each
+
         runs = {
-            "previous (unfused int8, 32 texts by characters)": (previous_model, previous_batching),
-            "now (fused int8, token-length batches)": (embedder.model, lambda e, t: e.encode_many(t)),
-            "fp32 ONNX, token-length batches": (fp32_model, lambda e, t: e.encode_many(t)),
+            "previous (unfused int8, 32 texts by characters)": lambda: partial(previous_batching, encoder(previous_model, embedder.tokenizer, args.threads)),
+            "fused int8, token-length batches (the build before)": lambda: partial(token_length_batches, encoder(embedder.model, embedder.tokenizer, args.threads)),
+            "now (fused int8, one text per run on --threads sessions)": lambda: one_per_run(embedder.model),
+            "fp32 ONNX, one text per run": lambda: one_per_run(fp32_model),
         }
         vectors, record.figures["embedder_alone"] = {}, {}
-        for name, (model, run) in runs.items():
-            enc = encoder(model, embedder.tokenizer, args.threads)
-            run(enc, texts[:8])  # warm up
-            vectors[name], wall, cpu = timed(lambda: run(enc, texts))
+        for name, make in runs.items():
+            run = make()
+            run(texts[:8])  # warm up
+            vectors[name], wall, cpu = timed(lambda: run(texts))
             load = os.getloadavg()[0]
             record.figures["embedder_alone"][name] = {"tokens_per_s": round(tokens / wall), "tokens_per_cpu_s": round(tokens / cpu),
                                                      "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_average": load}
             print(f"embedder alone, {name}: {tokens / wall:,.0f} tokens/s wall, {tokens / cpu:,.0f} per CPU s (load average {load:.1f})")
-        previous, now, fp32 = (vectors[name][:: args.sample] for name in runs)
+        previous, batched, now, fp32 = (vectors[name][:: args.sample] for name in runs)
         record.figures["cosine_on_every_nth_chunk"] = {
-            "n": args.sample, "now_vs_fp32": cosines(now, fp32), "now_vs_previous_int8": cosines(now, previous),
+            "n": args.sample, "now_vs_fp32": cosines(now, fp32), "batched_vs_fp32": cosines(batched, fp32),
+            "now_vs_batched": cosines(now, batched), "now_vs_previous_int8": cosines(now, previous),
             "previous_int8_vs_fp32": cosines(previous, fp32)}
         for name, value in record.figures["cosine_on_every_nth_chunk"].items():
             if name != "n":

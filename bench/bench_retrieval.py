@@ -1,7 +1,7 @@
 """Retrieval benchmark: quality per mode on two sets, query latency, build throughput, index size.
 
     python bench/bench_retrieval.py [--data ../shared/data] [--synthetic 100000,1000000] [--no-cranfield]
-                                    [--no-python-faq] [--threads 2]
+                                    [--no-python-faq] [--threads 2] [--queries N]
 
 Prints nDCG@10, R@10, R@100 of document rankings for bm25 / dense / hybrid as the runtime ranks
 them, and for alternative fusions and passage aggregations, on Cranfield (graded gains 5 - grade;
@@ -36,6 +36,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from bundler.chunking import ChunkingConfig  # noqa: E402
 from bundler.embedder_export import export_embedder  # noqa: E402
+from bundler.embedding_pool import EmbeddingPool  # noqa: E402
 from bundler.index import build_index  # noqa: E402
 from bundler.index_bm25 import write_postings  # noqa: E402
 from runtime import layout  # noqa: E402
@@ -142,12 +143,13 @@ def time_parts(retriever: Retriever, queries: list[str]) -> str:
     return f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) p50 of the steps: " + ", ".join(f"{name} {np.median(v) * 1000:.2f} ms" for name, v in parts.items())
 
 
-def embedder_reference(retriever: Retriever, tokenizer: Tokenizer) -> tuple[float, float]:
-    """Throughput of the bare int8 embedder on chunk texts, batched as the build batches them."""
+def embedder_reference(retriever: Retriever, tokenizer: Tokenizer, embedder) -> tuple[float, float]:
+    """Throughput of the bare int8 embedder on chunk texts, run as the build runs them."""
     texts = [retriever.chunks[i].text for i in range(0, len(retriever.chunks), 5)]
     tokens = sum(len(e.ids) - 2 for e in tokenizer.encode_batch(texts))
+    pool = EmbeddingPool(embedder.model, embedder.tokenizer, embedder.max_length)
     start, cpu = time.perf_counter(), time.process_time()
-    retriever.dense.encoder.encode_many(texts)
+    pool.encode_each(texts)
     return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
 
 
@@ -259,7 +261,7 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking:
     for mode in MODES:
         lines.append(f"latency {mode:6s} at {result.info.chunks} chunks, k=10: " + percentiles(time_queries(retriever, list(queries.values()), mode)))
     lines.append(time_parts(retriever, list(queries.values())))
-    reference = embedder_reference(retriever, tokenizer)
+    reference = embedder_reference(retriever, tokenizer, embedder)
     data_bytes, fixed = index_bytes(staging)
     lines += [
         "",
@@ -357,13 +359,15 @@ def memory_mb() -> dict[str, float]:
     return {name: int(fields[name].split()[0]) / 1024 for name in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
 
 
-def measure_synthetic(staging: Path, data: Path, threads: int) -> dict:
+def measure_synthetic(staging: Path, data: Path, threads: int, count: int | None = None) -> dict:
     """Run in a fresh process so that peak RSS is the search's own, not the index build's."""
     _, queries, _ = cranfield(data)
+    queries = dict(list(queries.items())[:count])
     before = memory_mb()
     start = time.perf_counter()
     retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
-    report = {"open_s": time.perf_counter() - start, "memory_before_open_mb": before, "memory_after_open_mb": memory_mb()}
+    report = {"open_s": time.perf_counter() - start, "queries": len(queries), "memory_before_open_mb": before,
+              "memory_after_open_mb": memory_mb()}
     for mode in MODES:
         wall, cpu = time_queries(retriever, list(queries.values()), mode)
         report[mode] = {"p50_ms": float(np.percentile(wall, 50)) * 1000, "p95_ms": float(np.percentile(wall, 95)) * 1000,
@@ -373,16 +377,17 @@ def measure_synthetic(staging: Path, data: Path, threads: int) -> dict:
     return report
 
 
-def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: int) -> tuple[list[str], dict]:
+def bench_synthetic(data: Path, cache: Path, work: Path, chunks: int, threads: int, count: int | None) -> tuple[list[str], dict]:
     start = time.perf_counter()
     staging = build_synthetic(data, cache, work, chunks)
     built_s = time.perf_counter() - start
-    child = subprocess.run([sys.executable, __file__, "--measure", str(staging), "--data", str(data.parent), "--threads", str(threads)],
+    child = subprocess.run([sys.executable, __file__, "--measure", str(staging), "--data", str(data.parent), "--threads", str(threads)]
+                           + (["--queries", str(count)] if count else []),
                            capture_output=True, text=True, check=True)
     report = json.loads(child.stdout.strip().splitlines()[-1])
     shutil.rmtree(staging)
     memory, opened = report["memory_after_queries_mb"], report["memory_after_open_mb"]
-    lines = ["", f"synthetic index, {chunks:,} chunks (built in {built_s:.0f} s), opened in {report['open_s']:.2f} s, "
+    lines = ["", f"synthetic index, {chunks:,} chunks (built in {built_s:.0f} s), opened in {report['open_s']:.2f} s, {report['queries']} queries, "
              f"{threads} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"]
     for mode in MODES:
         m = report[mode]
@@ -405,10 +410,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for query encoding and dense scoring")
     parser.add_argument("--max-tokens", type=int, default=ChunkingConfig.max_tokens, help="chunk budget")
     parser.add_argument("--overlap-tokens", type=int, default=ChunkingConfig.overlap_tokens, help="chunk overlap")
+    parser.add_argument("--queries", type=int, default=None, help="time only the first N Cranfield queries on the synthetic indexes")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: time one synthetic index
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure_synthetic(args.measure, args.data / "cranfield", args.threads)))
+        print(json.dumps(measure_synthetic(args.measure, args.data / "cranfield", args.threads, args.queries)))
         return
     with BenchRecord("retrieval", vars(args)) as record, tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
@@ -424,7 +430,7 @@ def main() -> None:
                 print(line, flush=True)
                 record.figures["report"].append(line)
         for chunks in args.synthetic:
-            lines, report = bench_synthetic(args.data / "cranfield", args.cache, work, chunks, args.threads)
+            lines, report = bench_synthetic(args.data / "cranfield", args.cache, work, chunks, args.threads, args.queries)
             record.figures[f"synthetic_{chunks}"] = report
             for line in lines:
                 print(line, flush=True)

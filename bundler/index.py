@@ -14,13 +14,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from bundler.code_digest import code_digest
-from bundler.embedder_export import export_embedder
+from bundler.embedder_export import Embedder, export_embedder
+from bundler.embedding_pool import EmbeddingPool
 from bundler.chunking import ChunkDraft, ChunkingConfig, chunk_blocks
 from bundler.errors import BuildError
 from bundler.formats import PARSER_VERSION, SkipFile
@@ -31,10 +31,13 @@ from bundler.ingest import DEFAULT_MAX_FILE_BYTES, SkippedFile, SourceFile, find
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from runtime import layout
-from runtime.dense_search import SentenceEncoder, quantize_vectors
+from runtime.dense_search import quantize_vectors
 from runtime.manifest import IndexInfo
 from runtime.retrieval import Chunk, SourceSpan
 from runtime.text_terms import ANALYZER
+
+if TYPE_CHECKING:
+    from bundler.index_reuse import IndexReuse
 
 # The code that turns a file into chunks: a document's cache entry names its hash and is made again
 # when it changes (the hash is part of the entry's key, and checked with the entry's own sha256).
@@ -53,6 +56,8 @@ class IndexResult:
     embedded: int = 0          # documents whose chunks were embedded in this build
     chunks_embedded: int = 0
     duplicate_passages: int = 0  # passages indexed once although more files (or places) hold them
+    files: list[dict] = field(default_factory=list)  # layout.DOCUMENTS records: each parsed file's key
+    reused: int = 0            # documents taken from an earlier bundle's index (bundler/index_reuse.py)
 
 
 @dataclass
@@ -79,12 +84,16 @@ def build_index(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     limits: ParseLimits = ParseLimits(),
     include_hidden: bool = False,
+    bm25: Bm25Config = Bm25Config(),
+    reuse: Optional["IndexReuse"] = None,
     ray: str | None = None,
 ) -> IndexResult:
     """Writes the index into out_dir/index/ (out_dir is the staging folder), replacing any
     previous index only once the new one is complete. Hidden and key files are left out unless
-    `include_hidden` (see `find_documents`). `ray`: a Ray cluster address, or "local", where the
-    documents missing from the cache are parsed and embedded (`bundler.ray_build`)."""
+    `include_hidden` (see `find_documents`). With `reuse` (an update), documents an earlier index
+    holds unchanged take its passages and vectors, and the embedder is the one it carries.
+    `ray`: a Ray cluster address, or "local", where the documents missing from the cache are
+    parsed and embedded (`bundler.ray_build`)."""
     docs_dir, out_dir, cache_dir = Path(docs_dir), Path(out_dir), Path(cache_dir)
     unknown = set(modes) - {"bm25", "dense"}
     if unknown or not modes:
@@ -97,7 +106,7 @@ def build_index(
         from bundler.ray_build import prepare_on_ray  # Ray is an optional extra
 
         remote = prepare_on_ray(ray, scan.found, cache_dir, chunking, max_file_bytes, limits, "dense" in modes, progress)
-    documents = _load_documents(scan.found, cache_dir, chunking, max_file_bytes, limits, progress, result)
+    documents = _load_documents(scan.found, cache_dir, chunking, max_file_bytes, limits, progress, result, reuse)
     if strict and result.skipped:
         first = result.skipped[0]
         raise BuildError(docs_dir / first.path, f"{first.reason} (--strict: {len(result.skipped)} file(s) skipped)")
@@ -122,13 +131,16 @@ def build_index(
         texts = [all_texts[i] for i, _ in kept]
         _write_chunks(chunks, work)
         _write_document_starts(documents, [i for i, _ in kept], work)
+        # each file's content key: an update (bundler/index_reuse.py) knows from it what is unchanged
+        (work / layout.DOCUMENTS).write_text(json.dumps({"format": 1, "files": result.files}, ensure_ascii=False),
+                                             encoding="utf-8")
         if "bm25" in modes:
-            bm25 = Bm25Config()
             progress("bm25 index", 0, 1)
             settings["bm25"] = {**dataclasses.asdict(bm25), "terms": build_bm25(texts, work, bm25)}
             progress("bm25 index", 1, 1)
         if "dense" in modes:
-            settings["dense"] = _write_dense(documents, all_texts, [i for i, _ in kept], work, cache_dir, progress, result)
+            settings["dense"] = _write_dense(documents, all_texts, [i for i, _ in kept], work, cache_dir, progress, result,
+                                             reuse)
             result.info.embedding_model = settings["dense"]["model"]
         (work / layout.SETTINGS).write_text(json.dumps(settings, indent=1), encoding="utf-8")
         replace_folder(work / "index", out_dir / "index")
@@ -171,13 +183,15 @@ def document_key(source: SourceFile, data: bytes, chunking: ChunkingConfig, max_
     return digest.hexdigest()
 
 
-def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result) -> list[_Document]:
+def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progress, result, reuse) -> list[_Document]:
     documents = []
     for done, source in enumerate(sources):
         progress("parse documents", done, len(sources))
         raw = source.path.read_bytes()
         key = document_key(source, raw, chunking, max_file_bytes)
-        entry = read_entry(entry_path(cache_dir, key))
+        entry = reuse.entries.get(key) if reuse is not None else None
+        result.reused += entry is not None
+        entry = entry or read_entry(entry_path(cache_dir, key))
         if entry is None:
             try:
                 entry = run_isolated(parse_document, (source, raw, chunking, max_file_bytes), limits)
@@ -188,10 +202,12 @@ def _load_documents(sources, cache_dir, chunking, max_file_bytes, limits, progre
             result.parsed += 1
             store_entry(cache_dir, key, entry)
         result.warnings.extend(f"{source.relative}: {w}" for w in entry["warnings"])
+        result.files.append({"path": source.relative, "key": key, **{k: v for k, v in entry.items() if k != "chunks"}})
         if "skip" in entry:
             result.skipped.append(SkippedFile(source.relative, entry["skip"], entry["kind"]))
             continue
-        drafts = [ChunkDraft(c.pop("text"), SourceSpan(path=source.relative, **c)) for c in entry["chunks"]]
+        drafts = [ChunkDraft(c["text"], SourceSpan(path=source.relative, **{k: v for k, v in c.items() if k != "text"}))
+                  for c in entry["chunks"]]
         documents.append(_Document(source.relative, key, drafts))
     progress("parse documents", len(sources), len(sources))
     result.skipped.sort(key=lambda s: s.path)
@@ -224,8 +240,8 @@ def read_entry(path: Path) -> dict | None:
 
 
 def vectors_folder(cache_dir: Path, embedder_key: str) -> Path:
-    # "-doc": vectors embedded in batches of their own document only (see _embed); older ones were not
-    return cache_dir / "embeddings" / f"{embedder_key}-doc"
+    # "-one": vectors embedded one text per run (bundler/embedding_pool.py); older ones were batched
+    return cache_dir / "embeddings" / f"{embedder_key}-one"
 
 
 def store_vectors(folder: Path, key: str, vectors: np.ndarray, embedder_key: str) -> None:
@@ -290,60 +306,48 @@ def _write_document_starts(documents: list[_Document], kept: list[int], work: Pa
     np.save(work / layout.DOCUMENT_STARTS, np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
 
 
-def _write_dense(documents, texts, kept, work, cache_dir, progress, result) -> dict:
-    """Embeds every passage of every document (cached per document), stores the kept ones."""
-    embedder = export_embedder(cache_dir, progress)
-    options = ort.SessionOptions()
-    # batches are long: spinning threads gain nothing and steal CPU from a shared builder machine
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    encoder = SentenceEncoder(
-        ort.InferenceSession(str(embedder.model), options, providers=["CPUExecutionProvider"]),
-        Tokenizer.from_file(str(embedder.tokenizer)),
-        embedder.max_length,
-    )
+def _write_dense(documents, texts, kept, work, cache_dir, progress, result, reuse) -> dict:
+    """Embeds every passage of every document (cached per document), stores the kept ones.
+
+    Vectors are quantized per row (quantize_vectors), so a document's int8 rows do not depend on
+    the others: an update takes an unchanged document's rows from the earlier index as they are."""
+    embedder: Embedder = reuse.embedder if reuse is not None else export_embedder(cache_dir, progress)
     folder = vectors_folder(cache_dir, embedder.key)
-    vectors: list[np.ndarray | None] = []
+    rows: list[tuple[np.ndarray, np.ndarray] | None] = []  # each document's int8 rows and scales
     pending: list[int] = []  # documents to embed now
     start = 0
     spans = []
     for index, doc in enumerate(documents):
         spans.append((start, start + len(doc.drafts)))
         start += len(doc.drafts)
-        cached = read_vectors(folder, doc.key, embedder.key)
-        vectors.append(cached)
-        if cached is None:
+        known = reuse.vectors.get(doc.key) if reuse is not None else None
+        if known is None:
+            cached = read_vectors(folder, doc.key, embedder.key)
+            known = quantize_vectors(cached) if cached is not None else None
+        rows.append(known)
+        if known is None:
             pending.append(index)
-    embedded = _embed(encoder, [texts[slice(*spans[d])] for d in pending], progress)
-    for d, doc_vectors in zip(pending, embedded):
-        vectors[d] = np.stack(doc_vectors).astype(np.float32)
-        store_vectors(folder, documents[d].key, vectors[d], embedder.key)
+    if pending:
+        # all pending chunks in one pass: each is embedded alone, so batch-mates cannot shift its vector
+        pool = EmbeddingPool(embedder.model, embedder.tokenizer, embedder.max_length)
+        flat = pool.encode_each([t for d in pending for t in texts[slice(*spans[d])]],
+                                lambda done, total: progress("embed chunks", done, total))
+        ends = np.cumsum([spans[d][1] - spans[d][0] for d in pending])
+        for d, doc_vectors in zip(pending, np.split(flat, ends[:-1])):
+            vectors = doc_vectors.astype(np.float32)
+            store_vectors(folder, documents[d].key, vectors, embedder.key)
+            rows[d] = quantize_vectors(vectors)
     result.embedded = len(pending)
-    result.chunks_embedded = sum(len(group) for group in embedded)
+    result.chunks_embedded = sum(spans[d][1] - spans[d][0] for d in pending)
 
-    matrix = np.concatenate(vectors)[kept]
-    quantized, scales = quantize_vectors(matrix)
+    quantized = np.concatenate([q for q, _ in rows])[kept]
+    scales = np.concatenate([s for _, s in rows])[kept]
     (work / layout.DENSE_MODEL).parent.mkdir(parents=True, exist_ok=True)
     np.save(work / layout.DENSE_VECTORS, quantized)
     np.save(work / layout.DENSE_SCALES, scales)
     shutil.copyfile(embedder.model, work / layout.DENSE_MODEL)
     shutil.copyfile(embedder.tokenizer, work / layout.DENSE_TOKENIZER)
-    return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(matrix.shape[1])}
-
-
-def _embed(encoder, groups: list[list[str]], progress) -> list[np.ndarray]:
-    """Vectors of each group's texts, in input order; within a group, batched by token length.
-
-    A batch holds texts of one group (document) only: the int8 embedder scales its activations
-    per batch, so a vector depends on its batch mates, and a document's vectors must not depend on
-    which other documents happened to be missing from the cache (reproducible builds).
-    """
-    total, done = sum(len(texts) for texts in groups), 0
-    out = []
-    for texts in groups:
-        out.append(encoder.encode_many(texts, lambda step, _, base=done: progress("embed chunks", base + step, total)))
-        done += len(texts)
-    progress("embed chunks", total, total)
-    return out
+    return {"model": embedder.name, "key": embedder.key, "max_length": embedder.max_length, "dim": int(quantized.shape[1])}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -45,6 +45,31 @@ def relocate(model_path: Path, staging: Path, offsets: dict[str, int], sizes: di
     return model.SerializeToString()
 
 
+def unrelocate(model_bytes: bytes, model_name: str, entries: dict[str, tuple[int, int]], where: str) -> bytes:
+    """The inverse of `relocate` for a model stored in a bundle: every tensor at (placeholder,
+    absolute offset) points again at the entry holding its bytes, relative to the model's folder.
+
+    `entries`: each stored entry's (offset, size). Used by an update, which restages a bundle's model."""
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except Exception as exc:  # onnx raises DecodeError and others for a bad file
+        raise BuildError(where, f"{model_name} is not a readable ONNX model ({exc})") from None
+    folder = posixpath.dirname(model_name)
+    spans = sorted((offset, offset + size, name) for name, (offset, size) in entries.items())
+    for tensor in _external_tensors(model):
+        info = _external(tensor)
+        start, length = int(info.get("offset", 0)), int(info.get("length", 0))
+        holder = next((s for s in spans if s[0] <= start and start + length <= s[1]), None)
+        if info.get("location") != SELF_PLACEHOLDER.decode() or holder is None:
+            raise BuildError(where, f"{model_name}: tensor {tensor.name!r} does not point into an entry of the bundle")
+        del tensor.external_data[:]
+        for key, value in (("location", posixpath.relpath(holder[2], folder or ".")), ("offset", str(start - holder[0])),
+                           ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return model.SerializeToString()
+
+
 def _load(model_path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(model_path), load_external_data=False)

@@ -129,7 +129,7 @@ def stage(config: BuildConfig, staging: Path, progress: ProgressCallback = no_pr
     index = build_index(config.docs, staging, config.cache_dir / "index", progress, strict=config.strict,
                         include_hidden=config.include_hidden, ray=config.ray)
     model_info, model_cached = _stage_model(source, kind, quantization, config, staging, progress)
-    manifest = _write_manifest(staging, model_info, target.name, index.info)
+    manifest = write_manifest(staging, model_info, target.name, index.info)
     return StagedBuild(manifest=manifest, skipped=index.info.skipped, warnings=index.warnings,
                        model_cached=model_cached, index=index)
 
@@ -161,7 +161,7 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
             info = kind.export(source, quantization, work, progress)
             info.graph = kind.manifest_name  # the registry names the graph; the runtime opens it by this name
             # The gate runs the model through the runtime's own decoder, as the bundle will.
-            _write_manifest(work, info, target_name="host")
+            write_manifest(work, info, target_name="host")
             progress("quality gate", 0, 1)
             info.quality = check_quality(
                 work / "model", source.path, config.quality_text, max_ratio=float("inf"),
@@ -185,7 +185,7 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
     return info, hit
 
 
-def _write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Optional[IndexInfo] = None) -> Manifest:
+def write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Optional[IndexInfo] = None) -> Manifest:
     manifest = Manifest(
         model=model,
         index=index or IndexInfo(documents=0, chunks=0),

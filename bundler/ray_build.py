@@ -3,7 +3,7 @@
 The driver walks the folder, reads each file and keys it as the local build does; documents missing
 from the builder cache go through `map_batches` to a pool of actors (`ActorPoolStrategy`), each of
 which loads the ONNX embedder once, parses a document (in a forked child with the same limits) and
-embeds its chunks in batches of that document only, exactly as `bundler.index` does. The driver
+embeds each of its chunks on its own, one text per run, exactly as `bundler.index` does. The driver
 stores what comes back in the same cache entries; `build_index` then writes the index from the
 cache, so BM25 and the index files are the local build's. Ray is an optional extra
 (`pip install 'edgebundle[ray]'`), imported only here.
@@ -100,7 +100,7 @@ def prepare_on_ray(
             "max_length": embedder.max_length if embedder else 0,
             "chunking": chunking, "max_file_bytes": max_file_bytes, "limits": limits,
         },
-        batch_size=1,  # one document per call: its chunks are embedded in batches of their own
+        batch_size=1,  # one document per call: its entry and vectors come back together
         compute=ray.data.ActorPoolStrategy(size=work.workers),
         num_cpus=1,
     )

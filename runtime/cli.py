@@ -1,4 +1,4 @@
-"""Command line of the bundle executable: ask, chat, search, info, serve."""
+"""Command line of the bundle executable: ask, chat, search, info, serve, verify, apply-patch."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ from runtime.arguments import (non_negative_float, non_negative_int, port_number
 from runtime.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 from runtime.network_guard import install_network_guard
 from runtime.signature import SignatureError, pinned_key
+from runtime.patch_command import add_apply_patch_parser, run_apply_patch
 from runtime.verify_command import add_verify_parser, run_verify
 from runtime.source_json import source_record
 from runtime.terminal_text import visible
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="list the model's licence and every Python package inside with version and licence")
 
     add_verify_parser(commands)
+    add_apply_patch_parser(commands)
     return parser
 
 
@@ -416,4 +418,4 @@ def license_lines(manifest) -> list[str]:
 
 
 COMMANDS = {"ask": run_ask, "chat": run_chat, "search": run_search, "summarize": run_summarize, "info": run_info,
-            "serve": run_serve, "verify": run_verify}
+            "serve": run_serve, "verify": run_verify, "apply-patch": run_apply_patch}

@@ -18,9 +18,6 @@ VECTOR_LEVELS = 127
 # keeps a product this small on the calling thread (larger blocks made it start its own threads,
 # which collapsed on a loaded 2-core machine: 30x slower).
 SCORE_BLOCK_ROWS = 512
-# Tokens (rows x padded width) per batch when encoding many texts sorted by length: 16 rows of the
-# longest (256-token) chunks. 2,048 and 8,192 measured the same per CPU second; smaller batches pad less.
-BATCH_TOKENS = 4096
 
 
 class SentenceEncoder:
@@ -44,27 +41,20 @@ class SentenceEncoder:
         return self._run(self.tokenizer.encode_batch(texts))
 
     def encode_many(self, texts: list[str], report: Callable[[int, int], None] = lambda done, total: None) -> np.ndarray:
-        """float32 [len(texts), dim] unit vectors in input order, however many texts.
+        """float32 [len(texts), dim] unit vectors in input order, each text run on its own.
 
-        Texts are run in order of token length, in batches of about BATCH_TOKENS tokens, so a
-        batch pads little; report(done, total) is called before each batch and at the end.
+        One text per run pads nothing, and a vector depends on its own text only: the int8 model
+        scales its activations per run, so in a batch a vector moved with its batch-mates.
+        report(done, total) is called every 64 texts and at the end.
         """
-        encodings = self.tokenizer.encode_batch(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         out: np.ndarray | None = None
-        start = 0
-        while start < len(order):
-            report(start, len(texts))
-            # sorted ascending, so the last row of a batch sets its width
-            stop = start + 1
-            while stop < len(order) and (stop - start + 1) * len(encodings[order[stop]].ids) <= BATCH_TOKENS:
-                stop += 1
-            rows = order[start:stop]
-            vectors = self._run([encodings[i] for i in rows])
+        for done, text in enumerate(texts):
+            if done % 64 == 0:
+                report(done, len(texts))
+            vector = self.encode([text])[0]
             if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors
-            start = stop
+                out = np.empty((len(texts), len(vector)), dtype=np.float32)
+            out[done] = vector
         report(len(texts), len(texts))
         return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
@@ -135,7 +125,9 @@ class DenseSearch:
         for first in range(start, stop, SCORE_BLOCK_ROWS):
             rows = self.vectors[first : min(first + SCORE_BLOCK_ROWS, stop)]
             np.copyto(block[: len(rows)], rows, casting="unsafe")
-            np.dot(block[: len(rows)], query, out=out[first : first + len(rows)])
+            scores = out[first : first + len(rows)]
+            np.dot(block[: len(rows)], query, out=scores)
+            scores *= self.scales[first : first + len(rows)]  # per chunk, on this thread while cached
 
     def score_vector(self, vector: np.ndarray) -> np.ndarray:
         """Cosine similarity of a unit query vector to every chunk (float32 [chunks])."""
@@ -149,7 +141,6 @@ class DenseSearch:
         else:
             for job in [self.pool.submit(self._score_rows, query, out, a, b) for a, b in zip(bounds, bounds[1:])]:
                 job.result()
-        out *= self.scales
         return out
 
     def scores(self, query: str) -> np.ndarray:

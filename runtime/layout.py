@@ -23,6 +23,9 @@ CHUNKS = "index/chunks.jsonl"            # one JSON record per chunk, in id orde
 CHUNK_OFFSETS = "index/chunk_offsets.npy"  # int64 [chunks + 1]: byte offsets of records in CHUNKS
 # int64 [documents + 1]: the chunks of document d (files in path order) are [starts[d], starts[d+1])
 DOCUMENT_STARTS = "index/document_starts.npy"
+# The builder's record of each parsed file (path, content key, warnings, skip reason), for updates
+# (bundler/index_reuse.py); the runtime does not read it.
+DOCUMENTS = "index/documents.json"
 
 BM25_VOCAB = "index/bm25/vocab.json"     # {term: term id}
 BM25_INDPTR = "index/bm25/indptr.npy"    # int64 [terms + 1]: postings of term t are [indptr[t], indptr[t+1])

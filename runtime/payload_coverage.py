@@ -21,7 +21,7 @@ class CoverageError(Exception):
 def check_uncovered_bytes(data, layout: PayloadLayout, manifest: Manifest, name: str) -> None:
     """`data`: the whole file (bytes, mmap or memoryview). Raises CoverageError."""
     start = layout.trailer.payload_start
-    stub_end = _stub_end(data, start, manifest.stub_sha256, name) if start else None
+    stub_end = find_stub_end(data, start, manifest.stub_sha256, name) if start else None
     previous_end = start
     for entry in sorted(manifest.entries, key=lambda e: e.offset):
         _zeros(data, previous_end, entry.offset, name, f"padding before entry {entry.name!r}")
@@ -31,7 +31,7 @@ def check_uncovered_bytes(data, layout: PayloadLayout, manifest: Manifest, name:
     _check_cookie_copy(data, layout, stub_end, name)
 
 
-def _stub_end(data, payload_start: int, stub_sha256: str, name: str) -> int:
+def find_stub_end(data, payload_start: int, stub_sha256: str, name: str) -> int:
     """Where the runtime stub ends: only zero padding follows it up to the payload, and its bytes
     hash to the manifest's stub_sha256. The stub itself may end in zero bytes, so every end
     inside the trailing zeros is a candidate (one running hash, one byte at a time)."""

@@ -26,6 +26,9 @@ BAD_ARGUMENTS = [
     ["serve", "--queue-timeout", "0"],
     ["info", "--no-such-option"],
     ["verify", "--pubkey"],
+    ["apply-patch"],
+    ["apply-patch", "update.patch"],                    # no -o NEW
+    ["apply-patch", "update.patch", "-o", "new"],       # a staging folder has no file to patch
     ["no-such-command"],
 ]
 
@@ -105,4 +108,33 @@ def test_bad_arguments_to_the_builder_give_one_error_line_and_exit_2(argv, tmp_p
     assert "Traceback" not in captured.err
     assert code == EXIT_USER_ERROR
     assert len([line for line in captured.err.splitlines() if "error:" in line]) == 1, captured.err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["update"],
+    ["update", "/no/such/bundle", "--docs", "/no/such/docs"],
+    ["update", "/no/such/bundle", "--docs", "/no/such/docs", "--sign-key", "/no/such/key"],
+    ["patch", "/no/such/old"],
+    ["patch", "/no/such/old", "/no/such/new"],
+    ["patch", "--ratio", "1"],
+], ids=lambda argv: " ".join(argv))
+def test_bad_arguments_to_update_and_patch_give_one_error_line_and_exit_2(argv, tmp_path, capsys):
+    try:
+        code = build.main([*argv, "-o", str(tmp_path / "out")])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert code == EXIT_USER_ERROR
+    assert len([line for line in captured.err.splitlines() if "error:" in line]) == 1, captured.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_update_of_a_file_that_is_not_a_bundle_names_it(tmp_path, capsys):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a bundle")
+    code = build.main(["update", str(bogus), "--docs", str(tmp_path), "-o", str(tmp_path / "out")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == EXIT_USER_ERROR and errors == [f"error: {bogus}: no payload trailer (not a bundle, or truncated)"]
     assert not (tmp_path / "out").exists()

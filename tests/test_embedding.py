@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from bundler.embedding_pool import EmbeddingPool
 from runtime.dense_search import SentenceEncoder
 
 SENTENCES = [
@@ -41,8 +42,12 @@ def _torch_fp32_vectors(texts: list[str]) -> np.ndarray:
     return torch.nn.functional.normalize(pooled, dim=1).numpy()
 
 
+def _pool(embedder, workers: int = 2) -> EmbeddingPool:
+    return EmbeddingPool(embedder.model, embedder.tokenizer, embedder.max_length, workers)
+
+
 def test_exported_embedder_agrees_with_the_fp32_model(shared_embedder):
-    ours = _encoder(shared_embedder).encode_many(SENTENCES)
+    ours = _pool(shared_embedder).encode_each(SENTENCES)
     reference = _torch_fp32_vectors(SENTENCES)
     cosines = (ours * reference).sum(axis=1)
     assert cosines.min() >= 0.99, cosines
@@ -50,23 +55,26 @@ def test_exported_embedder_agrees_with_the_fp32_model(shared_embedder):
     assert list((ours @ reference.T).argmax(axis=1)) == list(range(len(SENTENCES)))
 
 
-def test_batching_by_length_returns_vectors_in_input_order(shared_embedder, monkeypatch):
-    monkeypatch.setattr("runtime.dense_search.BATCH_TOKENS", 64)  # many batches of a few rows
+def test_a_chunks_vector_depends_only_on_its_own_text_not_on_the_texts_embedded_with_it(shared_embedder):
+    """The int8 embedder scales activations per run; batches made a vector move with its batch-mates."""
     words = "station pump antenna battery diesel valve radio log generator filter".split()
     rng = random.Random(7)
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) + f" item {n}" for n in range(40)]
     rng.shuffle(texts)
-    encoder = _encoder(shared_embedder)
-    batched = encoder.encode_many(texts)
-    single = np.concatenate([encoder.encode([text]) for text in texts])
-    assert batched.shape == single.shape
-    # int8 activations are scaled per batch, so a row moves a little with its batch-mates
-    assert (batched * single).sum(axis=1).min() >= 0.98
-    assert list((batched @ single.T).argmax(axis=1)) == list(range(len(texts)))
+    one_worker = _pool(shared_embedder, workers=1)
+    alone = np.concatenate([one_worker.encode_each([text]) for text in texts])
+    together = _pool(shared_embedder, workers=2).encode_each(texts)
+    assert together.dtype == np.float32 and together.shape == alone.shape
+    assert np.array_equal(together, alone)  # bit for bit, in input order
+    assert np.array_equal(one_worker.encode_each(texts[5:9]), alone[5:9])
+    # a batched run (the build before) shifts them: what this guards against
+    batched = _encoder(shared_embedder).encode(texts)
+    assert not np.array_equal(batched, alone) and (batched * alone).sum(axis=1).min() >= 0.98
 
 
-def test_encode_many_reports_progress_up_to_the_total(shared_embedder):
+def test_encode_each_reports_progress_up_to_the_total(shared_embedder):
     seen = []
-    _encoder(shared_embedder).encode_many(SENTENCES, lambda done, total: seen.append((done, total)))
-    assert seen[0] == (0, len(SENTENCES)) and seen[-1] == (len(SENTENCES), len(SENTENCES))
+    texts = SENTENCES * 30  # more than one report interval
+    _pool(shared_embedder).encode_each(texts, lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, len(texts)) and seen[-1] == (len(texts), len(texts)) and len(seen) > 2
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -220,7 +220,7 @@ def test_index_is_plain_arrays_int8_vectors_and_json_lines(tmp_path, index_cache
     names = sorted(p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file())
     assert names == ["bm25/doc_ids.npy", "bm25/indptr.npy", "bm25/vocab.json", "bm25/weights.npy", "chunk_offsets.npy",
                      "chunks.jsonl", "dense/model.onnx", "dense/scales.npy", "dense/tokenizer.json", "dense/vectors.npy",
-                     "document_starts.npy", "index.json"]
+                     "document_starts.npy", "documents.json", "index.json"]
     vectors, scales = np.load(index_dir / "dense/vectors.npy"), np.load(index_dir / "dense/scales.npy")
     records = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
     starts = np.load(index_dir / "document_starts.npy")

@@ -6,7 +6,7 @@ which loads the ONNX embedder once, parses a document (in a forked child with th
 embeds each of its chunks on its own, one text per run, exactly as `bundler.index` does. The driver
 stores what comes back in the same cache entries; `build_index` then writes the index from the
 cache, so BM25 and the index files are the local build's. Ray is an optional extra
-(`pip install 'edgebundle[ray]'`), imported only here.
+(`pip install -e '.[ray]'`), imported only here.
 """
 from __future__ import annotations
 
@@ -167,5 +167,5 @@ def _import_ray():
         import ray.data  # noqa: F401  (the ray[data] extra)
     except ImportError:
         raise BuildError(None, "--ray needs Ray Data on this machine and the workers: "
-                               "pip install 'edgebundle[ray]' (ray[data]==2.60.0)") from None
+                               "pip install -e '.[ray]' (ray[data]==2.60.0)") from None
     return ray

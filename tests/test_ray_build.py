@@ -38,7 +38,7 @@ def fresh_cache(folder: Path, embedder) -> Path:
 
 @pytest.mark.slow
 def test_index_built_on_a_two_worker_ray_cluster_matches_the_local_build(tmp_path, shared_embedder):
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'edgebundle[ray]'")
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
     docs = write_documents(tmp_path / "docs")
     local_cache, ray_cache = fresh_cache(tmp_path / "local-cache", shared_embedder), fresh_cache(tmp_path / "ray-cache", shared_embedder)
     local = build_index(docs, tmp_path / "local", local_cache)
@@ -66,7 +66,7 @@ def test_index_built_on_a_two_worker_ray_cluster_matches_the_local_build(tmp_pat
 
 def test_ray_option_without_ray_installed_is_one_clear_build_error(tmp_path, monkeypatch, index_cache):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: importing it raises ImportError
-    with pytest.raises(BuildError, match=r"--ray needs Ray .*pip install 'edgebundle\[ray\]'") as error:
+    with pytest.raises(BuildError, match=r"--ray needs Ray .*pip install -e '\.\[ray\]'") as error:
         build_index(write_documents(tmp_path / "docs"), tmp_path / "out", index_cache, ray="local")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out" / "index").exists()

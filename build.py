@@ -28,6 +28,7 @@ EPILOG = """examples:
   build.py                                        default model, sample documents, this machine
   build.py --docs ~/manuals -o dist/manuals       your documents
   build.py --model model.gguf --quantization int8 --target raspberry-pi-5 --docs ~/manuals
+  build.py --target linux-x86_64,raspberry-pi-5 -o dist/manuals   dist/manuals-linux-x86_64, dist/manuals-raspberry-pi-5
   build.py update dist/manuals --docs ~/manuals -o dist/manuals-v2    new documents, no model file needed
   build.py patch dist/manuals dist/manuals-v2 -o manuals.patch        what the station needs (see --help of each)
 
@@ -37,7 +38,8 @@ the executable it writes:
   serve              web page and OpenAI-compatible API on 127.0.0.1:8080
   (run it with --help for every option)
 
-Progress bars go to stderr when it is a terminal; --json prints one object on stdout."""
+Progress bars go to stderr when it is a terminal; --json prints one object on stdout (a list of
+them for several targets)."""
 
 
 def ppl_ratio(text: str) -> float:
@@ -74,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-ppl-ratio", type=ppl_ratio, default=1.05, metavar="RATIO",
                         help="refuse the bundle when its perplexity exceeds the source model's by more than "
                              "this ratio (default 1.05)")
-    parser.add_argument("--target", default="host", help="target platform profile (default: this machine)")
+    parser.add_argument("--target", default="host",
+                        help="target platform profile (default: this machine); several, comma-separated, "
+                             "write one executable each from one export and one index")
     parser.add_argument("--ctx", type=positive_int, default=None, metavar="TOKENS",
                         help="context window the bundle runs with, at most the model's and the target's "
                              "(default: the smaller of those two, 4,096 when neither says)")
@@ -156,6 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          require_signature=args.require_signature, runtime_stub=args.runtime_stub, context=args.ctx,
                          ray=args.ray)
     bars = ProgressBars(enabled=not args.json and sys.stderr.isatty())
+    if "," in args.target:
+        return build_several(config, args, bars)
     started = time.perf_counter()
     try:
         result = build(config, progress=bars)
@@ -195,6 +201,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.ask:
         sys.stdout.flush()
         os.execv(str(exe), [str(exe), "ask", args.ask])
+    return 0
+
+
+def build_several(config: BuildConfig, args: argparse.Namespace, bars: ProgressBars) -> int:
+    """`--target a,b,c`: one executable per target, then a table (or a JSON list) of what was written."""
+    from bundler.multi_target import build_targets, parse_targets, table_lines
+
+    started = time.perf_counter()
+    try:
+        if args.ask:
+            raise UserError("--ask needs a single --target (run the executable for this machine yourself)")
+        builds = build_targets(config, parse_targets(args.target), progress=bars)
+    except UserError as exc:
+        bars.close()
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    bars.close()
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps([b.as_json() for b in builds], indent=1))
+        return 0
+    first = builds[0].result
+    for line in first.warnings:
+        print(f"warning: {visible(line)}", file=sys.stderr)
+    if first.skip_summary:
+        print(f"warning: {visible(first.skip_summary)}", file=sys.stderr)
+    for line in table_lines(builds, Path.cwd()):
+        print(visible(line))
+    print(f"built {len(builds)} executables in {seconds:.1f} s: {visible(first.manifest.model.name)}, "
+          f"{first.manifest.index.documents} documents, {first.manifest.index.chunks} passages")
     return 0
 
 

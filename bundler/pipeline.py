@@ -8,10 +8,11 @@ import os
 import platform
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from bundler import __version__
 from bundler.cache_record import record_matches, write_record
@@ -27,6 +28,7 @@ from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo, from_pla
 
 if TYPE_CHECKING:
     from bundler.index import IndexResult
+    from bundler.payload_writer import Signer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "examples" / "python-docs"
@@ -85,31 +87,54 @@ class StagedBuild:
 
 
 def build(config: BuildConfig, progress: ProgressCallback = no_progress) -> BuildResult:
-    from bundler.build_report import report_path, summarise_skips, write_build_report
-    from bundler.fs import sha256_file
-    from bundler.package import package
+    signing = signing_of(config)
+    with staging_folder(config.cache_dir, config.output_path()) as staging:
+        staged = stage(config, staging, progress)
+        return package_staged(config, staging, staged, signing, progress)
+
+
+def signing_of(config: BuildConfig) -> tuple[Optional[Signer], Optional[bytes]]:
+    """The signer and the key to pin, checked before anything is built."""
     from bundler.signing import load_signer, public_key
-    from targets import load_target
 
     if config.require_signature and config.sign_key is None:
         raise BuildError(None, "--require-signature needs --sign-key KEY (make a key pair with --new-sign-key KEY)")
     signer = load_signer(config.sign_key) if config.sign_key is not None else None
-    pinned_key = public_key(config.sign_key) if config.require_signature else None
-    config.cache_dir.mkdir(parents=True, exist_ok=True)
-    remove_build_leftovers(config.cache_dir, config.output_path())
-    with tempfile.TemporaryDirectory(prefix=temp_prefix("staging"), dir=config.cache_dir) as tmp, \
-            tempfile.TemporaryDirectory(prefix=temp_prefix("scratch"), dir=config.cache_dir) as scratch, \
+    return signer, (public_key(config.sign_key) if config.require_signature else None)
+
+
+@contextmanager
+def staging_folder(cache_dir: Path, *outputs: Path) -> Iterator[Path]:
+    """A temporary staging folder (and scratch space) in the cache, after clearing killed builds' leftovers."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for output in outputs:
+        remove_build_leftovers(cache_dir, output)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("staging"), dir=cache_dir) as tmp, \
+            tempfile.TemporaryDirectory(prefix=temp_prefix("scratch"), dir=cache_dir) as scratch, \
             scratch_folder(Path(scratch)):
-        staging = Path(tmp)
-        staged = stage(config, staging, progress)
-        executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
-                             progress, runtime_stub=config.runtime_stub, signer=signer, context=config.context,
-                             pinned_key=pinned_key)
+        yield Path(tmp)
+
+
+def package_staged(config: BuildConfig, staging: Path, staged: StagedBuild,
+                   signing: tuple[Optional[Signer], Optional[bytes]], progress: ProgressCallback = no_progress
+                   ) -> BuildResult:
+    """The executable for config.target and config.output_path() from a staging folder, with its build report."""
+    from bundler.build_report import report_path, summarise_skips, write_build_report
+    from bundler.fs import sha256_file
+    from bundler.package import package
+    from targets import load_target
+
+    signer, pinned_key = signing
+    executable = package(staging, load_target(config.target), config.output_path(), config.cache_dir / "stubs",
+                         progress, runtime_stub=config.runtime_stub, signer=signer, context=config.context,
+                         pinned_key=pinned_key)
     index = staged.index
     report = report_path(executable)
     write_build_report(report, index.info.documents, index.info.chunks, index.duplicate_passages, index.skipped, index.warnings)
     summary = summarise_skips(index.skipped, report.name) if index.skipped else ""
-    return BuildResult(executable=executable, manifest=staged.manifest, sha256=sha256_file(executable),
+    # one staging folder may serve several targets (bundler/multi_target.py): name the one built here
+    manifest = dataclasses.replace(staged.manifest, target=config.target)
+    return BuildResult(executable=executable, manifest=manifest, sha256=sha256_file(executable),
                        skipped=staged.skipped, warnings=staged.warnings, model_cached=staged.model_cached,
                        report=report, skip_summary=summary, left_out=index.left_out)
 

@@ -1,9 +1,10 @@
 """Runtime stubs for another architecture: PyInstaller inside an emulated Debian root.
 
-The root filesystem is made once with debootstrap under qemu user emulation and cached; the
-target's Debian suite sets the glibc floor (bullseye: glibc 2.31, Python 3.9), which in turn caps
-the onnxruntime version (1.19.2 is the newest with a cp39 aarch64 wheel). Needs root, debootstrap
-and qemu-user-static with binfmt_misc (see .ci/system-packages).
+The root filesystem is made once per Debian suite with debootstrap under qemu user emulation and
+cached; the target's suite sets the glibc floor and the Python, which in turn caps the onnxruntime
+version (bullseye: glibc 2.31, Python 3.9, onnxruntime 1.19.2, the newest with a cp39 aarch64 wheel;
+bookworm: glibc 2.36, Python 3.11, onnxruntime 1.32.0). Needs root, debootstrap and qemu-user-static
+with binfmt_misc (see .ci/system-packages).
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ CHROOT_CA_BUNDLE = "/etc/edgebundle-host-ca.crt"
 CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
               "LANG": "C.UTF-8", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 # Everything the stub environment holds, pinned and installed without dependency resolution:
-# the runtime's packages (onnxruntime 1.19.2 imports only numpy; tokenizers' hub client is not
-# used) and PyInstaller with its own. All have cp39 aarch64 wheels (checked with pip download).
+# the runtime's packages (onnxruntime imports only numpy; tokenizers' hub client is not used) and
+# PyInstaller with its own. All have cp39 and cp311 aarch64 wheels (checked with pip download), so
+# the bullseye and bookworm roots share them; onnxruntime comes from the target profile.
 CHROOT_PINS = (
     "numpy==1.26.4", "tokenizers==0.22.2", "jinja2==3.1.6", "MarkupSafe==3.0.2", "PyNaCl==1.5.0",
     "cffi==1.17.1", "pycparser==2.22", "PyStemmer==3.1.0", "pyinstaller==6.22.3",

@@ -9,6 +9,7 @@ tier without anyone remembering to mark it:
 `make test-fast` runs `-m "not executable and not emulation and not slow"`; `make test` runs all.
 """
 import os
+import shutil
 
 import pytest
 
@@ -28,13 +29,15 @@ pytest_plugins = [
 
 EXECUTABLE_FIXTURES = {"host_stub", "host_bundle", "bundle_copy", "tiny_station_bundle", "default_bundle",
                        "query_executable"}
-EMULATION_FIXTURES = {"aarch64_bundle"}
+EMULATION_FIXTURES = {"aarch64_bundle", "multi_target_build"}
 SLOW_FIXTURES = {"default_model_staging", "default_model_hf_dir", "default_bundle",
                  "llama32_staging"}  # a 128,256-token vocabulary: the gguf reader alone takes ~30 s
 
 
 def pytest_collection_modifyitems(config, items):
     is_root = os.geteuid() == 0
+    # the emulated roots are made with debootstrap and run through qemu (.ci/system-packages installs both)
+    can_emulate = all(shutil.which(tool) for tool in ("qemu-aarch64-static", "debootstrap"))
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         if used & (EXECUTABLE_FIXTURES | EMULATION_FIXTURES):
@@ -44,5 +47,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.needs_root)
         if used & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("emulation") and not can_emulate:
+            item.add_marker(pytest.mark.skip(reason="needs qemu-user-static and debootstrap (.ci/system-packages)"))
         if item.get_closest_marker("needs_root") and not is_root:
             item.add_marker(pytest.mark.skip(reason="needs root (chroot or network namespaces); run as root"))

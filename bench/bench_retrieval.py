@@ -35,11 +35,9 @@ from bundler.embedder_export import export_embedder  # noqa: E402
 from bundler.index import build_index  # noqa: E402
 from bundler.index_bm25 import write_postings  # noqa: E402
 from runtime import layout  # noqa: E402
-from runtime.bundle import DirectoryBundle  # noqa: E402
-from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
+from runtime.bundle import Bundle  # noqa: E402
 from bundler.index import DENSE_WEIGHT  # noqa: E402
 from runtime.dense_search import quantize_vectors  # noqa: E402
-from runtime.manifest import IndexInfo  # noqa: E402
 from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
 from runtime.text_terms import ANALYZER, terms  # noqa: E402
 
@@ -92,12 +90,6 @@ def rrf(first: np.ndarray, second: np.ndarray, k: int, constant: int = 60) -> np
         for rank, chunk in enumerate(ranking):
             fused[int(chunk)] = fused.get(int(chunk), 0.0) + 1.0 / (constant + rank + 1)
     return np.array(sorted(fused, key=lambda c: (-fused[c], c))[:k])
-
-
-def write_manifest(staging: Path, info) -> None:
-    model = ModelInfo("none", "none", "none", "none", "none", 0, 0, 0, 0, 0, 0, 0, 0)
-    manifest = Manifest(model=model, index=info, build=BuildInfo("", "bench", "", ""), target="host")
-    (staging / "manifest.json").write_text(manifest.to_json())
 
 
 def percentiles(samples: tuple[list[float], list[float]]) -> str:
@@ -182,9 +174,8 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking:
     start = time.perf_counter()
     rebuild = build_index(docs_dir, staging, build_cache, chunking=chunking)
     rebuild_s = time.perf_counter() - start
-    write_manifest(staging, result.info)
 
-    retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    retriever = Retriever.from_bundle(Bundle.open(staging), threads=threads)
     chunk_doc = np.array([int(Path(retriever.chunks[i].source.path).stem) for i in range(len(retriever.chunks))])
     lines = [f"Cranfield: {len(docs)} documents, {result.info.chunks} chunks, {len(queries)} queries, {tokens} document tokens", ""]
     lines.append("| mode | nDCG@10 | R@10 | R@100 |")
@@ -285,7 +276,6 @@ def build_synthetic(data: Path, cache: Path, work: Path, chunks: int) -> Path:
     settings = {"format": layout.FORMAT, "analyzer": ANALYZER, "modes": ["bm25", "dense"],
                 "dense": {"max_length": 256}, "fusion": {"dense_weight": DENSE_WEIGHT}}
     (staging / layout.SETTINGS).write_text(json.dumps(settings))
-    write_manifest(staging, IndexInfo(documents=chunks // 100, chunks=chunks, modes=["bm25", "dense", "hybrid"]))
     return staging
 
 
@@ -301,7 +291,7 @@ def measure_synthetic(staging: Path, data: Path, threads: int) -> dict:
     _, queries, _ = cranfield(data)
     before = memory_mb()
     start = time.perf_counter()
-    retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    retriever = Retriever.from_bundle(Bundle.open(staging), threads=threads)
     report = {"open_s": time.perf_counter() - start, "memory_before_open_mb": before, "memory_after_open_mb": memory_mb()}
     for mode in MODES:
         wall, cpu = time_queries(retriever, list(queries.values()), mode)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,13 +15,16 @@ from typing import Callable
 
 import pytest
 
-from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo
+from bundler.code_digest import code_digest
+from runtime import layout
+from runtime.manifest import ModelInfo
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = REPO_ROOT / ".cache" / "test-models"
-BUILDER_SOURCES = ("gguf_tokenizer.py", "gguf_convert.py", "export_onnx.py", "quantize.py", "model_source.py", "silence.py")
+# The builder code these fixtures run: their import closure (and this file) keys the cache.
+BUILDER_MODULES = ("bundler.gguf_tokenizer", "bundler.gguf_convert", "bundler.export_onnx", "bundler.model_source")
 DONE_MARK = ".complete"
 
 # Llama 3.2's shape in miniature: llama3 rope scaling, tied embeddings, grouped-query attention.
@@ -54,8 +56,8 @@ def _digest(*parts) -> str:
     digest = hashlib.sha256()
     for part in parts:
         digest.update(json.dumps(part, sort_keys=True, default=str).encode() + b"\0")
-    for name in BUILDER_SOURCES:
-        digest.update((REPO_ROOT / "bundler" / name).read_bytes())
+    digest.update(code_digest(*BUILDER_MODULES).encode())
+    digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:20]
 
 
@@ -76,15 +78,9 @@ def cached_folder(name: str, key: str, build: Callable[[Path], None]) -> Path:
     return dest
 
 
-def write_model_manifest(staging: Path, info: ModelInfo) -> None:
-    """A minimal manifest.json so that `Bundle.open(staging)` works on a folder holding only model/."""
-    manifest = Manifest(
-        model=info,
-        index=IndexInfo(documents=0, chunks=0),
-        build=BuildInfo(created="1970-01-01T00:00:00+00:00", builder_version="test", host="test", python=platform.python_version()),
-        target="host",
-    )
-    (staging / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+def write_model_info(folder: Path, info: ModelInfo) -> None:
+    """Describe the model exported into `folder`/model, as the builder's model cache does (runtime/layout.py)."""
+    (folder / layout.MODEL_INFO).write_text(info.to_json(), encoding="utf-8")
 
 
 def build_tiny_llama(folder: Path) -> None:
@@ -111,7 +107,7 @@ def export_staging(source_dir: Path, quantization: str, folder: Path) -> None:
     from bundler.model_source import resolve_model
 
     info = export_model(resolve_model(source_dir), quantization, folder / "model")
-    write_model_manifest(folder, info)
+    write_model_info(folder, info)
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +118,7 @@ def tiny_llama_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_staging(tiny_llama_dir) -> Callable[[str], Path]:
-    """tiny_model_staging("fp32" | "int4" | "int8") -> staging folder with model/ and manifest.json."""
+    """tiny_model_staging("fp32" | "int4" | "int8") -> folder with model/ and its model_info.json."""
 
     def staging(quantization: str) -> Path:
         key = _digest(TINY_LLAMA, TINY_SEED, quantization)

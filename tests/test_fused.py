@@ -22,7 +22,7 @@ from runtime.fused_decoder import FusedDecoder
 from runtime.generation import GenerationConfig, generate, prefill
 from runtime.repetition import RepetitionGuard
 from runtime.speculative import SpeculationStats, reference_greedy, speculative_greedy
-from tests.fixtures_model import write_model_manifest
+from tests.fixtures_model import write_model_info
 
 PROMPT = [int(i) for i in np.random.default_rng(7).integers(0, 49152, 48)]
 # (source, plan, tolerance on logits relative to their largest magnitude). fp32 is exact math;
@@ -154,23 +154,28 @@ def gguf_staging(tmp_path_factory, tiny_gguf):
     """Staging folder built end to end from the tiny GGUF (graph, tokenizer, manifest)."""
     staging = tmp_path_factory.mktemp("gguf-staging")
     info = build_fused_model(tiny_gguf, "gguf-exact", staging)
-    write_model_manifest(staging, info)
+    write_model_info(staging, info)
     return staging
 
 
 def test_bundle_of_a_fused_model_opens_with_the_fused_decoder(gguf_staging):
     bundle = Bundle.open(gguf_staging)
-    assert bundle.manifest.model.graph == "fused-gqa"
-    assert bundle.manifest.model.quantization == "gguf-exact"
+    assert bundle.model.graph == "fused-gqa"
+    assert bundle.model.quantization == "gguf-exact"
     decoder = load_decoder(bundle, threads=2, max_length=128)
     assert isinstance(decoder, FusedDecoder) and decoder.max_length == 128
     assert (gguf_staging / "model" / "tokenizer.json").is_file()
 
 
-def test_info_names_the_model_and_how_its_gguf_types_were_carried(gguf_staging, tiny_gguf, capsys):
+def test_info_names_the_model_and_how_its_gguf_types_were_carried(gguf_staging, tiny_gguf, tmp_path, capsys):
+    from bundler.pipeline import write_manifest
     from runtime.cli import main
+    from runtime.manifest import IndexInfo
 
-    assert main(["--bundle", str(gguf_staging), "info"]) == 0
+    staging = tmp_path / "staging"  # a staging folder as the build writes it, with no documents
+    shutil.copytree(gguf_staging / "model", staging / "model")
+    write_manifest(staging, Bundle.open(gguf_staging).model, "host", IndexInfo(documents=0, chunks=0))
+    assert main(["--bundle", str(staging), "info"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # No general.basename in this file: the file name, never general.name.
     assert lines[0].startswith(f"model:         {tiny_gguf.stem} (llama, ")

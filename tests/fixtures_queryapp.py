@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT
-from tests.fixtures_station import write_docs
+from tests.sample_documents import write_docs
 
 PUMP_QUESTION = "How is the coolant pump P-7 primed?"
 TEST_CTX = 1024

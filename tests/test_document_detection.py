@@ -13,7 +13,8 @@ from bundler.index import build_index
 from bundler.ingest import SkippedFile, find_documents
 from runtime.source_json import source_record
 from tests.fixtures_retrieval import MAN_PAGE
-from tests.test_retrieval import open_retriever, write_docs
+from tests.sample_documents import write_docs
+from tests.test_retrieval import open_retriever
 
 TYPE_PAGE = """.\\" Copyright, the authors of the Linux man-pages project
 .TH timespec 3type 2024-05-02 "Linux man-pages 6.8"

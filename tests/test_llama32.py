@@ -20,7 +20,7 @@ from runtime.bundle import Bundle
 from runtime.decoder import load_decoder
 from runtime.memory import DEFAULT_CONTEXT
 from runtime.tokenizer import ChatTokenizer
-from tests.fixtures_fused import write_typed_gguf
+from tests.gguf_files import write_typed_gguf
 from tests.fixtures_model import write_model_info
 
 TEXT_VOCAB = 128256

@@ -19,6 +19,7 @@ from bundler.index import build_index
 from runtime.bundle import Bundle
 from runtime.retrieval import Retriever, RetrievalError
 from tests.fixtures_retrieval import REPO, write_pdf
+from tests.sample_documents import write_docs
 
 STATION = {
     "pumps/coolant-pump.md": (
@@ -29,14 +30,6 @@ STATION = {
     "power/solar-array.txt": "Solar array maintenance\n\nClean the solar panels every ninety days with deionised water.\n",
     "radio/antenna.md": "# Antenna alignment\n\nPoint the high-gain antenna at azimuth 212 degrees before the evening pass.\n",
 }
-
-
-def write_docs(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 def open_retriever(staging: Path) -> Retriever:

@@ -33,6 +33,10 @@ EXCLUDED_MODULES = (
     "requests", "urllib3", "charset_normalizer", "yaml", "ssl", "_ssl", "decimal", "_decimal",
     "readline", "pdb", "bz2", "_bz2", "lzma", "_lzma", "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw",
     "_codecs_hk", "_codecs_iso2022",
+    # Never loaded by any command (strace of the unpacked files and -X importtime of info, verify, search,
+    # ask, summarize, chat and serve; docs/PACKAGING.md#what-the-runtime-never-loads).
+    "asyncio", "_asyncio", "numpy.fft", "numpy.f2py", "numpy.testing", "numpy._core._multiarray_tests",
+    "doctest", "psutil", "threadpoolctl", "ftplib", "tracemalloc",
 )
 
 ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"
@@ -66,7 +70,11 @@ def stripped(binaries, folder):
         kept.append((dest, src, kind))
     return kept
 
-a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})],
+# numpy's licence texts (its own and those of the libraries its wheel vendors) ship with its binaries;
+# PyInstaller collected them only as a side effect of numpy modules the runtime never loads.
+from PyInstaller.utils.hooks import copy_metadata
+a = Analysis([{entry!r}], pathex=[{src!r}],
+             datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})] + copy_metadata("numpy"),
              hiddenimports={modules!r}, excludes={excludes!r})
 a.binaries = stripped(a.binaries, {stripped_dir!r})
 pyz = PYZ(a.pure)

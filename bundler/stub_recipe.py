@@ -50,8 +50,9 @@ REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": "315532800"}
 
 
 
-# Stored uncompressed: every start unpacks these files, and inflating them is about half of the
-# start-up time (docs/MEASUREMENTS.md#uncompressed-stub: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
+# Stored uncompressed, for every target: every start unpacks these files, and inflating them doubles the
+# start's CPU time on x86_64 and costs ~1.5-2 s more under aarch64 emulation (docs/MEASUREMENTS.md#uncompressed-stub);
+# the stub grows from ~39 MB to ~108 MB.
 # Shared libraries are stripped of their symbols one by one (libpython alone: 23 MB -> 6 MB), except
 # the libraries vendored into a wheel's `*.libs/` folder (numpy's OpenBLAS stops loading when stripped,
 # which is why PyInstaller's own all-or-nothing `strip` stays off); a library strip refuses is kept as is.

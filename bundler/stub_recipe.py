@@ -35,7 +35,8 @@ EXCLUDED_MODULES = (
     "_codecs_hk", "_codecs_iso2022",
     # Never loaded by any command (strace of the unpacked files and -X importtime of info, verify, search,
     # ask, summarize, chat and serve; docs/PACKAGING.md#what-the-runtime-never-loads).
-    "asyncio", "_asyncio", "numpy.fft", "numpy.f2py", "numpy.testing", "numpy._core._multiarray_tests",
+    # numpy.fft stays: numpy 1.26 (the aarch64 stubs) imports it with numpy.
+    "asyncio", "_asyncio", "numpy.f2py", "numpy.testing", "numpy._core._multiarray_tests",
     "doctest", "psutil", "threadpoolctl", "ftplib", "tracemalloc",
 )
 

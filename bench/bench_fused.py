@@ -248,15 +248,12 @@ def rag_prompts(tokenizer_dir: Path, count: int) -> Path:
     from runtime.prompt import fit_prompt
     from runtime.retrieval import Retriever
     from runtime.tokenizer import ChatTokenizer
-    from tests.fixtures_model import write_model_manifest
-    from runtime.manifest import ModelInfo
 
     path = CACHE / f"rag-{count}.json"
     if path.is_file():
         return path
     staging = CACHE / "rag-index"
     result = build_index(DOCS, staging, CACHE / "index-cache", modes=("bm25",))
-    write_model_manifest(staging, ModelInfo("bench", "", "llama", "fused-gqa", "", 0, 0, 0, 0, 0, 0, 0, 0))
     retriever = Retriever.from_bundle(Bundle.open(staging))
     tokenizer = ChatTokenizer.from_folder(tokenizer_dir)
     questions = (QUESTIONS + SUMMARIES)[:count] if count <= len(QUESTIONS + SUMMARIES) else QUESTIONS + SUMMARIES

@@ -29,7 +29,7 @@ from runtime.bundle import Bundle  # noqa: E402
 from runtime.decoder import load_decoder  # noqa: E402
 from runtime.generation import GenerationConfig, generate  # noqa: E402
 from runtime.tokenizer import ChatTokenizer  # noqa: E402
-from tests.fixtures_model import write_model_manifest  # noqa: E402
+from tests.fixtures_model import write_model_info  # noqa: E402
 
 
 def prompt_ids(tokenizer: ChatTokenizer, data: Path, count: int) -> list[int]:
@@ -105,7 +105,7 @@ def main() -> None:
                 started = time.perf_counter()
                 info = export_model(source, quantization, work / quantization / "model")
                 print(f"export {quantization}: {time.perf_counter() - started:.1f} s")
-                write_model_manifest(work / quantization, info)
+                write_model_info(work / quantization, info)
             sizes = {p.name: p.stat().st_size / 1e6 for p in (work / quantization / "model").glob("model.onnx*")}
             print(f"size {quantization}: model.onnx {sizes['model.onnx']:.1f} MB + "
                   f"model.onnx.data {sizes['model.onnx.data']:.1f} MB = {sum(sizes.values()):.1f} MB")

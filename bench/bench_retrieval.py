@@ -40,11 +40,9 @@ from bundler.embedding_pool import EmbeddingPool  # noqa: E402
 from bundler.index import build_index  # noqa: E402
 from bundler.index_bm25 import write_postings  # noqa: E402
 from runtime import layout  # noqa: E402
-from runtime.bundle import DirectoryBundle  # noqa: E402
-from runtime.manifest import BuildInfo, Manifest, ModelInfo  # noqa: E402
+from runtime.bundle import Bundle  # noqa: E402
 from bundler.index import DENSE_WEIGHT  # noqa: E402
 from runtime.dense_search import quantize_vectors  # noqa: E402
-from runtime.manifest import IndexInfo  # noqa: E402
 from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
 from runtime.text_terms import ANALYZER, terms  # noqa: E402
 
@@ -98,12 +96,6 @@ def rrf(first: np.ndarray, second: np.ndarray, k: int, constant: int = 60) -> np
         for rank, chunk in enumerate(ranking):
             fused[int(chunk)] = fused.get(int(chunk), 0.0) + 1.0 / (constant + rank + 1)
     return np.array(sorted(fused, key=lambda c: (-fused[c], c))[:k])
-
-
-def write_manifest(staging: Path, info) -> None:
-    model = ModelInfo("none", "none", "none", "none", "none", 0, 0, 0, 0, 0, 0, 0, 0)
-    manifest = Manifest(model=model, index=info, build=BuildInfo("", "bench", "", ""), target="host")
-    (staging / "manifest.json").write_text(manifest.to_json())
 
 
 def percentiles(samples: tuple[list[float], list[float]]) -> str:
@@ -176,7 +168,6 @@ def build_collection(docs: dict[str, str], folder: Path, cache: Path, chunking: 
     start, cpu = time.perf_counter(), time.process_time()
     result = build_index(docs_dir, staging, build_cache, chunking=chunking)
     build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu
-    write_manifest(staging, result.info)
     return staging, result, build_s, build_cpu
 
 
@@ -254,7 +245,7 @@ def bench_cranfield(data: Path, cache: Path, work: Path, threads: int, chunking:
     rebuild = build_index(work / "cranfield" / "docs", staging, work / "cranfield" / "build-cache", chunking=chunking)
     rebuild_s = time.perf_counter() - start
 
-    retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    retriever = Retriever.from_bundle(Bundle.open(staging), threads=threads)
     lines = quality_table(f"Cranfield: {len(docs)} documents, {result.info.chunks} chunks, {len(queries)} queries, {tokens} document tokens",
                           retriever, queries, qrels, lambda path: str(int(Path(path).stem)))
     lines.append("")
@@ -281,7 +272,7 @@ def bench_python_faq(examples: Path, questions: Path, cache: Path, work: Path, t
     """The second set, not used to choose any setting (bench/python_faq_set.py)."""
     docs, queries, qrels = python_faq_set(examples, questions)
     staging, result, _, _ = build_collection(docs, work / "python-faq", cache, chunking)
-    retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    retriever = Retriever.from_bundle(Bundle.open(staging), threads=threads)
     title = (f"Python docs sections + FAQ questions: {len(docs)} documents, {result.info.chunks} chunks, "
              f"{len(queries)} queries, {len(qrels)} relevant (query, section) pairs")
     return quality_table(title, retriever, queries, qrels, lambda path: Path(path).stem)
@@ -348,7 +339,6 @@ def build_synthetic(data: Path, cache: Path, work: Path, chunks: int) -> Path:
     settings = {"format": layout.FORMAT, "analyzer": ANALYZER, "modes": ["bm25", "dense"],
                 "dense": {"max_length": 256}, "fusion": {"dense_weight": DENSE_WEIGHT}}
     (staging / layout.SETTINGS).write_text(json.dumps(settings))
-    write_manifest(staging, IndexInfo(documents=chunks // 100, chunks=chunks, modes=["bm25", "dense", "hybrid"]))
     return staging
 
 
@@ -365,7 +355,7 @@ def measure_synthetic(staging: Path, data: Path, threads: int, count: int | None
     queries = dict(list(queries.items())[:count])
     before = memory_mb()
     start = time.perf_counter()
-    retriever = Retriever.from_bundle(DirectoryBundle(staging), threads=threads)
+    retriever = Retriever.from_bundle(Bundle.open(staging), threads=threads)
     report = {"open_s": time.perf_counter() - start, "queries": len(queries), "memory_before_open_mb": before,
               "memory_after_open_mb": memory_mb()}
     for mode in MODES:

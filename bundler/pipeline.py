@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -23,8 +22,9 @@ from bundler.graph_kinds import GraphKind, choose
 from bundler.leftovers import remove_build_leftovers, temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from bundler.scratch import scratch_folder
+from runtime import layout
 from runtime.bundle import MANIFEST_NAME
-from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo, from_plain
+from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo
 
 if TYPE_CHECKING:
     from bundler.index import IndexResult
@@ -186,19 +186,18 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
             info = kind.export(source, quantization, work, progress)
             info.graph = kind.manifest_name  # the registry names the graph; the runtime opens it by this name
             # The gate runs the model through the runtime's own decoder, as the bundle will.
-            write_manifest(work, info, target_name="host")
+            (work / layout.MODEL_INFO).write_text(info.to_json())
             progress("quality gate", 0, 1)
             info.quality = check_quality(
                 work / "model", source.path, config.quality_text, max_ratio=float("inf"),
                 decoder_factory=lambda _, length: load_decoder(DirectoryBundle(work), max_length=length))
             progress("quality gate", 1, 1)
-            (work / "model_info.json").write_text(json.dumps(dataclasses.asdict(info)))
-            os.unlink(work / MANIFEST_NAME)
+            (work / layout.MODEL_INFO).write_text(info.to_json())
             write_record(work, code)
             replace_folder(work, cached)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    info = from_plain(ModelInfo, json.loads((cached / "model_info.json").read_text()))
+    info = ModelInfo.from_json((cached / layout.MODEL_INFO).read_bytes())
     # The manifest tells nothing about the build machine: inputs by file name and content hash,
     # from this build's own inputs (the cached export may have read them from another path).
     info.source, info.source_sha256 = source.path.name, fingerprint
@@ -210,10 +209,11 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
     return info, hit
 
 
-def write_manifest(staging: Path, model: ModelInfo, target_name: str, index: Optional[IndexInfo] = None) -> Manifest:
+def write_manifest(staging: Path, model: ModelInfo, target_name: str, index: IndexInfo) -> Manifest:
+    """The staging folder's manifest.json: what the packager reads and a runtime opening the folder sees."""
     manifest = Manifest(
         model=model,
-        index=index or IndexInfo(documents=0, chunks=0),
+        index=index,
         build=BuildInfo(
             created=build_date(),
             builder_version=__version__,

@@ -33,6 +33,11 @@ EXCLUDED_MODULES = (
     "requests", "urllib3", "charset_normalizer", "yaml", "ssl", "_ssl", "decimal", "_decimal",
     "readline", "pdb", "bz2", "_bz2", "lzma", "_lzma", "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw",
     "_codecs_hk", "_codecs_iso2022",
+    # Never loaded by any command (strace of the unpacked files and -X importtime of info, verify, search,
+    # ask, summarize, chat and serve; docs/PACKAGING.md#what-the-runtime-never-loads).
+    # numpy.fft stays: numpy 1.26 (the aarch64 stubs) imports it with numpy.
+    "asyncio", "_asyncio", "numpy.f2py", "numpy.testing", "numpy._core._multiarray_tests",
+    "doctest", "psutil", "threadpoolctl", "ftplib", "tracemalloc",
 )
 
 ENTRY_SCRIPT = "from runtime.cli import main\nimport sys\nsys.exit(main())\n"
@@ -46,8 +51,9 @@ REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "SOURCE_DATE_EPOCH": "315532800"}
 
 
 
-# Stored uncompressed: every start unpacks these files, and inflating them is about half of the
-# start-up time (docs/MEASUREMENTS.md#uncompressed-stub: 1.1 s compressed, 0.62 s not); the stub grows from ~50 MB to ~130 MB.
+# Stored uncompressed, for every target: every start unpacks these files, and inflating them doubles the
+# start's CPU time on x86_64 and costs ~1.5-2 s more under aarch64 emulation (docs/MEASUREMENTS.md#uncompressed-stub);
+# the stub grows from ~39 MB to ~108 MB.
 # Shared libraries are stripped of their symbols one by one (libpython alone: 23 MB -> 6 MB), except
 # the libraries vendored into a wheel's `*.libs/` folder (numpy's OpenBLAS stops loading when stripped,
 # which is why PyInstaller's own all-or-nothing `strip` stays off); a library strip refuses is kept as is.
@@ -66,7 +72,11 @@ def stripped(binaries, folder):
         kept.append((dest, src, kind))
     return kept
 
-a = Analysis([{entry!r}], pathex=[{src!r}], datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})],
+# numpy's licence texts (its own and those of the libraries its wheel vendors) ship with its binaries;
+# PyInstaller collected them only as a side effect of numpy modules the runtime never loads.
+from PyInstaller.utils.hooks import copy_metadata
+a = Analysis([{entry!r}], pathex=[{src!r}],
+             datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})] + copy_metadata("numpy"),
              hiddenimports={modules!r}, excludes={excludes!r})
 a.binaries = stripped(a.binaries, {stripped_dir!r})
 pyz = PYZ(a.pure)

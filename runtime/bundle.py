@@ -1,13 +1,14 @@
 """Opening a bundle: the runtime's one view of stored files, whatever holds them.
 
-A bundle is either a staging folder (plain files plus manifest.json, as the builder
-writes them) or a single file carrying an appended payload (see runtime/payload.py).
-Callers never care which: they ask for entries by name.
+A bundle is either a folder of plain files (a staging folder as the builder writes it, or only
+part of one: an index, an exported model) or a single file carrying an appended payload (see
+runtime/payload.py). Callers never care which: they ask for entries by name.
 """
 from __future__ import annotations
 
 import abc
 import ast
+import functools
 import hashlib
 import mmap
 import os
@@ -19,7 +20,7 @@ import onnxruntime as ort
 from runtime import layout
 from runtime.entry_hashes import EntryHashes, EntryMismatch
 from runtime.errors import UserError
-from runtime.manifest import Entry, Manifest
+from runtime.manifest import Entry, Manifest, ModelInfo, TargetInfo
 from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, padded_location, read_layout
 from runtime.payload_coverage import CoverageError, check_uncovered_bytes
 from runtime.signature import SignatureError, check_signature_by
@@ -49,6 +50,16 @@ class Bundle(abc.ABC):
 
     path: Path
     manifest: Manifest
+
+    @property
+    def model(self) -> ModelInfo:
+        """The bundled model's description."""
+        return self.manifest.model
+
+    @property
+    def target_profile(self) -> TargetInfo | None:
+        """The profile the build was checked for (None: the runtime's defaults)."""
+        return self.manifest.target_profile
 
     @staticmethod
     def open(path: str | Path) -> "Bundle":
@@ -81,17 +92,38 @@ class Bundle(abc.ABC):
 
 
 class DirectoryBundle(Bundle):
-    """A staging folder read in place (used by tests and during the build)."""
+    """A folder read in place: a staging folder, or the part of one a step made (tests, the build).
+
+    Entries are the folder's files. The manifest is read when asked for, so a folder holding only an
+    index opens as it is; a folder holding only an exported model describes it in layout.MODEL_INFO.
+    """
 
     def __init__(self, root: Path):
         self.path = root
-        manifest_path = root / MANIFEST_NAME
+
+    @functools.cached_property
+    def manifest(self) -> Manifest:
+        manifest_path = self.path / MANIFEST_NAME
         try:
-            self.manifest = Manifest.from_json(manifest_path.read_bytes())
+            return Manifest.from_json(manifest_path.read_bytes())
         except FileNotFoundError:
             raise BundleError(f"{manifest_path}: missing manifest") from None
         except ValueError as exc:
             raise BundleError(f"{manifest_path}: {exc}") from None
+
+    @functools.cached_property
+    def model(self) -> ModelInfo:
+        info_path = self.path / layout.MODEL_INFO
+        if (self.path / MANIFEST_NAME).is_file() or not info_path.is_file():
+            return self.manifest.model
+        try:
+            return ModelInfo.from_json(info_path.read_bytes())
+        except ValueError as exc:
+            raise BundleError(f"{info_path}: {exc}") from None
+
+    @property
+    def target_profile(self) -> TargetInfo | None:
+        return self.manifest.target_profile if (self.path / MANIFEST_NAME).is_file() else None
 
     def _file(self, name: str) -> Path:
         target = (self.path / name).resolve()
@@ -103,7 +135,7 @@ class DirectoryBundle(Bundle):
         return sorted(
             p.relative_to(self.path).as_posix()
             for p in self.path.rglob("*")
-            if p.is_file() and p.name != MANIFEST_NAME
+            if p.is_file() and p.relative_to(self.path).as_posix() not in (MANIFEST_NAME, layout.MODEL_INFO)
         )
 
     def read(self, name: str) -> bytes:

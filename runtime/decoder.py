@@ -1,7 +1,7 @@
 """The language model as a decoder over one sequence with a KV cache.
 
 `Decoder` is the interface generation code uses; each exported graph kind has one
-implementation, chosen by `manifest.model.graph` in `load_decoder`.
+implementation, chosen by the bundle's `model.graph` in `load_decoder`.
 """
 from __future__ import annotations
 
@@ -74,9 +74,10 @@ class Decoder(abc.ABC):
 
 def context_limit(bundle, max_length: Optional[int]) -> int:
     """min(model, target profile, `max_length`): the KV cache the build's budget approved, or less."""
-    from runtime.memory import bundle_context
+    from runtime.memory import context_tokens
 
-    return bundle_context(bundle.manifest, max_length)
+    profile = bundle.target_profile
+    return context_tokens(bundle.model, profile.context if profile is not None else None, max_length)
 
 
 class OptimumDecoder(Decoder):
@@ -137,7 +138,7 @@ class OptimumDecoder(Decoder):
 
 
 def load_decoder(bundle, threads: Optional[int] = None, max_length: Optional[int] = None) -> Decoder:
-    graph = bundle.manifest.model.graph
+    graph = bundle.model.graph
     try:
         module_name, class_name = IMPLEMENTATIONS[graph].split(":")
     except KeyError:

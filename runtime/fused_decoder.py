@@ -50,7 +50,7 @@ class FusedDecoder(Decoder):
 
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
-        info = bundle.manifest.model
+        info = bundle.model
         session = bundle.onnx_session(MODEL_ONNX, session_options(threads))
         return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 

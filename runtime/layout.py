@@ -3,6 +3,9 @@ that reads them (a staging folder holds the same names as files)."""
 from __future__ import annotations
 
 MANIFEST = "manifest.json"               # runtime.manifest.Manifest; in a file bundle, after the entries
+# A folder holding only an exported model (the builder's model cache, before the manifest exists)
+# describes it here: runtime.manifest.ModelInfo as JSON. A packaged bundle's manifest carries it instead.
+MODEL_INFO = "model_info.json"
 
 # The language model (model/): graph, weights as its external data, Hugging Face tokenizer files.
 MODEL_FOLDER = "model"

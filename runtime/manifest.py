@@ -58,6 +58,14 @@ class ModelInfo:
     quality: Optional[QualityReport] = None
     weights: str = ""  # how the source's tensor types were carried, e.g. "exact GGUF blocks: Q4_K x97, ..."
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ModelInfo":
+        """Raises ValueError naming the first field that is missing, unknown or of the wrong type."""
+        return from_plain(cls, json.loads(text, object_pairs_hook=_object_without_repeated_keys), "model info")
+
 
 @dataclass
 class IndexInfo:

@@ -1,6 +1,7 @@
 """Hardening fixtures: the hostile corpus indexed once, a bare payload file to tamper with."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -33,11 +34,11 @@ def bare_payload(synthetic_staging, tmp_path_factory) -> Path:
 
 
 def flip_byte(path: Path, offset: int, mask: int) -> int:
-    """XOR one byte in place; returns the original value."""
+    """XOR one byte in place (a negative offset counts from the end); returns the original value."""
     with open(path, "r+b") as handle:
-        handle.seek(offset)
+        handle.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
         original = handle.read(1)[0]
-        handle.seek(offset)
+        handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([original ^ mask]))
     return original
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,13 +15,18 @@ from typing import Callable
 
 import pytest
 
-from runtime.manifest import BuildInfo, IndexInfo, Manifest, ModelInfo
+from bundler.code_digest import code_digest
+from runtime import layout
+from tests import gguf_files
+from tests.gguf_files import write_llama_gguf
+from runtime.manifest import ModelInfo
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = REPO_ROOT / ".cache" / "test-models"
-BUILDER_SOURCES = ("gguf_tokenizer.py", "gguf_convert.py", "export_onnx.py", "quantize.py", "model_source.py", "silence.py")
+# The builder code these fixtures run: their import closure (and this file) keys the cache.
+BUILDER_MODULES = ("bundler.gguf_tokenizer", "bundler.gguf_convert", "bundler.export_onnx", "bundler.model_source")
 DONE_MARK = ".complete"
 
 # Llama 3.2's shape in miniature: llama3 rope scaling, tied embeddings, grouped-query attention.
@@ -54,8 +58,9 @@ def _digest(*parts) -> str:
     digest = hashlib.sha256()
     for part in parts:
         digest.update(json.dumps(part, sort_keys=True, default=str).encode() + b"\0")
-    for name in BUILDER_SOURCES:
-        digest.update((REPO_ROOT / "bundler" / name).read_bytes())
+    digest.update(code_digest(*BUILDER_MODULES).encode())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(Path(gguf_files.__file__).read_bytes())
     return digest.hexdigest()[:20]
 
 
@@ -76,15 +81,9 @@ def cached_folder(name: str, key: str, build: Callable[[Path], None]) -> Path:
     return dest
 
 
-def write_model_manifest(staging: Path, info: ModelInfo) -> None:
-    """A minimal manifest.json so that `Bundle.open(staging)` works on a folder holding only model/."""
-    manifest = Manifest(
-        model=info,
-        index=IndexInfo(documents=0, chunks=0),
-        build=BuildInfo(created="1970-01-01T00:00:00+00:00", builder_version="test", host="test", python=platform.python_version()),
-        target="host",
-    )
-    (staging / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+def write_model_info(folder: Path, info: ModelInfo) -> None:
+    """Describe the model exported into `folder`/model, as the builder's model cache does (runtime/layout.py)."""
+    (folder / layout.MODEL_INFO).write_text(info.to_json(), encoding="utf-8")
 
 
 def build_tiny_llama(folder: Path) -> None:
@@ -111,7 +110,7 @@ def export_staging(source_dir: Path, quantization: str, folder: Path) -> None:
     from bundler.model_source import resolve_model
 
     info = export_model(resolve_model(source_dir), quantization, folder / "model")
-    write_model_manifest(folder, info)
+    write_model_info(folder, info)
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +121,7 @@ def tiny_llama_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_staging(tiny_llama_dir) -> Callable[[str], Path]:
-    """tiny_model_staging("fp32" | "int4" | "int8") -> staging folder with model/ and manifest.json."""
+    """tiny_model_staging("fp32" | "int4" | "int8") -> folder with model/ and its model_info.json."""
 
     def staging(quantization: str) -> Path:
         key = _digest(TINY_LLAMA, TINY_SEED, quantization)
@@ -156,85 +155,14 @@ def default_model_staging(default_model_hf_dir) -> Callable[[str], Path]:
     return staging
 
 
-def _llama_cpp_permute(weights, heads: int):
-    """llama.cpp stores q/k rows interleaved per rotary pair (convert_hf_to_gguf's permute)."""
-    return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
-
-
-def write_llama_gguf(hf_dir: Path, path: Path) -> None:
-    """An F32 GGUF of a Hugging Face Llama folder, laid out as llama.cpp's converter writes it
-    (permuted q/k, rope_freqs for llama3 scaling), with the default model's vocabulary."""
-    import gguf
-    import numpy as np
-    from safetensors.numpy import load_file
-
-    from bundler.gguf_convert import llama3_rope_factors
-    from bundler.model_source import default_model_path
-
-    config = json.loads((hf_dir / "config.json").read_text())
-    weights = load_file(str(hf_dir / "model.safetensors"))
-    source = gguf.GGUFReader(str(default_model_path()))
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    # As published GGUFs: general.name is often a training-run name, the model's own name is
-    # basename + size label.
-    writer.add_name("Tiny Run 7 Ep2")
-    writer.add_basename("Tiny-Llama-3.2")
-    writer.add_size_label("3M")
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(config["rope_theta"])
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
-                "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                "tokenizer.ggml.add_bos_token", "tokenizer.chat_template"):
-        field = source.get_field(key)
-        value = field.contents()
-        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
-            writer.add_array(key, value)
-        elif key == "tokenizer.ggml.token_type":
-            writer.add_token_types(value)
-        elif isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        else:
-            writer.add_string(key, value)
-
-    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
-    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
-    if config.get("rope_scaling"):
-        factors = llama3_rope_factors(config["rope_theta"], head_dim, config["rope_scaling"])
-        writer.add_tensor("rope_freqs.weight", factors.astype(np.float32))
-    names = {
-        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_v": "self_attn.v_proj",
-        "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    }
-    for layer in range(config["num_hidden_layers"]):
-        prefix = f"model.layers.{layer}."
-        writer.add_tensor(f"blk.{layer}.attn_q.weight", _llama_cpp_permute(weights[prefix + "self_attn.q_proj.weight"], heads))
-        writer.add_tensor(f"blk.{layer}.attn_k.weight", _llama_cpp_permute(weights[prefix + "self_attn.k_proj.weight"], kv_heads))
-        for ours, theirs in names.items():
-            writer.add_tensor(f"blk.{layer}.{ours}.weight", weights[prefix + theirs + ".weight"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 @pytest.fixture(scope="session")
 def tiny_llama_gguf(tiny_llama_dir) -> Path:
     """The tiny Llama-3.2-shaped model as an F32 GGUF file (llama.cpp layout, llama3 rope_freqs)."""
-    folder = cached_folder("tiny-gguf", _digest(TINY_LLAMA, TINY_SEED, "gguf", "basename"), lambda f: write_llama_gguf(tiny_llama_dir, f / "tiny.gguf"))
+    from bundler.model_source import default_model_path
+
+    def write(folder: Path) -> None:
+        write_llama_gguf(folder / "tiny.gguf", tiny_llama_dir, default_model_path(),
+                         naming=("Tiny Run 7 Ep2", "Tiny-Llama-3.2", "3M"))
+
+    folder = cached_folder("tiny-gguf", _digest(TINY_LLAMA, TINY_SEED, "gguf", "basename"), write)
     return folder / "tiny.gguf"

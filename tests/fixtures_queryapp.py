@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT
-from tests.fixtures_station import write_docs
+from tests.sample_documents import write_docs
 
 PUMP_QUESTION = "How is the coolant pump P-7 primed?"
 TEST_CTX = 1024
@@ -24,16 +24,15 @@ SCREENSHOT = REPO_ROOT / ".cache" / "screenshots" / "web-page.png"
 def query_staging(tiny_model_staging, tmp_path_factory) -> Path:
     """A staging folder (tiny random Llama, int4, + an index of three documents), opened by the runtime."""
     from bundler.index import build_index
-    from runtime.manifest import Manifest
+    from bundler.pipeline import write_manifest
+    from runtime.bundle import Bundle
 
     docs = write_docs(tmp_path_factory.mktemp("query-docs"))
     staging = tmp_path_factory.mktemp("query") / "staging"
-    shutil.copytree(tiny_model_staging("int4"), staging)
+    model = tiny_model_staging("int4")
+    shutil.copytree(model / "model", staging / "model")
     index = build_index(docs, staging, DEFAULT_CACHE / "index")
-    manifest = Manifest.from_json((staging / "manifest.json").read_text())
-    manifest = dataclasses.replace(manifest, index=index.info)
-    manifest.model.name = MODEL_ID
-    (staging / "manifest.json").write_text(manifest.to_json())
+    write_manifest(staging, dataclasses.replace(Bundle.open(model).model, name=MODEL_ID), "host", index.info)
     return staging
 
 

@@ -10,15 +10,10 @@ from pathlib import Path
 
 from bundler.cache_record import RECORD, record_matches, write_record
 from bundler.index import build_index
-from tests.fixtures_station import STATION_DOCS, write_docs
+from tests.fixtures_hardening import flip_byte
+from tests.sample_documents import STATION_DOCS, write_docs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _flip_last_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def test_a_cache_record_matches_only_the_same_files_and_code(tmp_path):
@@ -30,7 +25,7 @@ def test_a_cache_record_matches_only_the_same_files_and_code(tmp_path):
     assert json.loads((folder / RECORD).read_text())["code"] == "code-1"
     assert record_matches(folder, "code-1")
     assert not record_matches(folder, "code-2")
-    _flip_last_byte(folder / "model" / "weights.bin")
+    flip_byte(folder / "model" / "weights.bin", -1, 0x01)
     assert not record_matches(folder, "code-1")
     write_record(folder, "code-1")
     (folder / "extra.txt").write_text("planted")
@@ -92,7 +87,7 @@ def test_a_changed_cached_model_export_is_made_again(tiny_llama_dir, tmp_path):
     cached_first, weights = staged_weights("first")
     assert not cached_first
     (model,) = (cache / "models").iterdir()
-    _flip_last_byte(model / "model" / "model.onnx.data")
+    flip_byte(model / "model" / "model.onnx.data", -1, 0x01)
     assert staged_weights("second") == (False, weights)
     assert staged_weights("third") == (True, weights)
 

@@ -13,7 +13,8 @@ from bundler.index import build_index
 from bundler.ingest import SkippedFile, find_documents
 from runtime.source_json import source_record
 from tests.fixtures_retrieval import MAN_PAGE
-from tests.test_retrieval import open_retriever, write_docs
+from tests.sample_documents import write_docs
+from tests.test_retrieval import open_retriever
 
 TYPE_PAGE = """.\\" Copyright, the authors of the Linux man-pages project
 .TH timespec 3type 2024-05-02 "Linux man-pages 6.8"
@@ -68,7 +69,7 @@ def test_suffixed_man_page_and_extensionless_text_are_searchable(tmp_path, index
     assert result.info.documents == 5
     alias = {s.path: (s.kind, s.reason) for s in result.skipped}["usr/share/man/man3/itimerspec.3type.gz"]
     assert alias == ("man page alias", "man page alias of man3/timespec.3type (.so)")
-    retriever = open_retriever(tmp_path / "staging", result.info)
+    retriever = open_retriever(tmp_path / "staging")
     hit = retriever.search("reactor clock nanoseconds", k=1, mode="bm25")[0]
     assert hit.chunk.source.path == "usr/share/man/man3/timespec.3type.gz"
     assert hit.chunk.source.heading.startswith("timespec(3type)")
@@ -109,7 +110,7 @@ def test_identical_passages_are_indexed_once_and_cite_every_file(tmp_path, index
     alone = build_index(write_docs(tmp_path / "one", {"creat.2": MAN_PAGE}), tmp_path / "one-staging", index_cache, modes=("bm25",))
     assert result.info.chunks == single.info.chunks + alone.info.chunks
     assert result.duplicate_passages == 2 * alone.info.chunks
-    retriever = open_retriever(tmp_path / "staging", result.info)
+    retriever = open_retriever(tmp_path / "staging")
     for mode in ("bm25", "dense", "hybrid"):
         hits = retriever.search("bleed valve thirty seconds priming", k=4, mode=mode)
         texts = [h.chunk.text for h in hits]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bundler.pipeline import DEFAULT_CACHE, REPO_ROOT, BuildConfig, build
-from tests.fixtures_station import STATION_DOCS, run_offline, write_docs
+from tests.fixtures_station import run_offline
+from tests.sample_documents import STATION_DOCS, write_docs
 
 
 @pytest.fixture(scope="session")

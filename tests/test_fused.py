@@ -8,7 +8,6 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from bundler.block_quant import NBitsWeight
 from bundler.errors import BuildError
 from bundler.fused_export import build_fused_model, save_model
 from bundler.fused_graph import QuantizationPlan, build_graph, effective_weights
@@ -22,7 +21,8 @@ from runtime.fused_decoder import FusedDecoder
 from runtime.generation import GenerationConfig, generate, prefill
 from runtime.repetition import RepetitionGuard
 from runtime.speculative import SpeculationStats, reference_greedy, speculative_greedy
-from tests.fixtures_model import write_model_manifest
+from tests.fixtures_model import write_model_info
+from tests.onnx_weights import graph_weights
 
 PROMPT = [int(i) for i in np.random.default_rng(7).integers(0, 49152, 48)]
 # (source, plan, tolerance on logits relative to their largest magnitude). fp32 is exact math;
@@ -81,8 +81,6 @@ def test_fused_graph_matches_pytorch_with_and_without_kv_cache(fused_models, tin
 
 def test_gguf_exact_weights_dequantize_bit_for_bit_to_gguf(fused_models, tiny_gguf):
     model = onnx.load(str(fused_models("gguf", QuantizationPlan("gguf-exact")) / "model.onnx"))
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    consumers = {name: node for node in model.graph.node for name in node.input}
     gguf = read_gguf(tiny_gguf)
     weights = load_llama(tiny_gguf)
 
@@ -100,27 +98,10 @@ def test_gguf_exact_weights_dequantize_bit_for_bit_to_gguf(fused_models, tiny_gg
         ]
     expected.append(gguf.tensors["token_embd.weight"].dequantize())  # the tied lm_head
 
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
-        zero = values[node.input[3]] if len(node.input) > 3 else None
-        remainder = None
-        follower = consumers.get(node.output[0])
-        if follower is not None and follower.op_type == "Gemm":
-            remainder = values[follower.input[1]].T
-        weight = NBitsWeight(attrs["bits"], block, n, k, values[node.input[1]],
-                             values[node.input[2]].reshape(n, k // block), zero, remainder)
-        found.append(weight.dequantize())
+    found, table = graph_weights(model)
     assert len(found) == len(expected)
     for got, want in zip(found, expected):
         assert np.array_equal(got, want)
-
-    embed = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
-    codes = values[embed.input[0]].astype(np.float32) - 128
-    table = (codes * values[embed.input[2]]).reshape(codes.shape[0], -1)
     assert np.array_equal(table, gguf.tensors["token_embd.weight"].dequantize())
 
 
@@ -154,23 +135,28 @@ def gguf_staging(tmp_path_factory, tiny_gguf):
     """Staging folder built end to end from the tiny GGUF (graph, tokenizer, manifest)."""
     staging = tmp_path_factory.mktemp("gguf-staging")
     info = build_fused_model(tiny_gguf, "gguf-exact", staging)
-    write_model_manifest(staging, info)
+    write_model_info(staging, info)
     return staging
 
 
 def test_bundle_of_a_fused_model_opens_with_the_fused_decoder(gguf_staging):
     bundle = Bundle.open(gguf_staging)
-    assert bundle.manifest.model.graph == "fused-gqa"
-    assert bundle.manifest.model.quantization == "gguf-exact"
+    assert bundle.model.graph == "fused-gqa"
+    assert bundle.model.quantization == "gguf-exact"
     decoder = load_decoder(bundle, threads=2, max_length=128)
     assert isinstance(decoder, FusedDecoder) and decoder.max_length == 128
     assert (gguf_staging / "model" / "tokenizer.json").is_file()
 
 
-def test_info_names_the_model_and_how_its_gguf_types_were_carried(gguf_staging, tiny_gguf, capsys):
+def test_info_names_the_model_and_how_its_gguf_types_were_carried(gguf_staging, tiny_gguf, tmp_path, capsys):
+    from bundler.pipeline import write_manifest
     from runtime.cli import main
+    from runtime.manifest import IndexInfo
 
-    assert main(["--bundle", str(gguf_staging), "info"]) == 0
+    staging = tmp_path / "staging"  # a staging folder as the build writes it, with no documents
+    shutil.copytree(gguf_staging / "model", staging / "model")
+    write_manifest(staging, Bundle.open(gguf_staging).model, "host", IndexInfo(documents=0, chunks=0))
+    assert main(["--bundle", str(staging), "info"]) == 0
     lines = capsys.readouterr().out.splitlines()
     # No general.basename in this file: the file name, never general.name.
     assert lines[0].startswith(f"model:         {tiny_gguf.stem} (llama, ")

@@ -6,14 +6,11 @@ each type's block layout (tests.fixtures_fused.random_tensor_bytes): the oracle 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
-from bundler.block_quant import NBitsWeight, from_gguf
+from bundler.block_quant import from_gguf
 from bundler.errors import BuildError
 from bundler.fused_export import save_model
 from bundler.fused_graph import QuantizationPlan, build_graph
@@ -21,7 +18,8 @@ from bundler.gguf_reader import BLOCK_TYPES, FLOAT_TYPES, GgufTensor, read_gguf
 from bundler.llama_weights import load_llama
 from bundler.torch_reference import reference_logits, reference_model
 from runtime.fused_decoder import FusedDecoder
-from tests.fixtures_fused import TYPED_SHAPE, random_tensor_bytes, write_typed_gguf
+from tests.onnx_weights import graph_weights
+from tests.gguf_files import TYPED_SHAPE, random_tensor_bytes, write_typed_gguf
 
 # llama.cpp's Q4_K_M recipe in miniature: mixed layouts inside one fused q/k/v and gate/up.
 Q4_K_M = {"token_embd": "Q6_K", "attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "Q4_K",
@@ -67,43 +65,12 @@ def typed_model(tmp_path_factory):
 CASES = [(t, {"": t}) for t in ALL_TYPES] + [("Q4_K_M", Q4_K_M)]
 
 
-def _graph_weights(model: onnx.ModelProto) -> tuple[list[np.ndarray], np.ndarray]:
-    """Dequantize every MatMulNBits weight (with its remainder Gemm) and the embedding table."""
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    consumers = {name: node for node in model.graph.node for name in node.input}
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
-        zero = values[node.input[3]].reshape(n, -1) if len(node.input) > 3 else None
-        follower = consumers.get(node.output[0])
-        remainder = values[follower.input[1]].T if follower is not None and follower.op_type == "Gemm" else None
-        weight = NBitsWeight(attrs["bits"], block, n, k, values[node.input[1]],
-                             values[node.input[2]].reshape(n, k // block), zero, remainder)
-        found.append(weight.dequantize())
-    gather = next(n for n in model.graph.node if n.op_type in ("GatherBlockQuantized", "Gather"))
-    if gather.op_type == "Gather":
-        return found, values[gather.input[0]]
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gather.attribute}
-    codes = values[gather.input[0]]
-    if attrs["bits"] == 4:
-        codes = np.stack([codes & 0x0F, codes >> 4], axis=-1).reshape(codes.shape[0], codes.shape[1], -1)
-    zero = values[gather.input[3]] if len(gather.input) > 3 else 1 << (attrs["bits"] - 1)
-    table = (codes.astype(np.int32) - zero).astype(np.float32) * values[gather.input[2]]
-    added = next((n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"), None)
-    if added is not None:
-        table = table + values[added.input[0]][:, :, None]
-    return found, table.reshape(table.shape[0], -1)
-
-
 @pytest.mark.parametrize("label,types", CASES, ids=[c[0] for c in CASES])
 def test_every_llama_3_2_gguf_type_is_carried_exactly_and_runs(typed_model, label, types):
     path, folder = typed_model(label, types)
     weights = load_llama(path)
     model = onnx.load(str(folder / "model.onnx"))
-    found, table = _graph_weights(model)
+    found, table = graph_weights(model)
 
     def expect(name: str) -> np.ndarray:
         return weights.float(name)

@@ -122,7 +122,7 @@ HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[2J.txt"
 def offline_build(tiny_llama_dir, host_stub, tmp_path_factory):
     """build.py run once in an offline room on the tiny model (exported afresh), over the station's documents,
     three private files and a file whose name is an escape sequence: (trace, named folder, executable)."""
-    from tests.fixtures_station import write_docs
+    from tests.sample_documents import write_docs
 
     root = tmp_path_factory.mktemp("offline-build")
     docs = write_docs(root / "named" / "docs")
@@ -691,7 +691,7 @@ def _check_cache_entries(cache: Path) -> None:
 def test_builds_killed_at_random_points_leave_no_half_executable_and_the_next_build_succeeds(
         tiny_llama_dir, host_stub, tmp_path):
     from runtime.bundle import Bundle
-    from tests.fixtures_station import write_docs
+    from tests.sample_documents import write_docs
 
     docs = write_docs(tmp_path / "docs")
     cache = tmp_path / "cache"

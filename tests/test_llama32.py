@@ -20,8 +20,8 @@ from runtime.bundle import Bundle
 from runtime.decoder import load_decoder
 from runtime.memory import DEFAULT_CONTEXT
 from runtime.tokenizer import ChatTokenizer
-from tests.fixtures_fused import write_typed_gguf
-from tests.fixtures_model import write_model_manifest
+from tests.gguf_files import write_typed_gguf
+from tests.fixtures_model import write_model_info
 
 TEXT_VOCAB = 128256
 BOS, EOT = 128000, 128009
@@ -117,7 +117,7 @@ def llama32_staging(tmp_path_factory):
     path = write_typed_gguf(root / "Llama-3.2-1B-Instruct-Q4_K_M.gguf", Q4_K_M, shape=SHAPE,
                             metadata=add_llama32_tokenizer)
     staging = root / "staging"
-    write_model_manifest(staging, build_fused_model(path, "gguf-exact", staging))
+    write_model_info(staging, build_fused_model(path, "gguf-exact", staging))
     return staging
 
 
@@ -154,7 +154,7 @@ def test_llama3_chat_template_renders_exactly_as_transformers(llama32_staging, h
 
 def test_llama32_shaped_gguf_runs_at_the_default_context_not_its_declared_one(llama32_staging, hf_tokenizer):
     bundle = Bundle.open(llama32_staging)
-    model = bundle.manifest.model
+    model = bundle.model
     assert model.name == "Llama-3.2-1B" and model.vocab_size == TEXT_VOCAB
     assert model.weights.startswith("exact GGUF blocks (bit for bit): Q4_K x")
     decoder = load_decoder(bundle, threads=2)

@@ -10,6 +10,7 @@ import pytest
 
 from bundler.errors import BuildError
 from bundler.model_source import default_model_path, resolve_model
+from runtime import layout
 from runtime.bundle import Bundle, BundleError
 from runtime.decoder import OptimumDecoder, load_decoder
 from runtime.generation import GenerationConfig, generate
@@ -104,7 +105,7 @@ def test_truncated_cache_continues_as_if_never_extended(tiny_model_staging, tiny
 @pytest.mark.parametrize("quantization, min_cosine, min_top1", [("int8", 0.995, 0.9), ("int4", 0.85, 0.3)])
 def test_quantized_exports_follow_pytorch(tiny_model_staging, tiny_prompt, tiny_reference, quantization, min_cosine, min_top1):
     staging = tiny_model_staging(quantization)
-    assert json.loads((staging / "manifest.json").read_text())["model"]["quantization"] == quantization
+    assert Bundle.open(staging).model.quantization == quantization
     assert b"MatMulNBits" in (staging / "model" / "model.onnx").read_bytes()
     logits = open_decoder(staging).forward(tiny_prompt)
     cosine = (logits * tiny_reference).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(tiny_reference, axis=-1)
@@ -127,9 +128,9 @@ def test_decoder_refuses_to_run_past_its_context(tiny_model_staging, tiny_prompt
 def test_unknown_graph_kind_is_refused(tiny_model_staging, tmp_path):
     staging = tmp_path / "staging"
     shutil.copytree(tiny_model_staging("fp32"), staging)
-    manifest = json.loads((staging / "manifest.json").read_text())
-    manifest["model"]["graph"] = "mystery"
-    (staging / "manifest.json").write_text(json.dumps(manifest))
+    info = json.loads((staging / layout.MODEL_INFO).read_text())
+    info["graph"] = "mystery"
+    (staging / layout.MODEL_INFO).write_text(json.dumps(info))
     with pytest.raises(BundleError, match="mystery"):
         load_decoder(Bundle.open(staging))
 

@@ -16,10 +16,10 @@ from bundler.chunking import ChunkingConfig, chunk_blocks, token_cost
 from bundler.errors import BuildError
 from bundler.formats import parser_for
 from bundler.index import build_index
-from runtime.bundle import DirectoryBundle
-from runtime.manifest import BuildInfo, Manifest, ModelInfo
+from runtime.bundle import Bundle
 from runtime.retrieval import Retriever, RetrievalError
 from tests.fixtures_retrieval import REPO, write_pdf
+from tests.sample_documents import write_docs
 
 STATION = {
     "pumps/coolant-pump.md": (
@@ -32,20 +32,9 @@ STATION = {
 }
 
 
-def write_docs(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
-
-
-def open_retriever(staging: Path, info) -> Retriever:
-    """The runtime's view: a staging folder holding the index and a manifest."""
-    model = ModelInfo("m", "s", "llama", "plain", "int4", 1, 1, 1, 1, 1, 1, 1, 1)
-    manifest = Manifest(model=model, index=info, build=BuildInfo("", "", "", ""), target="host")
-    (staging / "manifest.json").write_text(manifest.to_json())
-    return Retriever.from_bundle(DirectoryBundle(staging))
+def open_retriever(staging: Path) -> Retriever:
+    """The runtime's view: a folder holding the index, opened as a bundle."""
+    return Retriever.from_bundle(Bundle.open(staging))
 
 
 def chunks_of(path: Path, root: Path, config: ChunkingConfig = ChunkingConfig()):
@@ -155,8 +144,8 @@ def test_long_paragraph_becomes_overlapping_windows_within_budget(tmp_path):
 @pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
 def test_known_question_retrieves_the_right_chunk_in_each_mode(tmp_path, index_cache, mode):
     docs = write_docs(tmp_path / "docs", STATION)
-    result = build_index(docs, tmp_path / "staging", index_cache)
-    retriever = open_retriever(tmp_path / "staging", result.info)
+    build_index(docs, tmp_path / "staging", index_cache)
+    retriever = open_retriever(tmp_path / "staging")
     assert retriever.modes == ["bm25", "dense", "hybrid"]
     questions = {
         "How do I prime the coolant pump?": ("pumps/coolant-pump.md", "bleed valve V12"),
@@ -172,7 +161,7 @@ def test_known_question_retrieves_the_right_chunk_in_each_mode(tmp_path, index_c
 def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_cache):
     result = build_index(sample_formats, tmp_path / "staging", index_cache, modes=("bm25",))
     assert result.skipped == [] and result.info.documents == 8
-    retriever = open_retriever(tmp_path / "staging", result.info)
+    retriever = open_retriever(tmp_path / "staging")
     assert retriever.modes == ["bm25"]
     hit = retriever.search("ceramic filter cartridge", k=1, mode="bm25")[0]
     assert hit.chunk.source.cite() == "handbook.pdf p.2:1-2"
@@ -185,7 +174,7 @@ def test_every_format_is_indexed_and_searchable(sample_formats, tmp_path, index_
 def test_search_options_limit_hits_and_bm25_needs_a_matching_term(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     result = build_index(docs, tmp_path / "staging", index_cache)
-    retriever = open_retriever(tmp_path / "staging", result.info)
+    retriever = open_retriever(tmp_path / "staging")
     assert retriever.search("zebra xylophone", k=3, mode="bm25") == []
     hits = retriever.search("pump antenna solar", k=2, mode="hybrid")
     assert [h.rank for h in hits] == [1, 2] and hits[0].score >= hits[1].score
@@ -205,7 +194,7 @@ def test_incremental_rebuild_reembeds_only_the_changed_file(tmp_path, index_cach
     assert (second.parsed, second.embedded, second.chunks_embedded) == (1, 1, 1)
     third = build_index(docs, staging, index_cache)
     assert (third.parsed, third.embedded) == (0, 0)
-    retriever = open_retriever(staging, third.info)
+    retriever = open_retriever(staging)
     hit = retriever.search("charge controller fuses", k=1, mode="hybrid")[0]
     assert hit.chunk.source.path == "power/solar-array.txt" and "fuses" in hit.chunk.text
 
@@ -264,13 +253,13 @@ def test_dense_scores_of_mapped_vectors_match_numpy_cosine(tmp_path):
 def test_index_of_an_older_format_is_refused_with_a_clear_error(tmp_path, index_cache):
     docs = write_docs(tmp_path / "docs", STATION)
     staging = tmp_path / "staging"
-    result = build_index(docs, staging, index_cache)
+    build_index(docs, staging, index_cache)
     settings_path = staging / "index" / "index.json"
     settings = json.loads(settings_path.read_text())
     del settings["format"]  # as format 1 wrote it, vectors inside an ONNX scorer graph
     settings_path.write_text(json.dumps(settings))
     with pytest.raises(RetrievalError, match="index format 1 is not supported.*rebuild"):
-        open_retriever(staging, result.info)
+        open_retriever(staging)
 
 
 def test_vectors_that_do_not_match_the_chunks_are_refused_naming_the_entry(tmp_path, index_cache):
@@ -280,11 +269,11 @@ def test_vectors_that_do_not_match_the_chunks_are_refused_naming_the_entry(tmp_p
 
     docs = write_docs(tmp_path / "docs", STATION)
     staging = tmp_path / "staging"
-    result = build_index(docs, staging, index_cache)
+    build_index(docs, staging, index_cache)
     vectors = staging / "index" / "dense" / "vectors.npy"
     np.save(vectors, np.load(vectors)[:-1])
     with pytest.raises(UserError, match=r"index/dense/vectors.npy: expected int8 \[4, dim\] vectors.*found int8 \[3, 384\]"):
-        open_retriever(staging, result.info)
+        open_retriever(staging)
 
 
 def test_runtime_retrieval_imports_no_builder_or_heavy_library():
@@ -348,7 +337,7 @@ def test_each_bad_file_is_skipped_with_its_reason_and_the_build_goes_on(tmp_path
     assert result.info.documents == 4
     assert any(w.startswith("latin1.txt: not valid UTF-8") for w in result.warnings)
     assert f"bomb.docx: {reasons['bomb.docx']}" in result.info.skipped
-    retriever = open_retriever(tmp_path / "staging", result.info)
+    retriever = open_retriever(tmp_path / "staging")
     assert retriever.search("Caf opening hours", k=1, mode="bm25")[0].chunk.source.path == "latin1.txt"
 
 

@@ -34,21 +34,19 @@ def hostile_staging(tiny_model_staging, tmp_path_factory) -> Path:
     """The tiny model over a document whose name and text carry escape sequences, and a model name
     and licence that carry them too."""
     from bundler.index import build_index
-    from bundler.pipeline import DEFAULT_CACHE
-    from runtime.manifest import Manifest
+    from bundler.pipeline import DEFAULT_CACHE, write_manifest
+    from runtime.bundle import Bundle
 
     docs = tmp_path_factory.mktemp("hostile-docs")
     (docs / "pumps").mkdir()
     (docs / HOSTILE_NAME).write_text(f"# Coolant pump\n\nPrime the coolant pump by opening valve V12. {HOSTILE}\n")
     (docs / "solar.txt").write_text("Clean the solar panels every ninety days.\n")
     staging = tmp_path_factory.mktemp("hostile") / "staging"
-    shutil.copytree(tiny_model_staging("int4"), staging)
+    model = tiny_model_staging("int4")
+    shutil.copytree(model / "model", staging / "model")
     index = build_index(docs, staging, DEFAULT_CACHE / "index", modes=("bm25",))
-    manifest = Manifest.from_json((staging / "manifest.json").read_text())
-    manifest = dataclasses.replace(manifest, index=index.info)
-    manifest.model.name = f"tiny{HOSTILE}"
-    manifest.model.license = f"MIT{HOSTILE}"
-    (staging / "manifest.json").write_text(manifest.to_json())
+    info = dataclasses.replace(Bundle.open(model).model, name=f"tiny{HOSTILE}", license=f"MIT{HOSTILE}")
+    write_manifest(staging, info, "host", index.info)
     return staging
 
 

@@ -7,8 +7,10 @@ other node, and every stored block, stays as build_graph wrote it (docs/PACKAGIN
 
 - 8-bit MatMulNBits (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K) becomes two 4-bit MatMulNBits over the codes'
   high and low nibbles: with q = 16*hi + lo and zero z = 16*zh + zl,
-  s*(q - z) = 16s*(hi - zh) + s*(lo - zl), both terms exact. Same bytes as the 8-bit codes, the
-  4-bit kernels with int8 activations, and no float copy of the weights.
+  s*(q - z) = 16*s*(hi - zh) + s*(lo - zl), every term exact (16 is a power of two). The same
+  bytes as the 8-bit codes and the same scales, the 4-bit kernels with int8 activations, and no
+  float copy of the weights (onnxruntime would constant-fold a standard-operator dequantization
+  into one at session start).
 - GatherBlockQuantized becomes standard operators over the same planes: Gather of the code rows,
   scales and zero points by token id, nibbles split with BitShift/BitwiseAnd, then
   (code - zero) * scale with Cast/Sub/Mul: every difference is a small integer, so the row is
@@ -66,13 +68,14 @@ class _Rewriter:
         zeros = (self.array(node.input[3]).reshape(n, blocks).astype(np.uint8) if len(node.input) > 3 and node.input[3]
                  else np.full((n, blocks), 128, dtype=np.uint8))
         high, low = self.nibble_planes(codes)
-        # 16 * scale is exact in float32 (a power of two)
-        high_scales = self.const("scale_x16", self.array(scales) * np.float32(16))
-        parts = []
-        for plane, scale, zero in ((high, high_scales, zeros >> 4), (low, scales, zeros & 0x0F)):
-            inputs = [x, plane, scale, self.const("zero4", _pack_zero_points(zero))]
-            parts.append(self.node(out, "MatMulNBits", inputs, domain=MS, **{**attrs, "bits": 4}))
-        self.node(out, "Add", parts, output=node.output[0])
+        high_zeros = [] if (zeros >> 4 == 8).all() else [self.const("zero4", _pack_zero_points(zeros >> 4))]
+        inputs = [x, high, scales, *high_zeros]
+        high_part = self.node(out, "MatMulNBits", inputs, domain=MS, **{**attrs, "bits": 4})
+        # times 16 on the [S, N] output, not on the scales: exact either way, and no second copy of them
+        high_part = self.node(out, "Mul", [high_part, self.const("sixteen", np.float32(16))])
+        inputs = [x, low, scales, self.const("zero4", _pack_zero_points(zeros & 0x0F))]
+        low_part = self.node(out, "MatMulNBits", inputs, domain=MS, **{**attrs, "bits": 4})
+        self.node(out, "Add", [high_part, low_part], output=node.output[0])
 
     def gather(self, node: onnx.NodeProto, out: list) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -116,3 +116,23 @@ def aarch64_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("aarch64-dist") / "station-arm64"
     return build(BuildConfig(model=tiny_llama_dir, docs=docs, output=out, quantization="int4", graph="optimum",
                              target="linux-aarch64", cache_dir=DEFAULT_CACHE)).executable
+
+
+@pytest.fixture(scope="session")
+def aarch64_python():
+    """binds -> command prefix running the linux-aarch64 stub's Python (onnxruntime 1.19.2) under qemu,
+    with those host folders mounted at the same paths. The root and its venv are the stub build's."""
+    from bundler.errors import BuildError
+    from bundler.progress import no_progress
+    from bundler.stub_chroot import QEMU_BINFMT, chroot_python_command, ensure_rootfs, ensure_stub_environment
+    from targets import load_target
+
+    target = load_target("linux-aarch64")
+    try:
+        root = ensure_rootfs(target, STUB_CACHE, no_progress)
+    except BuildError as exc:
+        pytest.skip(f"no emulated aarch64 root: {exc}")
+    if not Path("/proc/sys/fs/binfmt_misc", QEMU_BINFMT[target.arch]).exists():
+        pytest.skip("qemu-aarch64 is not registered with binfmt_misc (apt-get install qemu-user-static)")
+    ensure_stub_environment(root, target, no_progress)
+    return lambda binds: chroot_python_command(target, STUB_CACHE, tuple(binds))

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import helper
 
+from bundler.errors import BuildError
 from bundler.fused_export import build_fused_model, save_model
 from bundler.fused_graph import QuantizationPlan, build_graph
 from bundler.fused_lowering import lower_for_onnxruntime_119
@@ -34,6 +35,15 @@ def prompt_then_one_step(model_dir) -> np.ndarray:
     logits = decoder.forward(PROMPT)
     step = decoder.forward([int(logits[-1].argmax())])
     return np.concatenate([logits, step])
+
+
+def test_an_8_bit_fused_graph_is_refused_for_the_glibc_2_31_targets_naming_the_operator(tiny_gguf, tmp_path):
+    staging = tmp_path / "staging"
+    write_model_manifest(staging, build_fused_model(tiny_gguf, "gguf-exact", staging))
+    with pytest.raises(BuildError, match=r"com.microsoft:GatherBlockQuantized, com.microsoft:MatMulNBits \(8-bit\), "
+                                         r"which onnxruntime 1.19.2 of target linux-aarch64 does not have "
+                                         r"\(build with --graph fused-portable"):
+        check_operators(staging, load_target("linux-aarch64"))
 
 
 def eight_bit_matmuls(model: onnx.ModelProto) -> list[str]:
@@ -78,7 +88,8 @@ def fused_staging(tiny_gguf, tmp_path_factory):
 def test_portable_staging_passes_the_glibc_2_31_targets_operator_check_and_opens_with_the_fused_decoder(
         portable_staging):
     check_operators(portable_staging, load_target("linux-aarch64"))
-    assert ("com.microsoft", "GroupQueryAttention") in model_operators(portable_staging / "model" / "model.onnx")
+    operators = {(domain, op) for domain, op, _ in model_operators(portable_staging / "model" / "model.onnx")}
+    assert ("com.microsoft", "GroupQueryAttention") in operators
     bundle = Bundle.open(portable_staging)
     assert bundle.manifest.model.graph == "fused-gqa-portable"
     assert bundle.manifest.model.weights.startswith("exact GGUF blocks")

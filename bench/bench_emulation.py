@@ -2,8 +2,9 @@
 
 For one model (default: SmolLM2-135M-Instruct Q4_1) and one small docs folder:
 - stages it for linux-aarch64 twice, with the fused-portable graph (the target's default) and with
-  optimum's graph in int4 (the reference; its int8 needs onnxruntime 1.22), and once for linux-x86_64 (the fused graph), through the
-  builder's own caches; packages the two aarch64 executables;
+  optimum's graph in int4 (the reference; its int8 needs onnxruntime 1.22), and once for
+  linux-x86_64 (the fused graph), through the builder's own caches; packages the two aarch64
+  executables;
 - logits: the runtime's decoder inside the emulated root's Python (the stub's onnxruntime 1.19.2)
   on the fused-portable folder against this host's decoder on the x86_64 fused folder, one prompt
   plus one greedy step; max abs difference;

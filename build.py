@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                         help="weight format: gguf-exact (the GGUF's own blocks, Q4_K/Q6_K/Q8_0/... carried bit for bit; "
                              "default for .gguf), int4 (block-wise MatMulNBits; default for float weights), "
-                             "int8 (weight-only; default for .gguf on targets without the fused graph) or fp32")
+                             "int8 (weight-only; default for .gguf with --graph optimum) or fp32")
     parser.add_argument("--graph", choices=GRAPHS, default=None,
                         help="; ".join(f"{kind.name}: {kind.summary} (onnxruntime >= "
                                        f"{'.'.join(map(str, kind.min_onnxruntime))})" for kind in GRAPH_KINDS.values())

@@ -10,10 +10,12 @@ import onnx
 
 from bundler.errors import BuildError
 from bundler.fused_graph import GRAPH_NAME, QuantizationPlan, build_graph
+from bundler.fused_lowering import lower_for_onnxruntime_119
 from bundler.llama_weights import LlamaWeights, load_llama
 from bundler.model_spec import MAX_ROPE_POSITIONS
 from bundler.model_source import ModelSource, resolve_model
 from bundler.progress import ProgressCallback, no_progress
+from runtime.decoder import FUSED_PORTABLE_GRAPH
 from runtime.manifest import ModelInfo
 
 MODEL_FILE = "model.onnx"
@@ -22,8 +24,10 @@ STEP = "fused graph"
 
 
 def build_fused_model(source: str | Path | ModelSource, quantization: str | QuantizationPlan, out_dir: str | Path,
-                      progress: ProgressCallback = no_progress) -> ModelInfo:
-    """Write `out_dir/model/`: model.onnx, model.onnx.data and the tokenizer files."""
+                      progress: ProgressCallback = no_progress, portable: bool = False) -> ModelInfo:
+    """Write `out_dir/model/`: model.onnx, model.onnx.data and the tokenizer files.
+
+    `portable`: lowered for onnxruntime 1.19 (bundler/fused_lowering.py), same inputs and outputs."""
     source = source if isinstance(source, ModelSource) else resolve_model(source)
     plan = quantization if isinstance(quantization, QuantizationPlan) else QuantizationPlan(quantization)
     try:
@@ -35,12 +39,15 @@ def build_fused_model(source: str | Path | ModelSource, quantization: str | Quan
         model = build_graph(weights, plan, lambda step, done, total: progress(STEP, done, total))
     except ValueError as exc:
         raise BuildError(source.path, str(exc)) from None
+    if portable:
+        model = lower_for_onnxruntime_119(model)
     model_dir = Path(out_dir) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, model_dir)
     del model
     _write_tokenizer(source, model_dir)
     info = model_info(weights, plan)
+    info.graph = FUSED_PORTABLE_GRAPH if portable else GRAPH_NAME
     info.name, info.license, info.source_sha256 = source.name, source.license, source.fingerprint()
     return info
 

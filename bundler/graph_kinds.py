@@ -14,7 +14,7 @@ from typing import Callable
 from bundler.errors import BuildError
 from bundler.model_source import ModelSource
 from bundler.progress import ProgressCallback
-from runtime.decoder import FUSED_GRAPH, OPTIMUM_GRAPH
+from runtime.decoder import FUSED_GRAPH, FUSED_PORTABLE_GRAPH, OPTIMUM_GRAPH
 from runtime.manifest import ModelInfo
 
 # One vocabulary for --quantization, the manifest's model.quantization, the budget and `info`.
@@ -25,6 +25,13 @@ def _export_fused(source: ModelSource, quantization: str, work: Path, progress: 
     from bundler.fused_export import build_fused_model
 
     return build_fused_model(source, quantization, work, progress)
+
+
+def _export_fused_portable(source: ModelSource, quantization: str, work: Path, progress: ProgressCallback
+                           ) -> ModelInfo:
+    from bundler.fused_export import build_fused_model
+
+    return build_fused_model(source, quantization, work, progress, portable=True)
 
 
 def _export_optimum(source: ModelSource, quantization: str, work: Path, progress: ProgressCallback) -> ModelInfo:
@@ -52,10 +59,16 @@ class GraphKind:
 
 
 GRAPH_KINDS: dict[str, GraphKind] = {kind.name: kind for kind in (
-    # GroupQueryAttention, MatMulNBits and GatherBlockQuantized (from 1.20): the GGUF's own blocks.
-    GraphKind("fused", FUSED_GRAPH, (GGUF_EXACT, INT4, INT8, FP32), (1, 20),
+    # GroupQueryAttention, MatMulNBits and GatherBlockQuantized: the GGUF's own blocks. For every
+    # block type: 8-bit MatMulNBits on the CPU from 1.22, 8-bit GatherBlockQuantized with zero points from 1.23.
+    GraphKind("fused", FUSED_GRAPH, (GGUF_EXACT, INT4, INT8, FP32), (1, 23),
               {"gguf": GGUF_EXACT, "hf": INT4}, _export_fused,
               "ONNX Runtime contrib operators, fast; carries a GGUF's blocks exactly"),
+    # The same graph and blocks with those two operators lowered (bundler/fused_lowering.py): runs
+    # on 1.19.2, the glibc-2.31 aarch64 targets' runtime (GroupQueryAttention with rotary from 1.18).
+    GraphKind("fused-portable", FUSED_PORTABLE_GRAPH, (GGUF_EXACT, INT4, INT8, FP32), (1, 19),
+              {"gguf": GGUF_EXACT, "hf": INT4}, _export_fused_portable,
+              "the fused graph in operators onnxruntime 1.19 has, same blocks; for the glibc-2.31 aarch64 targets"),
     # optimum's plain export; a GGUF's 4-bit blocks would be requantized (docs/MEASUREMENTS.md#requantized-int4),
     # so a GGUF source gets near-lossless int8 by default.
     GraphKind("optimum", OPTIMUM_GRAPH, (INT4, INT8, FP32), (1, 17),

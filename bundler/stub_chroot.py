@@ -82,10 +82,10 @@ def build_in_chroot(target: TargetProfile, work: Path, cache_dir: Path, progress
     return work / STUB_NAME
 
 
-def chroot_python_command(target: TargetProfile, cache_dir: Path) -> list[str]:
-    """Command prefix running the stub environment's python inside the target's root."""
+def chroot_python_command(target: TargetProfile, cache_dir: Path, binds: tuple[Path, ...] = ()) -> list[str]:
+    """Command prefix running the stub environment's python inside the target's root (`binds` mounted there)."""
     root = rootfs_path(target, cache_dir)
-    return rootfs_command(root, [_venv_path(target) + "/bin/python"])
+    return rootfs_command(root, [_venv_path(target) + "/bin/python"], binds)
 
 
 def _venv_path(target: TargetProfile) -> str:

@@ -11,14 +11,16 @@ from bundler.errors import BuildError
 from targets import TargetProfile
 
 # First onnxruntime release with each operator, for operators newer than the oldest runtime a
-# target uses. GatherBlockQuantized: missing from 1.19.2 (measured: "not a registered function/op").
+# target uses; (domain, op, bits) where the bit width decides. GatherBlockQuantized: missing from
+# 1.19.2 (measured: "not a registered function/op"); 8-bit MatMulNBits: no CPU kernel before 1.22.
 MIN_ONNXRUNTIME = {
-    ("com.microsoft", "GatherBlockQuantized"): (1, 20),
+    ("com.microsoft", "GatherBlockQuantized", None): (1, 20),
+    ("com.microsoft", "MatMulNBits", 8): (1, 22),
 }
 
 
-def model_operators(model_path: Path) -> set[tuple[str, str]]:
-    """(domain, op_type) of every node of the model and its subgraphs."""
+def model_operators(model_path: Path) -> set[tuple[str, str, int | None]]:
+    """(domain, op_type, bits attribute or None) of every node of the model and its subgraphs."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -26,7 +28,8 @@ def model_operators(model_path: Path) -> set[tuple[str, str]]:
     while graphs:
         graph = graphs.pop()
         for node in graph.node:
-            found.add((node.domain or "ai.onnx", node.op_type))
+            bits = next((attribute.i for attribute in node.attribute if attribute.name == "bits"), None)
+            found.add((node.domain or "ai.onnx", node.op_type, bits))
             for attribute in node.attribute:
                 if attribute.HasField("g"):
                     graphs.append(attribute.g)
@@ -39,11 +42,21 @@ def _version(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def _first_release(domain: str, op: str, bits: int | None) -> tuple[int, int]:
+    return max(MIN_ONNXRUNTIME.get((domain, op, bits), (0, 0)), MIN_ONNXRUNTIME.get((domain, op, None), (0, 0)))
+
+
+def _label(domain: str, op: str, bits: int | None) -> str:
+    width = f" ({bits}-bit)" if bits is not None and (domain, op, bits) in MIN_ONNXRUNTIME else ""
+    return f"{domain}:{op}{width}"
+
+
 def check_operators(staging: Path, target: TargetProfile) -> None:
     runtime = _version(target.onnxruntime)
     for model_path in sorted(staging.rglob("*.onnx")):
-        missing = sorted(f"{domain}:{op}" for domain, op in model_operators(model_path)
-                         if MIN_ONNXRUNTIME.get((domain, op), (0, 0)) > runtime)
+        missing = sorted({_label(domain, op, bits) for domain, op, bits in model_operators(model_path)
+                          if _first_release(domain, op, bits) > runtime})
         if missing:
             raise BuildError(model_path, f"uses {', '.join(missing)}, which onnxruntime {target.onnxruntime} of target "
-                                         f"{target.name} does not have (build with --graph optimum for this target)")
+                                         f"{target.name} does not have (build with --graph fused-portable for this "
+                                         f"target)")

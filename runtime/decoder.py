@@ -21,10 +21,13 @@ MODEL_ONNX = layout.MODEL_ONNX
 # writes these names.
 OPTIMUM_GRAPH = "optimum-kv"
 FUSED_GRAPH = "fused-gqa"
+# The fused graph lowered for onnxruntime 1.19 (bundler/fused_lowering.py): same inputs and outputs.
+FUSED_PORTABLE_GRAPH = "fused-gqa-portable"
 # graph name -> "module:Class"; imported only when a bundle asks for it
 IMPLEMENTATIONS = {
     OPTIMUM_GRAPH: "runtime.decoder:OptimumDecoder",
     FUSED_GRAPH: "runtime.fused_decoder:FusedDecoder",
+    FUSED_PORTABLE_GRAPH: "runtime.fused_decoder:FusedDecoder",
 }
 
 

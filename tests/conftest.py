@@ -29,7 +29,7 @@ pytest_plugins = [
 
 EXECUTABLE_FIXTURES = {"host_stub", "host_bundle", "bundle_copy", "tiny_station_bundle", "default_bundle",
                        "query_executable"}
-EMULATION_FIXTURES = {"aarch64_bundle", "multi_target_build"}
+EMULATION_FIXTURES = {"aarch64_bundle", "aarch64_python", "multi_target_build"}
 SLOW_FIXTURES = {"default_model_staging", "default_model_hf_dir", "default_bundle",
                  "llama32_staging"}  # a 128,256-token vocabulary: the gguf reader alone takes ~30 s
 

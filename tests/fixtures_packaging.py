@@ -102,11 +102,9 @@ AARCH64_DOCS = {
 
 
 @pytest.fixture(scope="session")
-def aarch64_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
-    """The tiny model and two documents, built for linux-aarch64 (stub from the emulated bullseye root).
-
-    The plain graph: the fused one needs GatherBlockQuantized, which onnxruntime 1.19.2 (the newest
-    for the target's Python 3.9) lacks; package() refuses that combination at build time."""
+def aarch64_bundle(tiny_gguf, tmp_path_factory) -> Path:
+    """The tiny GGUF and two documents, built for linux-aarch64 (stub from the emulated bullseye root)
+    with the target's defaults: the fused-portable graph and the GGUF's exact blocks."""
     from bundler.pipeline import BuildConfig, build
 
     docs = tmp_path_factory.mktemp("aarch64-docs")
@@ -114,5 +112,25 @@ def aarch64_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
         (docs / name).write_text(text)
     out = tmp_path_factory.mktemp("aarch64-dist") / "station-arm64"
-    return build(BuildConfig(model=tiny_llama_dir, docs=docs, output=out, quantization="int4", graph="optimum",
-                             target="linux-aarch64", cache_dir=DEFAULT_CACHE)).executable
+    return build(BuildConfig(model=tiny_gguf, docs=docs, output=out, target="linux-aarch64",
+                             cache_dir=DEFAULT_CACHE)).executable
+
+
+@pytest.fixture(scope="session")
+def aarch64_python():
+    """binds -> command prefix running the linux-aarch64 stub's Python (onnxruntime 1.19.2) under qemu,
+    with those host folders mounted at the same paths. The root and its venv are the stub build's."""
+    from bundler.errors import BuildError
+    from bundler.progress import no_progress
+    from bundler.stub_chroot import QEMU_BINFMT, chroot_python_command, ensure_rootfs, ensure_stub_environment
+    from targets import load_target
+
+    target = load_target("linux-aarch64")
+    try:
+        root = ensure_rootfs(target, STUB_CACHE, no_progress)
+    except BuildError as exc:
+        pytest.skip(f"no emulated aarch64 root: {exc}")
+    if not Path("/proc/sys/fs/binfmt_misc", QEMU_BINFMT[target.arch]).exists():
+        pytest.skip("qemu-aarch64 is not registered with binfmt_misc (apt-get install qemu-user-static)")
+    ensure_stub_environment(root, target, no_progress)
+    return lambda binds: chroot_python_command(target, STUB_CACHE, tuple(binds))

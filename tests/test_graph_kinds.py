@@ -25,8 +25,9 @@ def test_every_graph_kind_has_a_runtime_decoder_and_accepts_its_own_defaults():
 @pytest.mark.parametrize("onnxruntime, source, expected", [
     ("1.32.0", GGUF, ("fused", "gguf-exact")),
     ("1.32.0", HF, ("fused", "int4")),
-    ("1.19.2", GGUF, ("optimum", "int8")),
-    ("1.19.2", HF, ("optimum", "int4")),
+    ("1.19.2", GGUF, ("fused-portable", "gguf-exact")),
+    ("1.19.2", HF, ("fused-portable", "int4")),
+    ("1.17.3", GGUF, ("optimum", "int8")),
 ])
 def test_the_default_is_the_best_graph_the_targets_onnxruntime_runs(onnxruntime, source, expected):
     kind, quantization = choose(source, onnxruntime, None, None)
@@ -34,7 +35,7 @@ def test_the_default_is_the_best_graph_the_targets_onnxruntime_runs(onnxruntime,
 
 
 def test_a_quantization_the_graph_cannot_carry_names_the_graph_that_can():
-    with pytest.raises(BuildError, match="gguf-exact needs the fused graph, not optimum"):
+    with pytest.raises(BuildError, match="gguf-exact needs the fused or fused-portable graph, not optimum"):
         choose(GGUF, "1.32.0", "optimum", "gguf-exact")
     with pytest.raises(BuildError, match="unknown graph 'tensorrt'"):
         choose(GGUF, "1.32.0", "tensorrt", None)

@@ -379,8 +379,10 @@ def test_aarch64_bundle_answers_under_emulation_citing_the_right_file(aarch64_bu
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
     root = rootfs_path(load_target("linux-aarch64"), STUB_CACHE)
     folder = aarch64_bundle.parent
-    command = rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", str(aarch64_bundle), "ask",
-                                    "How is the coolant pump P-7 primed?", "--max-tokens", "4"], binds=(folder,))
+    # unshare -n: no network at all, as on an air-gapped board
+    command = ["unshare", "-n", *rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", str(aarch64_bundle), "ask",
+                                                       "How is the coolant pump P-7 primed?", "--max-tokens", "4"],
+                                                binds=(folder,))]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     answer, _, sources = done.stdout.partition("Sources:")
@@ -388,6 +390,7 @@ def test_aarch64_bundle_answers_under_emulation_citing_the_right_file(aarch64_bu
     assert "pumps/coolant-pump.md:" in sources
     manifest = Bundle.open(aarch64_bundle).manifest
     assert manifest.target_profile.arch == "aarch64" and manifest.target_profile.glibc_floor == "2.31"
+    assert (manifest.model.graph, manifest.model.quantization) == ("fused-gqa-portable", "gguf-exact")
 
 
 @pytest.mark.parametrize("path", ["station", "st", "/tmp/a folder/station", "n" * 255, "n" * 254])

@@ -19,13 +19,19 @@ DEFAULT_MAX_RATIO = 1.05
 MAX_TOKENS = 1024
 
 
+ROWS_PER_CHUNK = 64  # float64 copies of 64 rows, not of 1,024 x 128,256 logits (3 GB)
+
+
 def perplexity_from_logits(logits: np.ndarray, ids: list[int]) -> float:
     """exp(mean negative log-likelihood of ids[1:] given logits rows [:-1])."""
-    rows = logits[:-1].astype(np.float64)
-    rows = rows - rows.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(rows).sum(axis=-1))
-    chosen = rows[np.arange(len(rows)), np.asarray(ids[1:])]
-    return float(math.exp(np.mean(log_norm - chosen)))
+    targets = np.asarray(ids[1:])
+    total = 0.0
+    for start in range(0, len(targets), ROWS_PER_CHUNK):
+        rows = logits[start:min(start + ROWS_PER_CHUNK, len(targets))].astype(np.float64)
+        rows -= rows.max(axis=-1, keepdims=True)
+        log_norm = np.log(np.exp(rows).sum(axis=-1))
+        total += float(np.sum(log_norm - rows[np.arange(len(rows)), targets[start:start + len(rows)]]))
+    return float(math.exp(total / len(targets)))
 
 
 def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optional[str | Path] = None,
@@ -39,7 +45,7 @@ def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optio
     from tokenizers import Tokenizer
 
     from bundler.llama_weights import load_llama
-    from bundler.torch_reference import reference_logits, reference_model
+    from bundler.torch_reference import reference_logits
 
     model_dir = Path(staging_model_dir)
     text_path = Path(text) if text is not None else DEFAULT_TEXT
@@ -58,9 +64,11 @@ def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optio
         from runtime.fused_decoder import FusedDecoder
 
         decoder_factory = lambda path, length: FusedDecoder.from_model_dir(path, threads=None, max_length=length)
+    # One model in memory at a time: the export's session is released before the reference runs.
     decoder = decoder_factory(model_dir, len(ids))
     bundle_ppl = perplexity_from_logits(decoder.forward(ids), ids)
-    source_ppl = perplexity_from_logits(reference_logits(reference_model(load_llama(source)), ids), ids)
+    del decoder
+    source_ppl = perplexity_from_logits(reference_logits(load_llama(source), ids), ids)
     ratio = bundle_ppl / source_ppl
     report = QualityReport(text=str(text_path) if text is not None else "built-in sample", tokens=len(ids),
                            source_ppl=round(source_ppl, 4), bundle_ppl=round(bundle_ppl, 4),

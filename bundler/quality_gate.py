@@ -12,11 +12,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from bundler.errors import BuildError
+from bundler.progress import ProgressCallback, no_progress
 from runtime.manifest import QualityReport
 
 DEFAULT_TEXT = Path(__file__).resolve().parent / "data" / "quality_sample.txt"
 DEFAULT_MAX_RATIO = 1.05
 MAX_TOKENS = 1024
+STEP = "quality gate"
 
 
 ROWS_PER_CHUNK = 64  # float64 copies of 64 rows, not of 1,024 x 128,256 logits (3 GB)
@@ -36,11 +38,13 @@ def perplexity_from_logits(logits: np.ndarray, ids: list[int]) -> float:
 
 def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optional[str | Path] = None,
                   max_ratio: float = DEFAULT_MAX_RATIO,
-                  decoder_factory: Optional[Callable[[Path, int], object]] = None) -> QualityReport:
+                  decoder_factory: Optional[Callable[[Path, int], object]] = None,
+                  progress: ProgressCallback = no_progress) -> QualityReport:
     """Measure both perplexities on `text` (a file; the built-in sample by default).
 
     `decoder_factory(model_dir, max_length)` opens the exported model; the fused decoder by
-    default. Raises BuildError naming both figures when the ratio exceeds `max_ratio`.
+    default. Progress counts the export's forward pass as one unit and each reference layer as one.
+    Raises BuildError naming both figures when the ratio exceeds `max_ratio`.
     """
     from tokenizers import Tokenizer
 
@@ -65,10 +69,15 @@ def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optio
 
         decoder_factory = lambda path, length: FusedDecoder.from_model_dir(path, threads=None, max_length=length)
     # One model in memory at a time: the export's session is released before the reference runs.
+    source_weights = load_llama(source)
+    steps = 1 + source_weights.spec.num_layers
+    progress(STEP, 0, steps)
     decoder = decoder_factory(model_dir, len(ids))
     bundle_ppl = perplexity_from_logits(decoder.forward(ids), ids)
     del decoder
-    source_ppl = perplexity_from_logits(reference_logits(load_llama(source), ids), ids)
+    progress(STEP, 1, steps)
+    logits = reference_logits(source_weights, ids, lambda layer: progress(STEP, 1 + layer, steps))
+    source_ppl = perplexity_from_logits(logits, ids)
     ratio = bundle_ppl / source_ppl
     report = QualityReport(text=str(text_path) if text is not None else "built-in sample", tokens=len(ids),
                            source_ppl=round(source_ppl, 4), bundle_ppl=round(bundle_ppl, 4),

@@ -7,6 +7,8 @@ model in float32 is 5 GB, a 3B one 13 GB; docs/MEASUREMENTS.md#builder-memory).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from bundler.llama_weights import LlamaWeights
@@ -27,8 +29,10 @@ def _config(weights: LlamaWeights):
     return config
 
 
-def reference_logits(weights: LlamaWeights, ids: list[int]) -> np.ndarray:
-    """Float32 logits [len(ids), vocab] of the model `weights` describes, on one sequence."""
+def reference_logits(weights: LlamaWeights, ids: list[int],
+                     layer_done: Callable[[int], None] = lambda layers: None) -> np.ndarray:
+    """Float32 logits [len(ids), vocab] of the model `weights` describes, on one sequence;
+    `layer_done(n)` is called after the n-th layer."""
     import torch
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 
@@ -52,6 +56,7 @@ def reference_logits(weights: LlamaWeights, ids: list[int]) -> np.ndarray:
             out = block(hidden, attention_mask=None, position_ids=positions[None], position_embeddings=rotary)
             hidden = out[0] if isinstance(out, tuple) else out
             del block, state
+            layer_done(layer + 1)
         norm = LlamaRMSNorm(spec.hidden_size, eps=spec.rms_eps)
         norm.weight.copy_(torch.from_numpy(weights.float("model.norm.weight")))
         hidden = norm(hidden)[0]

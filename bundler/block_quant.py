@@ -24,6 +24,7 @@ import numpy as np
 from bundler.gguf_reader import GgufTensor
 
 GGUF_BLOCK = 32
+ROWS_PER_CHUNK = 8192
 INT4_METHODS = ("rtn", "kquant")
 
 
@@ -219,8 +220,13 @@ def quantize_float(weight: np.ndarray, bits: int, block: int, method: str = "rtn
 def quantize_symmetric8(weight: np.ndarray, block: int) -> NBitsWeight:
     """Q8_0-style: int8 codes stored as q+128, one scale per block (the default zero point)."""
     n, k = weight.shape
-    data = weight.astype(np.float32).reshape(n, k // block, block)
-    scale = np.abs(data).max(axis=-1) / 127
-    scale[scale == 0] = 1.0
-    codes = np.clip(np.rint(data / scale[..., None]), -127, 127).astype(np.int16) + 128
-    return NBitsWeight(8, block, n, k, codes.astype(np.uint8), scale.astype(np.float32))
+    codes = np.empty((n, k // block, block), dtype=np.uint8)
+    scales = np.empty((n, k // block), dtype=np.float32)
+    # Rows a chunk at a time: whole-table temporaries of a 128,256-token embedding are 1 GB each.
+    for start in range(0, n, ROWS_PER_CHUNK):
+        data = weight[start:start + ROWS_PER_CHUNK].astype(np.float32).reshape(-1, k // block, block)
+        scale = np.abs(data).max(axis=-1) / 127
+        scale[scale == 0] = 1.0
+        codes[start:start + len(data)] = np.clip(np.rint(data / scale[..., None]), -127, 127).astype(np.int16) + 128
+        scales[start:start + len(data)] = scale
+    return NBitsWeight(8, block, n, k, codes, scales)

@@ -3,6 +3,9 @@
 Two sources: a Hugging Face folder (safetensors, any float dtype) and a GGUF file (raw
 blocks kept, so that `gguf-exact` can carry them over). Weights are named as in
 Hugging Face (`model.layers.0.self_attn.q_proj.weight`, [out, in]) whatever the source.
+Neither source is read into memory up front: GGUF blocks stay memory-mapped and safetensors
+tensors are read one at a time when asked for, so a build holds one float tensor at a time
+(a 1B model in float32 is 5 GB; docs/MEASUREMENTS.md#builder-memory).
 """
 from __future__ import annotations
 
@@ -17,7 +20,24 @@ from bundler.errors import BuildError
 from bundler.gguf_reader import GgufTensor, read_gguf
 from bundler.model_spec import ModelSpec, spec_from_gguf, spec_from_hf_config
 
-Weight = Union[GgufTensor, np.ndarray]
+
+
+@dataclass
+class SafetensorsTensor:
+    """One tensor of a safetensors file, read (and converted to float32) each time it is asked for."""
+
+    file: Path
+    name: str
+    shape: tuple[int, ...]
+
+    def dequantize(self) -> np.ndarray:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file), framework="pt") as handle:
+            return handle.get_tensor(self.name).float().numpy()
+
+
+Weight = Union[GgufTensor, SafetensorsTensor, np.ndarray]
 
 
 @dataclass
@@ -29,7 +49,7 @@ class LlamaWeights:
 
     def float(self, name: str) -> np.ndarray:
         tensor = self.tensors[name]
-        return tensor.dequantize() if isinstance(tensor, GgufTensor) else tensor
+        return tensor if isinstance(tensor, np.ndarray) else tensor.dequantize()
 
     def has(self, name: str) -> bool:
         return name in self.tensors
@@ -110,16 +130,16 @@ def _load_hf(path: Path) -> LlamaWeights:
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise BuildError(path, "no *.safetensors weights")
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     tensors: dict[str, Weight] = {}
     for file in files:
         try:
-            loaded = load_file(str(file))
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    tensors[name] = SafetensorsTensor(file, name, tuple(handle.get_slice(name).get_shape()))
         except Exception as exc:  # safetensors raises its own error types for damaged files
             raise BuildError(file, f"unreadable safetensors file ({exc})") from None
-        for name, value in loaded.items():
-            tensors[name] = value.float().numpy()
     if "lm_head.weight" in tensors and spec.tied_embeddings:
         del tensors["lm_head.weight"]
     if "lm_head.weight" not in tensors:

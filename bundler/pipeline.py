@@ -187,11 +187,10 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
             info.graph = kind.manifest_name  # the registry names the graph; the runtime opens it by this name
             # The gate runs the model through the runtime's own decoder, as the bundle will.
             (work / layout.MODEL_INFO).write_text(info.to_json())
-            progress("quality gate", 0, 1)
             info.quality = check_quality(
                 work / "model", source.path, config.quality_text, max_ratio=float("inf"),
-                decoder_factory=lambda _, length: load_decoder(DirectoryBundle(work), max_length=length))
-            progress("quality gate", 1, 1)
+                decoder_factory=lambda _, length: load_decoder(DirectoryBundle(work), max_length=length),
+                progress=progress)
             (work / layout.MODEL_INFO).write_text(info.to_json())
             write_record(work, code)
             replace_folder(work, cached)

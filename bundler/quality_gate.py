@@ -12,34 +12,44 @@ from typing import Callable, Optional
 import numpy as np
 
 from bundler.errors import BuildError
+from bundler.progress import ProgressCallback, no_progress
 from runtime.manifest import QualityReport
 
 DEFAULT_TEXT = Path(__file__).resolve().parent / "data" / "quality_sample.txt"
 DEFAULT_MAX_RATIO = 1.05
 MAX_TOKENS = 1024
+STEP = "quality gate"
+
+
+ROWS_PER_CHUNK = 64  # float64 copies of 64 rows, not of 1,024 x 128,256 logits (3 GB)
 
 
 def perplexity_from_logits(logits: np.ndarray, ids: list[int]) -> float:
     """exp(mean negative log-likelihood of ids[1:] given logits rows [:-1])."""
-    rows = logits[:-1].astype(np.float64)
-    rows = rows - rows.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(rows).sum(axis=-1))
-    chosen = rows[np.arange(len(rows)), np.asarray(ids[1:])]
-    return float(math.exp(np.mean(log_norm - chosen)))
+    targets = np.asarray(ids[1:])
+    total = 0.0
+    for start in range(0, len(targets), ROWS_PER_CHUNK):
+        rows = logits[start:min(start + ROWS_PER_CHUNK, len(targets))].astype(np.float64)
+        rows -= rows.max(axis=-1, keepdims=True)
+        log_norm = np.log(np.exp(rows).sum(axis=-1))
+        total += float(np.sum(log_norm - rows[np.arange(len(rows)), targets[start:start + len(rows)]]))
+    return float(math.exp(total / len(targets)))
 
 
 def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optional[str | Path] = None,
                   max_ratio: float = DEFAULT_MAX_RATIO,
-                  decoder_factory: Optional[Callable[[Path, int], object]] = None) -> QualityReport:
+                  decoder_factory: Optional[Callable[[Path, int], object]] = None,
+                  progress: ProgressCallback = no_progress) -> QualityReport:
     """Measure both perplexities on `text` (a file; the built-in sample by default).
 
     `decoder_factory(model_dir, max_length)` opens the exported model; the fused decoder by
-    default. Raises BuildError naming both figures when the ratio exceeds `max_ratio`.
+    default. Progress counts the export's forward pass as one unit and each reference layer as one.
+    Raises BuildError naming both figures when the ratio exceeds `max_ratio`.
     """
     from tokenizers import Tokenizer
 
     from bundler.llama_weights import load_llama
-    from bundler.torch_reference import reference_logits, reference_model
+    from bundler.torch_reference import reference_logits
 
     model_dir = Path(staging_model_dir)
     text_path = Path(text) if text is not None else DEFAULT_TEXT
@@ -58,9 +68,16 @@ def check_quality(staging_model_dir: str | Path, source: str | Path, text: Optio
         from runtime.fused_decoder import FusedDecoder
 
         decoder_factory = lambda path, length: FusedDecoder.from_model_dir(path, threads=None, max_length=length)
+    # One model in memory at a time: the export's session is released before the reference runs.
+    source_weights = load_llama(source)
+    steps = 1 + source_weights.spec.num_layers
+    progress(STEP, 0, steps)
     decoder = decoder_factory(model_dir, len(ids))
     bundle_ppl = perplexity_from_logits(decoder.forward(ids), ids)
-    source_ppl = perplexity_from_logits(reference_logits(reference_model(load_llama(source)), ids), ids)
+    del decoder
+    progress(STEP, 1, steps)
+    logits = reference_logits(source_weights, ids, lambda layer: progress(STEP, 1 + layer, steps))
+    source_ppl = perplexity_from_logits(logits, ids)
     ratio = bundle_ppl / source_ppl
     report = QualityReport(text=str(text_path) if text is not None else "built-in sample", tokens=len(ids),
                            source_ppl=round(source_ppl, 4), bundle_ppl=round(bundle_ppl, 4),

@@ -1,16 +1,21 @@
-"""PyTorch (transformers) model with a source's float weights: the reference for checking
-fast graphs and for the quality gate's source perplexity."""
+"""PyTorch (transformers) forward pass with a source's float weights: the reference for checking
+fast graphs and for the quality gate's source perplexity.
+
+It runs one transformers `LlamaDecoderLayer` at a time, each made on the meta device and given that
+layer's weights only, so memory holds the float32 embedding table plus one layer (a whole 1B
+model in float32 is 5 GB, a 3B one 13 GB; docs/MEASUREMENTS.md#builder-memory).
+"""
 from __future__ import annotations
 
+from typing import Callable
 
 import numpy as np
 
 from bundler.llama_weights import LlamaWeights
 
 
-def reference_model(weights: LlamaWeights):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _config(weights: LlamaWeights):
+    from transformers import LlamaConfig
 
     spec = weights.spec
     config = LlamaConfig(
@@ -20,22 +25,40 @@ def reference_model(weights: LlamaWeights):
         rope_theta=spec.rope_theta, max_position_embeddings=spec.context_length,
         tie_word_embeddings=spec.tied_embeddings, attention_bias=False, mlp_bias=False,
     )
-    model = LlamaForCausalLM(config).eval()
-    state = {name: torch.from_numpy(np.array(weights.float(name), dtype=np.float32)) for name in weights.tensors}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    allowed = {"lm_head.weight"} if spec.tied_embeddings else set()
-    if set(missing) - allowed or unexpected:
-        raise ValueError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
-    if spec.tied_embeddings:
-        model.tie_weights()
-    # The spec's rope (including GGUF rope_freqs factors) replaces transformers' own computation.
-    model.model.rotary_emb.inv_freq = torch.from_numpy(spec.inverse_frequencies())
-    model.model.rotary_emb.attention_scaling = 1.0
-    return model
+    config._attn_implementation = "sdpa"  # causal without a mask tensor of [S, S]
+    return config
 
 
-def reference_logits(model, ids: list[int]) -> np.ndarray:
+def reference_logits(weights: LlamaWeights, ids: list[int],
+                     layer_done: Callable[[int], None] = lambda layers: None) -> np.ndarray:
+    """Float32 logits [len(ids), vocab] of the model `weights` describes, on one sequence;
+    `layer_done(n)` is called after the n-th layer."""
     import torch
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 
+    spec = weights.spec
+    config = _config(weights)
+    embedding = torch.from_numpy(weights.float("model.embed_tokens.weight"))
+    positions = torch.arange(len(ids))
+    # The spec's rope (including GGUF rope_freqs factors), laid out as transformers' rotary embedding.
+    angles = positions[:, None].float() * torch.from_numpy(spec.inverse_frequencies())[None, :]
+    angles = torch.cat([angles, angles], dim=-1)[None]
+    rotary = (angles.cos(), angles.sin())
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
+        hidden = embedding[torch.tensor(ids)][None]
+        for layer in range(spec.num_layers):
+            prefix = f"model.layers.{layer}."
+            with torch.device("meta"):
+                block = LlamaDecoderLayer(config, layer).eval()
+            state = {name[len(prefix):]: torch.from_numpy(np.array(weights.float(name), dtype=np.float32))
+                     for name in weights.tensors if name.startswith(prefix)}
+            block.load_state_dict(state, strict=True, assign=True)
+            out = block(hidden, attention_mask=None, position_ids=positions[None], position_embeddings=rotary)
+            hidden = out[0] if isinstance(out, tuple) else out
+            del block, state
+            layer_done(layer + 1)
+        norm = LlamaRMSNorm(spec.hidden_size, eps=spec.rms_eps)
+        norm.weight.copy_(torch.from_numpy(weights.float("model.norm.weight")))
+        hidden = norm(hidden)[0]
+        head = torch.from_numpy(weights.float("lm_head.weight")) if weights.has("lm_head.weight") else embedding
+        return (hidden @ head.T).numpy()

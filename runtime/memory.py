@@ -15,8 +15,8 @@ from runtime.manifest import Manifest, ModelInfo
 
 MB = 1024 * 1024
 DEFAULT_CONTEXT = 4096
-# The exported graphs keep the KV cache in float32; a float16 one is possible but not measured for
-# quality yet (docs/MEASUREMENTS.md#runtime-memory).
+# The exported graphs keep the KV cache in float32; onnxruntime also runs a float16 one (half the size,
+# outputs within float16 rounding), not switched on yet (docs/MEASUREMENTS.md#kv-cache-precision).
 KV_BYTES_PER_VALUE = 4
 # Python, numpy, onnxruntime and tokenizers with a session loaded (~70 MB RSS besides the weights,
 # bench/bench_startup.py) plus the ~130 MB the stub unpacks at start, which is RAM where /tmp is tmpfs;

@@ -42,7 +42,7 @@ def test_a_long_document_cannot_crowd_out_a_short_one(tmp_path, index_cache, mod
 
 
 def test_a_corpus_of_one_document_still_gives_k_passages_best_first(tmp_path, index_cache):
-    result = build_index(write_docs(tmp_path / "docs", {"manual.md": MANUAL}), tmp_path / "staging", index_cache)
+    build_index(write_docs(tmp_path / "docs", {"manual.md": MANUAL}), tmp_path / "staging", index_cache)
     retriever = open_retriever(tmp_path / "staging")
     hits = retriever.search("seal number 4", k=3, mode="bm25")
     assert len(hits) == 3 and "seal number 4" in hits[0].chunk.text
@@ -50,7 +50,7 @@ def test_a_corpus_of_one_document_still_gives_k_passages_best_first(tmp_path, in
 
 
 def test_document_starts_that_do_not_cover_the_chunks_are_refused_naming_the_entry(tmp_path, index_cache):
-    result = build_index(write_docs(tmp_path / "docs", LIBRARY), tmp_path / "staging", index_cache)
+    build_index(write_docs(tmp_path / "docs", LIBRARY), tmp_path / "staging", index_cache)
     np.save(tmp_path / "staging" / layout.DOCUMENT_STARTS, np.array([0, 1], dtype=np.int64))
     with pytest.raises(RetrievalError, match="document_starts.npy: expected int64 chunk offsets from 0 to"):
         open_retriever(tmp_path / "staging")

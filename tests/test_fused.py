@@ -14,7 +14,7 @@ from bundler.fused_graph import QuantizationPlan, build_graph, effective_weights
 from bundler.gguf_reader import read_gguf
 from bundler.llama_weights import load_llama
 from bundler.quality_gate import check_quality
-from bundler.torch_reference import reference_logits, reference_model
+from bundler.torch_reference import reference_logits
 from runtime.bundle import Bundle
 from runtime.decoder import load_decoder
 from runtime.fused_decoder import FusedDecoder
@@ -63,7 +63,7 @@ def fused_models(tmp_path_factory, tiny_llama_dir, tiny_gguf):
 def test_fused_graph_matches_pytorch_with_and_without_kv_cache(fused_models, tiny_llama_dir, tiny_gguf,
                                                                kind, plan, tolerance):
     weights = load_llama(tiny_llama_dir if kind == "hf" else tiny_gguf)
-    expected = reference_logits(reference_model(effective_weights(weights, plan)), PROMPT)
+    expected = reference_logits(effective_weights(weights, plan), PROMPT)
     scale = np.abs(expected).max()
     decoder = FusedDecoder.from_model_dir(fused_models(kind, plan), threads=2, max_length=64)
 

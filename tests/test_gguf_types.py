@@ -16,7 +16,7 @@ from bundler.fused_export import save_model
 from bundler.fused_graph import QuantizationPlan, build_graph
 from bundler.gguf_reader import BLOCK_TYPES, FLOAT_TYPES, GgufTensor, read_gguf
 from bundler.llama_weights import load_llama
-from bundler.torch_reference import reference_logits, reference_model
+from bundler.torch_reference import reference_logits
 from runtime.fused_decoder import FusedDecoder
 from tests.onnx_weights import graph_weights
 from tests.gguf_files import TYPED_SHAPE, random_tensor_bytes, write_typed_gguf
@@ -92,7 +92,7 @@ def test_every_llama_3_2_gguf_type_is_carried_exactly_and_runs(typed_model, labe
         assert np.array_equal(carried, np.concatenate([w.ravel() for w in expected]))
         assert np.array_equal(found[-1], embedding)  # the tied lm_head reads the same blocks
 
-    reference = reference_logits(reference_model(weights), PROMPT)
+    reference = reference_logits(weights, PROMPT)
     decoder = FusedDecoder.from_model_dir(folder, threads=2, max_length=64)
     logits = decoder.forward(PROMPT)
     assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()

@@ -77,7 +77,7 @@ def llama32_tokenizer_folder() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "tokenizer"
 
 
-def add_llama32_tokenizer(writer) -> None:
+def add_llama32_tokenizer(writer, size_label: str = "1B") -> None:
     """Tokenizer metadata as llama.cpp's converter writes it for Llama-3.2-1B/3B-Instruct."""
     data = json.loads((llama32_tokenizer_folder() / "tokenizer.json").read_text(encoding="utf-8"))
     tokens, types = [""] * TEXT_VOCAB, [1] * TEXT_VOCAB  # 1 normal, 3 control
@@ -88,8 +88,8 @@ def add_llama32_tokenizer(writer) -> None:
             tokens[added["id"]], types[added["id"]] = added["content"], 3 if added["special"] else 4
     merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
     writer.add_basename("Llama-3.2")
-    writer.add_size_label("1B")
-    writer.add_name("Llama 3.2 1B Instruct")
+    writer.add_size_label(size_label)
+    writer.add_name(f"Llama 3.2 {size_label} Instruct")
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("llama-bpe")
     writer.add_token_list(tokens)

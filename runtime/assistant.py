@@ -30,6 +30,21 @@ def ends_paragraph(text: str) -> bool:
     return PARAGRAPH_END.search(text) is not None
 
 
+# A finished sentence, with the citations after it: "… venv module [1]." or "… venv module. [1]".
+# Not after a list number ("1."), a version ("3.") or a common abbreviation, and not before
+# the answer has a few words.
+SENTENCE_END = re.compile(r"(?<![\d\s])(?<!\be\.g)(?<!\bi\.e)(?<!\betc)[.!?][\"')\u201d]*(?:\s*\[\d+\])*\.?$")
+MIN_SENTENCE_WORDS = 3
+
+
+def ends_sentence(text: str, following: str) -> bool:
+    """`text` ends a sentence and `following` (the next piece of the answer) starts another
+    (whitespace, then something other than a citation)."""
+    return (bool(following[:1].isspace()) and not following.lstrip().startswith("[")
+            and len(text.split()) >= MIN_SENTENCE_WORDS and SENTENCE_END.search(text.rstrip(" \t")) is not None
+            and not text.endswith((" ", "\t")))
+
+
 @dataclass
 class AnswerStats:
     prompt_tokens: int = 0
@@ -163,7 +178,8 @@ class Assistant:
         answer.stats.retrieval_s = retrieval_s
         answer.stats.settings = generation_settings(config, grounding)
         answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
-                                     StopStringFilter(options.stop), grounding.stop_after_paragraph)
+                                     StopStringFilter(options.stop), grounding.stop_after_paragraph,
+                                     grounding.stop_after_sentence)
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -179,7 +195,7 @@ class Assistant:
 
 def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int], config: GenerationConfig,
                 stats, started: float, stops: Optional[StopStringFilter] = None,
-                stop_after_paragraph: bool = False) -> Iterator[str]:
+                stop_after_paragraph: bool = False, stop_after_sentence: bool = False) -> Iterator[str]:
     """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
     summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
     stream's first token, from `started`), finish_reason, loop_stopped and total_s."""
@@ -198,6 +214,9 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
             if produced == 1:
                 stats.first_token_s = time.perf_counter() - started
             text = stops.push(stream.push(token))
+            if stop_after_sentence and text and ends_sentence(shown, text):
+                stats.finish_reason = "stop"
+                break
             if text:
                 shown += text
                 yield text

@@ -23,6 +23,22 @@ SYSTEM_PROMPTS = {
         "Use the words of the source and cite it like [1]. "
         "If the sources do not contain the answer, reply: I don't know."
     ),
+    "extract": (
+        "Answer with the one sentence of the numbered sources that answers the question, copied word for "
+        "word, and cite it like [1]. "
+        "If the sources do not contain the answer, reply: I don't know."
+    ),
+    # `brief` with one worked exchange: a small model imitates an example better than it follows a rule.
+    # The example is invented (no document of any bundle), so it cannot leak an answer.
+    "example": (
+        "Answer the question in one or two short sentences, using only the numbered sources. "
+        "Use the words of the source and cite it like [1]. "
+        "If the sources do not contain the answer, reply: I don't know.\n\n"
+        "Example.\nSources:\n\n[1] (pump.md:3-5)\nBefore the first start, prime the pump by opening valve V12 "
+        "until water runs from the vent. Running the pump dry damages the seal.\n\n"
+        "Question: How do I prime the pump?\n"
+        "Answer: Open valve V12 until water runs from the vent [1]."
+    ),
 }
 # Appended to the question with --answer-first: a small model follows an instruction best
 # when it is the last thing it reads.
@@ -51,6 +67,7 @@ class GroundingOptions:
     system_prompt: str = "brief"    # a key of SYSTEM_PROMPTS
     answer_first: bool = False      # end the question with ANSWER_FIRST
     stop_after_paragraph: bool = False  # the answer ends at a blank line after a finished sentence
+    stop_after_sentence: bool = False   # the answer ends with its first finished sentence (and its citation)
     abstain_below: float = 0.5      # say "I don't know" without generating when no given passage
                                     # (heading included) holds this share of the question's terms
 

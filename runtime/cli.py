@@ -163,6 +163,9 @@ def add_grounding_arguments(group) -> None:
     group.add_argument("--stop-after-paragraph", action=argparse.BooleanOptionalAction,
                        default=defaults.stop_after_paragraph,
                        help="end the answer at the first blank line after a finished sentence")
+    group.add_argument("--stop-after-sentence", action=argparse.BooleanOptionalAction,
+                       default=defaults.stop_after_sentence,
+                       help="end the answer with its first finished sentence and the citations after it")
     group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
                        help="answer \"I don't know\" without asking the model when no passage shown (heading "
                             f"included) holds this share of the question's words; 0 never "
@@ -174,7 +177,8 @@ def grounding_options(args: argparse.Namespace):
 
     return GroundingOptions(passages=args.passages, trim_sentences=args.trim_sentences,
                             system_prompt=args.system_prompt, answer_first=args.answer_first,
-                            stop_after_paragraph=args.stop_after_paragraph, abstain_below=args.abstain_below)
+                            stop_after_paragraph=args.stop_after_paragraph,
+                            stop_after_sentence=args.stop_after_sentence, abstain_below=args.abstain_below)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -10,7 +10,8 @@ from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
 from runtime.memory import bundle_threads
-from runtime.prompt import GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage
+from runtime.prompt import (GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage,
+                            unknown_citations)
 from runtime.repetition import RepetitionGuard
 from runtime.retrieval import Hit, Retriever
 from runtime.stop_strings import StopStringFilter
@@ -177,8 +178,11 @@ class Assistant:
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
         answer.stats.settings = generation_settings(config, grounding)
+        stops = list(options.stop)
+        if grounding.stop_at_unknown_citation and prompt.sources:
+            stops += unknown_citations(len(prompt.sources))
         answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
-                                     StopStringFilter(options.stop), grounding.stop_after_paragraph,
+                                     StopStringFilter(stops), grounding.stop_after_paragraph,
                                      grounding.stop_after_sentence)
         return answer
 

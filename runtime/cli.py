@@ -166,6 +166,10 @@ def add_grounding_arguments(group) -> None:
     group.add_argument("--stop-after-sentence", action=argparse.BooleanOptionalAction,
                        default=defaults.stop_after_sentence,
                        help="end the answer with its first finished sentence and the citations after it")
+    group.add_argument("--stop-at-unknown-citation", action=argparse.BooleanOptionalAction,
+                       default=defaults.stop_at_unknown_citation,
+                       help="end the answer before it cites a source number it was not given "
+                            f"(default {'on' if defaults.stop_at_unknown_citation else 'off'})")
     group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
                        help="answer \"I don't know\" without asking the model when no passage shown (heading "
                             f"included) holds this share of the question's words; 0 never "
@@ -178,7 +182,8 @@ def grounding_options(args: argparse.Namespace):
     return GroundingOptions(passages=args.passages, trim_sentences=args.trim_sentences,
                             system_prompt=args.system_prompt, answer_first=args.answer_first,
                             stop_after_paragraph=args.stop_after_paragraph,
-                            stop_after_sentence=args.stop_after_sentence, abstain_below=args.abstain_below)
+                            stop_after_sentence=args.stop_after_sentence,
+                            stop_at_unknown_citation=args.stop_at_unknown_citation, abstain_below=args.abstain_below)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -68,6 +68,7 @@ class GroundingOptions:
     answer_first: bool = False      # end the question with ANSWER_FIRST
     stop_after_paragraph: bool = False  # the answer ends at a blank line after a finished sentence
     stop_after_sentence: bool = False   # the answer ends with its first finished sentence (and its citation)
+    stop_at_unknown_citation: bool = True  # the answer ends before citing a source number it was not given
     abstain_below: float = 0.5      # say "I don't know" without generating when no given passage
                                     # (heading included) holds this share of the question's terms
 
@@ -253,6 +254,12 @@ def _shortened_top(question, top: Hit, tokenizer, budget, history, instructions,
             return prompt
         keep -= over
     return None
+
+
+def unknown_citations(sources: int) -> list[str]:
+    """Citation markers of sources not given ([0], and [n] past `sources` up to [99]): an answer
+    that writes one has stopped reading its sources (it lists "[1] [2] [3] …" until the token limit)."""
+    return ["[0]", *(f"[{n}]" for n in range(sources + 1, 100))]
 
 
 def cited_sources(answer: str, sources: Sequence[Hit]) -> list[Hit]:

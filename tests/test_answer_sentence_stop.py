@@ -11,7 +11,7 @@ from runtime.prompt import SYSTEM_PROMPTS, GroundingOptions, build_prompt
 class ScriptedDecoder:
     """A decoder whose greedy choice is always the next token of a fixed answer (then end of text)."""
 
-    max_length = 512
+    max_length = 2048
     prefill_chunk = None
 
     def __init__(self, answer_ids: list[int], end_id: int, vocab: int):
@@ -77,3 +77,24 @@ def test_stop_after_sentence_flag_reaches_the_grounding_settings():
     assert options.grounding.stop_after_sentence is True
     assert ask_options(build_parser().parse_args(["ask", "q", "--no-stop-after-sentence"])).grounding \
         .stop_after_sentence is False
+
+
+def test_answer_ends_before_citing_a_source_it_was_not_given(query_assistant):
+    from runtime.assistant import Assistant, AskOptions
+    from tests.fixtures_queryapp import PUMP_QUESTION
+
+    tokenizer = query_assistant.tokenizer
+    scripted = "Open valve V12 [1]. See also [2] [3] [4] [5]"
+    ids = tokenizer.encode(scripted)
+    end_id = min(tokenizer.eos_token_ids)
+    assistant = Assistant(tokenizer, ScriptedDecoder(ids, end_id, vocab=max(end_id, *ids) + 1),
+                          query_assistant.retriever)
+    generation = GenerationConfig(max_new_tokens=64, speculative=False)
+    answer = assistant.ask(PUMP_QUESTION, AskOptions(generation=generation, grounding=GroundingOptions(
+        passages=2, abstain_below=0))).finish()
+    assert len(answer.sources) == 2
+    assert answer.text == "Open valve V12 [1]. See also [2] "
+    assert answer.stats.finish_reason == "stop"
+    free = assistant.ask(PUMP_QUESTION, AskOptions(generation=generation, grounding=GroundingOptions(
+        passages=2, abstain_below=0, stop_at_unknown_citation=False))).finish()
+    assert free.text == scripted

@@ -183,7 +183,7 @@ class Assistant:
             stops += unknown_citations(len(prompt.sources))
         answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
                                      StopStringFilter(stops), grounding.stop_after_paragraph,
-                                     grounding.stop_after_sentence)
+                                     grounding.stop_after_sentences)
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -199,7 +199,7 @@ class Assistant:
 
 def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int], config: GenerationConfig,
                 stats, started: float, stops: Optional[StopStringFilter] = None,
-                stop_after_paragraph: bool = False, stop_after_sentence: bool = False) -> Iterator[str]:
+                stop_after_paragraph: bool = False, stop_after_sentences: int = 0) -> Iterator[str]:
     """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
     summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
     stream's first token, from `started`), finish_reason, loop_stopped and total_s."""
@@ -207,7 +207,7 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
     guard = RepetitionGuard.from_config(config)
-    shown, produced = "", 0
+    shown, produced, sentences = "", 0, 0
     try:
         for token in generate(decoder, prompt_ids, config, guard):
             if token in config.stop_token_ids:
@@ -218,9 +218,11 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
             if produced == 1:
                 stats.first_token_s = time.perf_counter() - started
             text = stops.push(stream.push(token))
-            if stop_after_sentence and text and ends_sentence(shown, text):
-                stats.finish_reason = "stop"
-                break
+            if stop_after_sentences > 0 and text and ends_sentence(shown, text):
+                sentences += 1
+                if sentences >= stop_after_sentences:
+                    stats.finish_reason = "stop"
+                    break
             if text:
                 shown += text
                 yield text

@@ -67,7 +67,7 @@ class GroundingOptions:
     system_prompt: str = "brief"    # a key of SYSTEM_PROMPTS
     answer_first: bool = False      # end the question with ANSWER_FIRST
     stop_after_paragraph: bool = False  # the answer ends at a blank line after a finished sentence
-    stop_after_sentence: bool = False   # the answer ends with its first finished sentence (and its citation)
+    stop_after_sentences: int = 3       # the answer ends with its n-th finished sentence (and its citation); 0 never
     stop_at_unknown_citation: bool = True  # the answer ends before citing a source number it was not given
     abstain_below: float = 0.5      # say "I don't know" without generating when no given passage
                                     # (heading included) holds this share of the question's terms

@@ -29,24 +29,29 @@ class ScriptedDecoder:
         return logits
 
 
-def _answer(query_assistant, scripted: str, stop_after_sentence: bool) -> tuple[str, AnswerStats]:
+def _answer(query_assistant, scripted: str, stop_after_sentences: int) -> tuple[str, AnswerStats]:
     tokenizer = query_assistant.tokenizer
     end_id = min(tokenizer.eos_token_ids)
     decoder = ScriptedDecoder(tokenizer.encode(scripted), end_id, vocab=max(end_id, *tokenizer.encode(scripted)) + 1)
     config = GenerationConfig(max_new_tokens=64, speculative=False, stop_token_ids=frozenset(tokenizer.eos_token_ids))
     stats = AnswerStats()
     text = "".join(stream_text(decoder, tokenizer, [1, 2, 3], config, stats, 0.0,
-                               stop_after_sentence=stop_after_sentence))
+                               stop_after_sentences=stop_after_sentences))
     return text, stats
 
 
 def test_answer_stops_after_its_first_sentence_and_keeps_the_citation(query_assistant):
     scripted = "The answer is:\n\nUse the venv module [1]. Then activate it with source."
-    text, stats = _answer(query_assistant, scripted, stop_after_sentence=True)
+    text, stats = _answer(query_assistant, scripted, stop_after_sentences=1)
     assert text == "The answer is:\n\nUse the venv module [1]."
     assert stats.finish_reason == "stop"
-    whole, _ = _answer(query_assistant, scripted, stop_after_sentence=False)
-    assert whole == scripted
+    assert _answer(query_assistant, scripted, stop_after_sentences=0)[0] == scripted
+
+
+def test_answer_stops_after_its_nth_sentence(query_assistant):
+    scripted = "Use venv [1]. Here is how:\n\n1. Open a terminal.\n2. Run python3 -m venv env.\n3. Activate it."
+    text, _ = _answer(query_assistant, scripted, stop_after_sentences=3)
+    assert text == "Use venv [1]. Here is how:\n\n1. Open a terminal.\n2. Run python3 -m venv env."
 
 
 def test_a_citation_after_the_full_stop_still_belongs_to_the_sentence():
@@ -73,10 +78,10 @@ def test_example_prompt_shows_one_worked_answer_that_cites_its_source():
 def test_stop_after_sentence_flag_reaches_the_grounding_settings():
     from runtime.cli import ask_options, build_parser
 
-    options = ask_options(build_parser().parse_args(["ask", "q", "--stop-after-sentence"]))
-    assert options.grounding.stop_after_sentence is True
-    assert ask_options(build_parser().parse_args(["ask", "q", "--no-stop-after-sentence"])).grounding \
-        .stop_after_sentence is False
+    options = ask_options(build_parser().parse_args(["ask", "q", "--stop-after-sentences", "1"]))
+    assert options.grounding.stop_after_sentences == 1
+    assert ask_options(build_parser().parse_args(["ask", "q", "--stop-after-sentences", "0"])).grounding \
+        .stop_after_sentences == 0
 
 
 def test_answer_ends_before_citing_a_source_it_was_not_given(query_assistant):
@@ -91,10 +96,10 @@ def test_answer_ends_before_citing_a_source_it_was_not_given(query_assistant):
                           query_assistant.retriever)
     generation = GenerationConfig(max_new_tokens=64, speculative=False)
     answer = assistant.ask(PUMP_QUESTION, AskOptions(generation=generation, grounding=GroundingOptions(
-        passages=2, abstain_below=0))).finish()
+        passages=2, abstain_below=0, stop_after_sentences=0))).finish()
     assert len(answer.sources) == 2
     assert answer.text == "Open valve V12 [1]. See also [2] "
     assert answer.stats.finish_reason == "stop"
     free = assistant.ask(PUMP_QUESTION, AskOptions(generation=generation, grounding=GroundingOptions(
-        passages=2, abstain_below=0, stop_at_unknown_citation=False))).finish()
+        passages=2, abstain_below=0, stop_after_sentences=0, stop_at_unknown_citation=False))).finish()
     assert free.text == scripted

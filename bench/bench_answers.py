@@ -48,7 +48,10 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "answers.json"
 # What `ask` did before the repetition guard and grounding options existed.
 TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0}
 TODAY_GROUNDING = {"passages": 4, "trim_sentences": 0, "system_prompt": "cite", "answer_first": False,
-                   "stop_after_paragraph": False, "abstain_below": 0.0}
+                   "stop_after_paragraph": False, "stop_after_sentences": 0, "stop_at_unknown_citation": False,
+                   "abstain_below": 0.0}
+# The defaults chosen by the first round of measurements (docs/QUERY_APP.md), before the second.
+ROUND1_GROUNDING = {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "abstain_below": 0.5}
 
 # name -> (GenerationConfig changes, GroundingOptions changes); "default" is the current defaults.
 # Every other configuration is spelled out in full from today's, so the table stays meaningful
@@ -74,6 +77,18 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "p4-brief": ({}, {**TODAY_GROUNDING, "passages": 4, "system_prompt": "brief"}),
     "p1-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief", "answer_first": True,
                                  "stop_after_paragraph": True}),
+    "round1": ({}, ROUND1_GROUNDING),
+    "round1-example": ({}, {**ROUND1_GROUNDING, "system_prompt": "example"}),
+    "round1-extract": ({}, {**ROUND1_GROUNDING, "system_prompt": "extract"}),
+    "round1-sentence": ({}, {**ROUND1_GROUNDING, "stop_after_sentences": 1}),
+    "round1-example-sentence": ({}, {**ROUND1_GROUNDING, "system_prompt": "example", "stop_after_sentences": 1}),
+    "round1-extract-sentence": ({}, {**ROUND1_GROUNDING, "system_prompt": "extract", "stop_after_sentences": 1}),
+    "round1-dry1": ({"dry_allowed_length": 1}, ROUND1_GROUNDING),
+    "round1-p1-example-sentence": ({}, {**ROUND1_GROUNDING, "passages": 1, "system_prompt": "example",
+                                        "stop_after_sentences": 1}),
+    "round1-citestop": ({}, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True}),
+    "round1-citestop-sentences3": ({}, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True,
+                                        "stop_after_sentences": 3}),
     "default": ({}, {}),
 }
 

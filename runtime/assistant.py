@@ -10,7 +10,8 @@ from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
 from runtime.memory import bundle_threads
-from runtime.prompt import GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage
+from runtime.prompt import (GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage,
+                            unknown_citations)
 from runtime.repetition import RepetitionGuard
 from runtime.retrieval import Hit, Retriever
 from runtime.stop_strings import StopStringFilter
@@ -28,6 +29,21 @@ PARAGRAPH_END = re.compile(r"[.!?)\]]\s*\n[ \t]*\n\s*$")
 
 def ends_paragraph(text: str) -> bool:
     return PARAGRAPH_END.search(text) is not None
+
+
+# A finished sentence, with the citations after it: "… venv module [1]." or "… venv module. [1]".
+# Not after a list number ("1."), a version ("3.") or a common abbreviation, and not before
+# the answer has a few words.
+SENTENCE_END = re.compile(r"(?<![\d\s])(?<!\be\.g)(?<!\bi\.e)(?<!\betc)[.!?][\"')\u201d]*(?:\s*\[\d+\])*\.?$")
+MIN_SENTENCE_WORDS = 3
+
+
+def ends_sentence(text: str, following: str) -> bool:
+    """`text` ends a sentence and `following` (the next piece of the answer) starts another
+    (whitespace, then something other than a citation)."""
+    return (bool(following[:1].isspace()) and not following.lstrip().startswith("[")
+            and len(text.split()) >= MIN_SENTENCE_WORDS and SENTENCE_END.search(text.rstrip(" \t")) is not None
+            and not text.endswith((" ", "\t")))
 
 
 @dataclass
@@ -162,8 +178,12 @@ class Assistant:
         answer.stats.prompt_tokens = len(prompt_ids)
         answer.stats.retrieval_s = retrieval_s
         answer.stats.settings = generation_settings(config, grounding)
+        stops = list(options.stop)
+        if grounding.stop_at_unknown_citation and prompt.sources:
+            stops += unknown_citations(len(prompt.sources))
         answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
-                                     StopStringFilter(options.stop), grounding.stop_after_paragraph)
+                                     StopStringFilter(stops), grounding.stop_after_paragraph,
+                                     grounding.stop_after_sentences)
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -179,7 +199,7 @@ class Assistant:
 
 def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int], config: GenerationConfig,
                 stats, started: float, stops: Optional[StopStringFilter] = None,
-                stop_after_paragraph: bool = False) -> Iterator[str]:
+                stop_after_paragraph: bool = False, stop_after_sentences: int = 0) -> Iterator[str]:
     """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
     summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
     stream's first token, from `started`), finish_reason, loop_stopped and total_s."""
@@ -187,7 +207,7 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
     guard = RepetitionGuard.from_config(config)
-    shown, produced = "", 0
+    shown, produced, sentences = "", 0, 0
     try:
         for token in generate(decoder, prompt_ids, config, guard):
             if token in config.stop_token_ids:
@@ -198,6 +218,11 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
             if produced == 1:
                 stats.first_token_s = time.perf_counter() - started
             text = stops.push(stream.push(token))
+            if stop_after_sentences > 0 and text and ends_sentence(shown, text):
+                sentences += 1
+                if sentences >= stop_after_sentences:
+                    stats.finish_reason = "stop"
+                    break
             if text:
                 shown += text
                 yield text

@@ -165,6 +165,13 @@ def add_grounding_arguments(group) -> None:
     group.add_argument("--stop-after-paragraph", action=argparse.BooleanOptionalAction,
                        default=defaults.stop_after_paragraph,
                        help="end the answer at the first blank line after a finished sentence")
+    group.add_argument("--stop-after-sentences", type=int, default=defaults.stop_after_sentences, metavar="N",
+                       help="end the answer with its N-th finished sentence and the citations after it; 0 never "
+                            f"(default {defaults.stop_after_sentences})")
+    group.add_argument("--stop-at-unknown-citation", action=argparse.BooleanOptionalAction,
+                       default=defaults.stop_at_unknown_citation,
+                       help="end the answer before it cites a source number it was not given "
+                            f"(default {'on' if defaults.stop_at_unknown_citation else 'off'})")
     group.add_argument("--abstain-below", type=float, default=defaults.abstain_below, metavar="SHARE",
                        help="answer \"I don't know\" without asking the model when no passage shown (heading "
                             f"included) holds this share of the question's words; 0 never "
@@ -176,7 +183,9 @@ def grounding_options(args: argparse.Namespace):
 
     return GroundingOptions(passages=args.passages, trim_sentences=args.trim_sentences,
                             system_prompt=args.system_prompt, answer_first=args.answer_first,
-                            stop_after_paragraph=args.stop_after_paragraph, abstain_below=args.abstain_below)
+                            stop_after_paragraph=args.stop_after_paragraph,
+                            stop_after_sentences=args.stop_after_sentences,
+                            stop_at_unknown_citation=args.stop_at_unknown_citation, abstain_below=args.abstain_below)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,6 +23,22 @@ SYSTEM_PROMPTS = {
         "Use the words of the source and cite it like [1]. "
         "If the sources do not contain the answer, reply: I don't know."
     ),
+    "extract": (
+        "Answer with the one sentence of the numbered sources that answers the question, copied word for "
+        "word, and cite it like [1]. "
+        "If the sources do not contain the answer, reply: I don't know."
+    ),
+    # `brief` with one worked exchange: a small model imitates an example better than it follows a rule.
+    # The example is invented (no document of any bundle), so it cannot leak an answer.
+    "example": (
+        "Answer the question in one or two short sentences, using only the numbered sources. "
+        "Use the words of the source and cite it like [1]. "
+        "If the sources do not contain the answer, reply: I don't know.\n\n"
+        "Example.\nSources:\n\n[1] (pump.md:3-5)\nBefore the first start, prime the pump by opening valve V12 "
+        "until water runs from the vent. Running the pump dry damages the seal.\n\n"
+        "Question: How do I prime the pump?\n"
+        "Answer: Open valve V12 until water runs from the vent [1]."
+    ),
 }
 # Appended to the question with --answer-first: a small model follows an instruction best
 # when it is the last thing it reads.
@@ -51,6 +67,8 @@ class GroundingOptions:
     system_prompt: str = "brief"    # a key of SYSTEM_PROMPTS
     answer_first: bool = False      # end the question with ANSWER_FIRST
     stop_after_paragraph: bool = False  # the answer ends at a blank line after a finished sentence
+    stop_after_sentences: int = 3       # the answer ends with its n-th finished sentence (and its citation); 0 never
+    stop_at_unknown_citation: bool = True  # the answer ends before citing a source number it was not given
     abstain_below: float = 0.5      # say "I don't know" without generating when no given passage
                                     # (heading included) holds this share of the question's terms
 
@@ -236,6 +254,12 @@ def _shortened_top(question, top: Hit, tokenizer, budget, history, instructions,
             return prompt
         keep -= over
     return None
+
+
+def unknown_citations(sources: int) -> list[str]:
+    """Citation markers of sources not given ([0], and [n] past `sources` up to [99]): an answer
+    that writes one has stopped reading its sources (it lists "[1] [2] [3] …" until the token limit)."""
+    return ["[0]", *(f"[{n}]" for n in range(sources + 1, 100))]
 
 
 def cited_sources(answer: str, sources: Sequence[Hit]) -> list[Hit]:

@@ -128,7 +128,7 @@ def make_f16_and_hf(shape: Shape, folder: Path, progress=print) -> None:
     from safetensors.torch import save_file
 
     from bundler.gguf_convert import llama3_rope_factors
-    from tests.fixtures_fused import _permute
+    from tests.gguf_files import llama_cpp_permute
     from tests.test_llama32 import add_llama32_tokenizer
 
     gguf_path = folder / f"{stem(shape)}-F16.gguf"
@@ -167,9 +167,9 @@ def make_f16_and_hf(shape: Shape, folder: Path, progress=print) -> None:
         value = random_bf16(i, dims)
         data = value.float().numpy() if len(dims) == 1 else value.to(torch.float16).numpy()
         if ".q_proj." in name:
-            data = _permute(data, shape.heads)
+            data = llama_cpp_permute(data, shape.heads)
         elif ".k_proj." in name:
-            data = _permute(data, shape.kv_heads)
+            data = llama_cpp_permute(data, shape.kv_heads)
         writer.write_tensor_data(data)
         shard[name] = value
         shard_bytes += value.numel() * 2

@@ -18,8 +18,8 @@ from runtime.bundle import Bundle
 from runtime.decoder import load_decoder
 from runtime.fused_decoder import FusedDecoder
 from targets import load_target
-from tests.fixtures_fused import write_typed_gguf
-from tests.fixtures_model import write_model_manifest
+from tests.gguf_files import write_typed_gguf
+from tests.fixtures_model import write_model_info
 from tests.fixtures_packaging import REPO_ROOT
 
 PROMPT = [1, 17, 230, 5, 99, 3, 42, 7, 250, 64, 12, 300]
@@ -39,7 +39,7 @@ def prompt_then_one_step(model_dir) -> np.ndarray:
 
 def test_an_8_bit_fused_graph_is_refused_for_the_glibc_2_31_targets_naming_the_operator(tiny_gguf, tmp_path):
     staging = tmp_path / "staging"
-    write_model_manifest(staging, build_fused_model(tiny_gguf, "gguf-exact", staging))
+    write_model_info(staging, build_fused_model(tiny_gguf, "gguf-exact", staging))
     with pytest.raises(BuildError, match=r"com.microsoft:GatherBlockQuantized, com.microsoft:MatMulNBits \(8-bit\), "
                                          r"which onnxruntime 1.19.2 of target linux-aarch64 does not have "
                                          r"\(build with --graph fused-portable"):
@@ -74,14 +74,14 @@ def test_lowered_graph_gives_the_fused_graphs_logits_for_every_block_type(qtype,
 @pytest.fixture(scope="module")
 def portable_staging(tiny_gguf, tmp_path_factory):
     staging = tmp_path_factory.mktemp("portable-staging")
-    write_model_manifest(staging, build_fused_model(tiny_gguf, "gguf-exact", staging, portable=True))
+    write_model_info(staging, build_fused_model(tiny_gguf, "gguf-exact", staging, portable=True))
     return staging
 
 
 @pytest.fixture(scope="module")
 def fused_staging(tiny_gguf, tmp_path_factory):
     staging = tmp_path_factory.mktemp("fused-staging")
-    write_model_manifest(staging, build_fused_model(tiny_gguf, "gguf-exact", staging))
+    write_model_info(staging, build_fused_model(tiny_gguf, "gguf-exact", staging))
     return staging
 
 

@@ -10,7 +10,7 @@ from bundler.index import build_index
 from bundler.pipeline import BuildConfig, build
 from runtime import layout
 from runtime.bundle import Bundle
-from tests.fixtures_station import STATION_DOCS, write_docs
+from tests.sample_documents import STATION_DOCS, write_docs
 
 
 def _changed_parts(first: Path, second: Path) -> list[str]:

@@ -14,7 +14,7 @@ from bundler.pipeline import DEFAULT_CACHE, BuildConfig, build
 from bundler.update import UpdateConfig, update
 from runtime import layout
 from runtime.bundle import FileBundle
-from tests.fixtures_station import STATION_DOCS
+from tests.sample_documents import STATION_DOCS
 
 # OLD holds a compressed copy of the pump page (another file, another content key): its passages
 # are indexed once, under the first file, with the copy in their `also_in`.

@@ -91,8 +91,8 @@ def test_portable_staging_passes_the_glibc_2_31_targets_operator_check_and_opens
     operators = {(domain, op) for domain, op, _ in model_operators(portable_staging / "model" / "model.onnx")}
     assert ("com.microsoft", "GroupQueryAttention") in operators
     bundle = Bundle.open(portable_staging)
-    assert bundle.manifest.model.graph == "fused-gqa-portable"
-    assert bundle.manifest.model.weights.startswith("exact GGUF blocks")
+    assert bundle.model.graph == "fused-gqa-portable"
+    assert bundle.model.weights.startswith("exact GGUF blocks")
     assert isinstance(load_decoder(bundle, threads=2, max_length=64), FusedDecoder)
 
 

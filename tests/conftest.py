@@ -4,7 +4,8 @@ tier without anyone remembering to mark it:
 - `executable`: needs a PyInstaller runtime stub or a built executable (minutes on first use);
 - `emulation`: runs an aarch64 executable under qemu (needs the emulated Debian root);
 - `needs_root`: needs root (chroot for the aarch64 stub, network namespaces); skipped otherwise;
-- `slow`: marked by hand on tests that take long for other reasons (the default 135M model).
+- `slow`: tests that take long for other reasons (the default 135M model, the 200-file hostile corpus,
+  a whole GGUF conversion): from SLOW_FIXTURES or marked by hand.
 
 `make test-fast` runs `-m "not executable and not emulation and not slow"`; `make test` runs all.
 """
@@ -31,7 +32,8 @@ EXECUTABLE_FIXTURES = {"host_stub", "host_bundle", "bundle_copy", "tiny_station_
                        "query_executable"}
 EMULATION_FIXTURES = {"aarch64_bundle", "aarch64_python", "multi_target_build"}
 SLOW_FIXTURES = {"default_model_staging", "default_model_hf_dir", "default_bundle",
-                 "llama32_staging"}  # a 128,256-token vocabulary: the gguf reader alone takes ~30 s
+                 "llama32_staging",  # a 128,256-token vocabulary: the gguf reader alone takes ~30 s
+                 "hostile_build"}  # 200 hostile files, each parsed in its own process: ~25 s
 
 
 def pytest_collection_modifyitems(config, items):

@@ -406,6 +406,7 @@ def test_runtime_model_modules_import_no_builder_dependencies():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a whole GGUF conversion and two model runs: ~17 s
 def test_llama3_gguf_converts_to_the_same_model(tiny_llama_gguf, tiny_llama_dir, tiny_prompt, tiny_reference, tmp_path):
     """q/k un-permuted, tied embeddings, and llama3 rope scaling recovered from rope_freqs."""
     from bundler.gguf_convert import convert_gguf

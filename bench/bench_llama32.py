@@ -202,7 +202,8 @@ def main() -> None:
         return
     shape = llama32_models.SHAPES[args.shape]
     types = [t for t in args.types.split(",") if t]
-    with BenchRecord(f"llama32-{args.shape}", vars(args)) as record:
+    # one results file per shape and set of types, so a run of one type does not replace another's
+    with BenchRecord(f"llama32-{args.shape}-{'-'.join(types) or 'builds'}", vars(args)) as record:
         files = llama32_models.ensure_models(shape, sorted(set(types) | ({"Q4_K_M"} if args.builds else set())),
                                              progress=lambda line: print(line, file=sys.stderr, flush=True))
         if types:

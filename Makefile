@@ -50,3 +50,7 @@ bench: setup
 	$(PY) bench/bench_answers.py --bundle dist/python-docs
 	$(PY) bench/bench_summaries.py --bundle dist/python-docs
 	$(PY) bench/bench_station_corpus.py
+	$(PY) bench/bench_update.py
+	$(PY) bench/bench_llama32.py --shape 1b --types Q4_K_M,Q6_K,Q8_0
+	# aarch64 under qemu: needs root, debootstrap and qemu-user-static (make system-packages)
+	$(PY) bench/bench_emulation.py

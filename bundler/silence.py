@@ -25,7 +25,11 @@ HARMLESS_WARNINGS = (
     # transformers builds its attention mask from constants while tracing; the traced graph is
     # checked against PyTorch by the exporter's validation and by tests/test_retrieval.py.
     r"torch\.tensor results are registered as constants in the trace",
+    # the exported graphs have fixed control flow for the shapes they serve; the same validation holds
+    r"Converting a tensor to a Python (boolean|integer|float|index) might cause the trace to be incorrect",
+    r"Iterating over a tensor might cause the trace to be incorrect",
 )
+PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm bar's frame: "Loading: 40%|████  | 2/5"
 
 
 class _DropHarmless(logging.Filter):
@@ -71,12 +75,24 @@ def silence_third_party() -> Iterator[None]:
     hf_logging.disable_progress_bar()
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    captured = io.StringIO()
     try:
         # transformers' GGUF loader draws a tqdm bar on stderr that no setting turns off
-        with known_noise_silenced(), contextlib.redirect_stderr(io.StringIO()):
+        with known_noise_silenced(), contextlib.redirect_stderr(captured):
             yield
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+        _pass_on(captured.getvalue())
+
+
+def _pass_on(text: str) -> None:
+    """Whatever else the libraries wrote to stderr is a real message: log it (the CLI shows warnings)."""
+    log = logging.getLogger("bundler")
+    for line in re.split(r"[\r\n]+", text):
+        line = line.strip()
+        known = any(p.search(line) for p in HARMLESS_LOG_MESSAGES) or any(re.search(p, line) for p in HARMLESS_WARNINGS)
+        if line and not known and not PROGRESS_BAR.search(line):
+            log.warning(line)

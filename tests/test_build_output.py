@@ -1,6 +1,7 @@
 """A build prints its own progress and real warnings, never the libraries' known, harmless noise."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -35,3 +36,13 @@ def test_exporting_a_model_prints_none_of_the_known_library_noise(tiny_llama_dir
     assert (tmp_path / "model" / "model.onnx").is_file()
     noise = [line for line in (done.stdout + done.stderr).splitlines() if any(n in line for n in KNOWN_NOISE)]
     assert noise == []
+
+
+def test_what_the_libraries_write_besides_known_noise_still_reaches_the_user(caplog):
+    from bundler.silence import silence_third_party
+
+    with caplog.at_level(logging.WARNING, logger="bundler"), silence_third_party():
+        sys.stderr.write("Loading checkpoint shards: 40%|████      | 2/5\r100%|██████████| 5/5\n")
+        sys.stderr.write("`torch_dtype` is deprecated! Use `dtype` instead!\n")
+        sys.stderr.write("weights of layer 3 are all zero\n")
+    assert [record.getMessage() for record in caplog.records] == ["weights of layer 3 are all zero"]

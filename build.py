@@ -163,13 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "," in args.target:
         return build_several(config, args, bars)
     started = time.perf_counter()
-    try:
-        result = build(config, progress=bars)
-    except UserError as exc:
-        bars.close()
-        print(f"error: {visible(str(exc))}", file=sys.stderr)
+    result = _shown_as_error_line(bars, lambda: build(config, progress=bars))
+    if result is None:
         return EXIT_USER_ERROR
-    bars.close()
     seconds = time.perf_counter() - started
     exe = result.executable
     if args.json:
@@ -204,20 +200,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _shown_as_error_line(bars: ProgressBars, make):
+    """make()'s result, with the progress bars closed; a UserError becomes one `error:` line and None."""
+    try:
+        result = make()
+    except UserError as exc:
+        bars.close()
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
+        return None
+    bars.close()
+    return result
+
+
 def build_several(config: BuildConfig, args: argparse.Namespace, bars: ProgressBars) -> int:
     """`--target a,b,c`: one executable per target, then a table (or a JSON list) of what was written."""
     from bundler.multi_target import build_targets, parse_targets, table_lines
 
-    started = time.perf_counter()
-    try:
+    def build_all():
         if args.ask:
             raise UserError("--ask needs a single --target (run the executable for this machine yourself)")
-        builds = build_targets(config, parse_targets(args.target), progress=bars)
-    except UserError as exc:
-        bars.close()
-        print(f"error: {visible(str(exc))}", file=sys.stderr)
+        return build_targets(config, parse_targets(args.target), progress=bars)
+
+    started = time.perf_counter()
+    builds = _shown_as_error_line(bars, build_all)
+    if builds is None:
         return EXIT_USER_ERROR
-    bars.close()
     seconds = time.perf_counter() - started
     if args.json:
         print(json.dumps([b.as_json() for b in builds], indent=1))

@@ -47,7 +47,9 @@ def connect(address: str, cpus: int | None = None) -> None:
 
     local = address == LOCAL
     # the driver's own code on every worker: the parse code is part of each document's cache key
-    code = {"py_modules": [os.path.dirname(bundler.__file__), os.path.dirname(runtime.__file__)]}
+    # workers load onnxruntime too: its telemetry must be off there before it loads, as in this process
+    code = {"py_modules": [os.path.dirname(bundler.__file__), os.path.dirname(runtime.__file__)],
+            "env_vars": {"ORT_DISABLE_TELEMETRY": "1"}}
     ray.init(address=None if local else address, num_cpus=cpus if local else None, runtime_env=code,
              include_dashboard=False if local else None, log_to_driver=False, configure_logging=False)
 

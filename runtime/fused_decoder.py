@@ -13,6 +13,12 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.decoder import MODEL_ONNX, Decoder, context_limit
+from runtime.page_release import release_file_pages
+
+# Prompt tokens per call while prefilling: attention scores alone are heads x chunk x context x 4 B
+# (32 x 1,500 x 1,500 = 288 MB for a 1B model fed 1,500 at once; 98 MB in chunks of 512), and rows do
+# not depend on how many are fed (docs/MEASUREMENTS.md#runtime-memory).
+PREFILL_CHUNK = 512
 
 
 def session_options(threads: Optional[int]) -> ort.SessionOptions:
@@ -30,6 +36,8 @@ def session_options(threads: Optional[int]) -> ort.SessionOptions:
 
 class FusedDecoder(Decoder):
     """See runtime.decoder.Decoder; computes only the logits rows asked for."""
+
+    prefill_chunk = PREFILL_CHUNK
 
     def __init__(self, session: ort.InferenceSession, num_layers: int, num_kv_heads: int,
                  head_dim: int, max_length: int):
@@ -52,6 +60,7 @@ class FusedDecoder(Decoder):
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
         info = bundle.model
         session = bundle.onnx_session(MODEL_ONNX, session_options(threads))
+        release_file_pages(bundle.path)
         return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 
     @classmethod
@@ -59,6 +68,7 @@ class FusedDecoder(Decoder):
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
         session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=session_options(threads),
                                        providers=["CPUExecutionProvider"])
+        release_file_pages(Path(model_dir))
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape
         return cls(session, len(keys), kv_heads, head_dim, max_length)

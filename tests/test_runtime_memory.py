@@ -1,0 +1,77 @@
+"""Where the runtime's memory goes: weight-file pages dropped after the session has read them, the
+prompt prefilled in chunks with one row of logits, and the decoder's output unchanged by either."""
+from __future__ import annotations
+
+import mmap
+import sys
+
+import numpy as np
+import pytest
+
+from bundler.fused_graph import QuantizationPlan
+from runtime.fused_decoder import PREFILL_CHUNK, FusedDecoder
+from runtime.generation import prefill
+from runtime.page_release import release_file_pages
+from tests.test_fused import PROMPT, fused_models  # noqa: F401  (the session fixture)
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+
+
+def resident_kb(path) -> int:
+    """Resident kB of this process's mappings of `path`."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+                inside = len(fields) == 6 and fields[5] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+@linux_only
+def test_released_file_pages_leave_the_resident_set_and_read_back_the_same(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8)
+    path = tmp_path / "weights.bin"
+    data.tofile(path)
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(mapped, dtype=np.uint8)
+    assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page touched
+    assert resident_kb(path.resolve()) >= 8 * 1024
+    assert release_file_pages(tmp_path) >= 8 << 20
+    assert resident_kb(path.resolve()) == 0
+    assert np.array_equal(view, data)  # faulted back in from the file
+    del view
+    mapped.close()
+
+
+@linux_only
+def test_a_page_written_in_a_private_mapping_is_never_dropped(tmp_path):
+    path = tmp_path / "weights.bin"
+    np.zeros(1 << 20, dtype=np.uint8).tofile(path)
+    with open(path, "r+b") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    mapped[0:5] = b"hello"  # a private copy of the page, nowhere in the file
+    assert release_file_pages(path) == 0
+    assert mapped[0:5] == b"hello"
+    mapped.close()
+
+
+def test_prefill_in_chunks_returns_one_row_equal_to_the_whole_prompt_fed_at_once(fused_models):
+    folder = fused_models("gguf", QuantizationPlan("gguf-exact"))
+    decoder = FusedDecoder.from_model_dir(folder, threads=2, max_length=64)
+    assert PREFILL_CHUNK >= 256 and decoder.prefill_chunk == PREFILL_CHUNK
+    whole = decoder.forward(PROMPT)
+    assert whole.shape == (len(PROMPT), decoder.session.get_outputs()[0].shape[1])
+
+    calls = []
+    forward = decoder.forward
+    decoder.forward = lambda ids, rows=None: calls.append((len(ids), rows)) or forward(ids, rows)
+    decoder.prefill_chunk = 20  # 48 tokens: 20 + 20 + 8
+    last = prefill(decoder, PROMPT)
+    assert calls == [(20, 1), (20, 1), (8, 1)]
+    assert last.shape == (whole.shape[1],)
+    # rows do not depend on how many are fed (docs/MEASUREMENTS.md#one-vs-many-rows)
+    assert np.abs(last - whole[-1]).max() <= 1e-4 * np.abs(whole).max()

@@ -1,7 +1,7 @@
 """Build-time RAM budget: does the bundle fit the target's share of memory?
 
-The estimate is the runtime's own (runtime.memory): weights + KV cache at the context the bundle
-will run with + index + runtime overhead must fit target.ram_mb x target.ram_share, or the build
+The estimate is the runtime's own (runtime.memory): resident weights + KV cache and prefill
+activations at the context the bundle will run with + index + runtime overhead must fit target.ram_mb x target.ram_share, or the build
 stops with the numbers and what would fit.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Optional
 
 from bundler.errors import BuildError
 from runtime.manifest import Manifest
-from runtime.memory import MB, MemoryEstimate, context_tokens, estimate_memory, kv_bytes_per_token
+from runtime.memory import MB, WEIGHTS_RESIDENT_FACTOR, MemoryEstimate, context_tokens, estimate_memory
 from targets import TargetProfile
 
 # Stored bytes per parameter for each weight format (block scales included), from the exported models.
@@ -53,7 +53,8 @@ def check_budget(staging: Path, manifest: Manifest, target: TargetProfile,
 def _refusal(report: BudgetReport, manifest: Manifest, target: TargetProfile) -> str:
     m = report.memory
     need = (f"needs {report.total / MB:.0f} MB (weights {m.weights / MB:.0f} + KV cache at "
-            f"{m.context} tokens {m.kv_cache / MB:.0f} + index {m.index / MB:.0f} + runtime "
+            f"{m.context} tokens {m.kv_cache / MB:.0f} + prefill {m.activations / MB:.0f} + index "
+            f"{m.index / MB:.0f} + runtime "
             f"{m.overhead / MB:.0f}) but target {target.name} allows {report.budget / MB:.0f} MB "
             f"({target.ram_share:.0%} of {target.ram_mb} MB)")
     options = []
@@ -62,10 +63,11 @@ def _refusal(report: BudgetReport, manifest: Manifest, target: TargetProfile) ->
         if current is not None and per_parameter >= current:
             continue
         weights = int(manifest.model.parameters * per_parameter)
-        if weights + m.kv_cache + m.index + m.overhead <= report.budget:
+        if weights * WEIGHTS_RESIDENT_FACTOR + m.kv_cache + m.activations + m.index + m.overhead <= report.budget:
             options.append(f"--quantization {quantization} (~{weights / MB:.0f} MB weights)")
-    room = report.budget - m.weights - m.index - m.overhead
-    context = (room // kv_bytes_per_token(manifest.model)) // CONTEXT_STEP * CONTEXT_STEP if room > 0 else 0
+    stored = m.weights / WEIGHTS_RESIDENT_FACTOR
+    context = next((c for c in range(m.context // CONTEXT_STEP * CONTEXT_STEP, 0, -CONTEXT_STEP)
+                    if estimate_memory(manifest.model, stored, m.index, c).total <= report.budget), 0)
     if context >= CONTEXT_STEP:
         options.append(f"--ctx {context} (a context of at most {context} tokens)")
     would_fit = "; would fit: " + " or ".join(options) if options else "; nothing smaller fits: choose a smaller model"

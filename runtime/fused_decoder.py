@@ -13,12 +13,8 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.decoder import MODEL_ONNX, Decoder, context_limit
+from runtime.memory import PREFILL_CHUNK
 from runtime.page_release import release_file_pages
-
-# Prompt tokens per call while prefilling: attention scores alone are heads x chunk x context x 4 B
-# (32 x 1,500 x 1,500 = 288 MB for a 1B model fed 1,500 at once; 98 MB in chunks of 512), and rows do
-# not depend on how many are fed (docs/MEASUREMENTS.md#runtime-memory).
-PREFILL_CHUNK = 512
 
 
 def session_options(threads: Optional[int]) -> ort.SessionOptions:
@@ -37,6 +33,9 @@ def session_options(threads: Optional[int]) -> ort.SessionOptions:
 class FusedDecoder(Decoder):
     """See runtime.decoder.Decoder; computes only the logits rows asked for."""
 
+    # Attention scores alone are heads x chunk x context x 4 B (32 x 1,500 x 1,500 = 288 MB for a 1B
+    # model fed 1,500 tokens at once; 98 MB in chunks of 512), and rows do not depend on how many are
+    # fed (docs/MEASUREMENTS.md#runtime-memory).
     prefill_chunk = PREFILL_CHUNK
 
     def __init__(self, session: ort.InferenceSession, num_layers: int, num_kv_heads: int,

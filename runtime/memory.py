@@ -1,9 +1,10 @@
 """Memory and threads of a running bundle: one formula, used here and by the build's RAM budget check.
 
-resident = weights + KV cache + index + runtime overhead, where the KV cache is allocated in
-full at start for the context: min(model's own context, target profile's, --ctx). Models that
-declare a huge context (Llama 3.2: 131,072 tokens, 4 GB of fp32 cache for 1B) get
-DEFAULT_CONTEXT unless a profile says otherwise.
+resident = weights x WEIGHTS_RESIDENT_FACTOR + KV cache + prefill activations + index + runtime
+overhead, where the KV cache is allocated in full at start for the context: min(model's own context,
+target profile's, --ctx). Models that declare a huge context (Llama 3.2: 131,072 tokens, 4 GB of fp32
+cache for 1B) get DEFAULT_CONTEXT unless a profile says otherwise. The prompt goes in PREFILL_CHUNK
+tokens at a time, so the activations are bounded by the chunk, not by the prompt.
 """
 from __future__ import annotations
 
@@ -23,23 +24,42 @@ KV_BYTES_PER_VALUE = 4
 # a tiny-model bundle peaks at 245 MB, of which ~41 MB are weights, KV cache and index: ~205 MB of overhead,
 # counted here with a margin for the allocator (docs/MEASUREMENTS.md#runtime-memory).
 RUNTIME_OVERHEAD_BYTES = 240 * MB
+# onnxruntime repacks the MatMulNBits and Gemm weights into its own layout at session start (block sums
+# beside the scales) and the runtime then drops the file pages it read (runtime/page_release.py): resident
+# weights measured 1.04-1.08x the stored bytes (1B Q4_K_M, Q8_0, Q6_K). Session start itself peaks at
+# 1.38-1.50x while packed copies and file pages coexist, before any KV cache or activation exists: the
+# sum below covers it (docs/MEASUREMENTS.md#runtime-memory).
+WEIGHTS_RESIDENT_FACTOR = 1.1
+# Prompt tokens per forward call while prefilling (the fused decoder's; the optimum graph uses less).
+PREFILL_CHUNK = 512
+# Float32 activations per prefilled token besides the attention scores (heads x context each): the
+# gate/up projection and its product (~3 x 4 x hidden in Llama shapes) and the hidden states.
+ACTIVATION_VALUES_PER_HIDDEN = 12
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    weights: int
+    weights: int  # resident: stored bytes x WEIGHTS_RESIDENT_FACTOR
     kv_cache: int
+    activations: int
     index: int
     overhead: int
     context: int
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.index + self.overhead
+        return self.weights + self.kv_cache + self.activations + self.index + self.overhead
 
 
 def kv_bytes_per_token(model: ModelInfo) -> int:
     return 2 * model.num_layers * model.num_kv_heads * model.head_dim * KV_BYTES_PER_VALUE
+
+
+def prefill_activation_bytes(model: ModelInfo, context: int) -> int:
+    """Peak activations of one prefill chunk at a full context: the attention scores of every head
+    (chunk x context) dominate at long contexts (32 x 512 x 4,096 x 4 B = 268 MB for a 1B model)."""
+    chunk = min(PREFILL_CHUNK, context)
+    return chunk * 4 * (model.num_heads * context + ACTIVATION_VALUES_PER_HIDDEN * model.hidden_size)
 
 
 def context_tokens(model: ModelInfo, profile_context: Optional[int] = None, requested: Optional[int] = None) -> int:
@@ -66,5 +86,8 @@ def bundle_threads(manifest: Manifest, requested: Optional[int] = None) -> Optio
 
 
 def estimate_memory(model: ModelInfo, weights_bytes: int, index_bytes: int, context: int) -> MemoryEstimate:
-    return MemoryEstimate(weights=weights_bytes, kv_cache=kv_bytes_per_token(model) * context, index=index_bytes,
+    """`weights_bytes`: the model folder's stored size."""
+    return MemoryEstimate(weights=int(weights_bytes * WEIGHTS_RESIDENT_FACTOR),
+                          kv_cache=kv_bytes_per_token(model) * context,
+                          activations=prefill_activation_bytes(model, context), index=index_bytes,
                           overhead=RUNTIME_OVERHEAD_BYTES, context=context)

@@ -235,15 +235,16 @@ def test_budget_refuses_a_model_too_big_for_a_1gb_board(tmp_path):
         package(staging, load_target("arm-board-1gb"), dest, STUB_CACHE)
     message = str(caught.value)
     assert "target arm-board-1gb allows 512 MB" in message
-    assert "weights 1526" in message and "KV cache at 1024 tokens 224" in message
+    # 1,600,000,000 stored bytes (1526 MB) resident as 1.1x after onnxruntime packs them
+    assert "weights 1678" in message and "KV cache at 1024 tokens 224" in message
     assert "would fit" in message or "nothing smaller fits" in message
     assert not dest.parent.exists()
 
 
 def test_budget_suggests_what_would_fit(tmp_path):
-    staging = staging_of_size(tmp_path / "staging", 300_000_000 * 4, parameters=300_000_000, quantization="fp32",
+    staging = staging_of_size(tmp_path / "staging", 280_000_000 * 4, parameters=280_000_000, quantization="fp32",
                               num_layers=16, num_kv_heads=5, head_dim=64, context_length=8192)
-    with pytest.raises(BuildError, match=r"would fit: --quantization int4 \(~200 MB weights\)"):
+    with pytest.raises(BuildError, match=r"would fit: --quantization int4 \(~187 MB weights\)"):
         package(staging, load_target("arm-board-1gb"), tmp_path / "station", STUB_CACHE)
 
 

@@ -16,6 +16,9 @@ from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 from runtime.memory import PREFILL_CHUNK
 from runtime.page_release import release_file_pages
 
+# KV cache element types a fused graph may declare (bundler/fused_graph.py:KV_CACHE_TYPE)
+CACHE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
 
 def session_options(threads: Optional[int]) -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -44,13 +47,15 @@ class FusedDecoder(Decoder):
         self.max_length = max_length
         self.length = 0
         shape = (1, num_kv_heads, max_length, head_dim)
+        first = next(i for i in session.get_inputs() if i.name.startswith("past_key_values."))
+        dtype = CACHE_TYPES[first.type]
         self._cache = []
         self._binding = session.io_binding()
         # Bound first so that it stays output 0: IO binding returns outputs in binding order.
         self._binding.bind_output("logits", "cpu")
         for layer in range(num_layers):
             for part in ("key", "value"):
-                buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32))
+                buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype))
                 self._cache.append(buffer)
                 self._binding.bind_ortvalue_input(f"past_key_values.{layer}.{part}", buffer)
                 self._binding.bind_ortvalue_output(f"present.{layer}.{part}", buffer)

@@ -15,8 +15,6 @@ other node, and every stored block, stays as build_graph wrote it (docs/PACKAGIN
   scales and zero points by token id, nibbles split with BitShift/BitwiseAnd, then
   (code - zero) * scale with Cast/Sub/Mul: every difference is a small integer, so the row is
   bit for bit what the contrib operator returns.
-- The KV cache goes back to float32: 1.19's GroupQueryAttention wants one type for the activations and
-  the cache (1.32 keeps a float16 cache beside float32 activations).
 """
 from __future__ import annotations
 
@@ -147,9 +145,6 @@ def lower_for_onnxruntime_119(model: onnx.ModelProto) -> onnx.ModelProto:
             lowered.append(node)
     del model.graph.node[:]
     model.graph.node.extend(lowered)
-    for value in list(model.graph.input) + list(model.graph.output):
-        if value.name.startswith(("past_key_values.", "present.")):
-            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     used = {name for node in lowered for name in node.input}
     kept = [init for init in model.graph.initializer if init.name in used]
     del model.graph.initializer[:]

@@ -16,11 +16,11 @@ from runtime.manifest import Manifest, ModelInfo
 
 MB = 1024 * 1024
 DEFAULT_CONTEXT = 4096
-# Bytes per cached key or value: the fused graph ("fused-gqa", bundler/fused_graph.py:KV_CACHE_TYPE)
-# stores float16; its onnxruntime-1.19 lowering and optimum's graph float32
-# (docs/MEASUREMENTS.md#kv-cache-precision).
-KV_BYTES_PER_VALUE = {"fused-gqa": 2}
-KV_BYTES_FLOAT32 = 4
+# The exported graphs keep the KV cache in float32. A float16 one costs only +0.07% perplexity, but
+# onnxruntime's GroupQueryAttention then attends to the keys of the tokens fed in the same call at float32
+# and to cached ones at float16, so logits depend on how tokens are grouped into calls and speculative
+# decoding stops reproducing plain greedy (docs/MEASUREMENTS.md#kv-cache-precision).
+KV_BYTES_PER_VALUE = 4
 # Python, numpy, onnxruntime and tokenizers with a session loaded (~70 MB RSS besides the weights,
 # bench/bench_startup.py) plus the ~130 MB the stub unpacks at start, which is RAM where /tmp is tmpfs;
 # a tiny-model bundle peaks at 245 MB, of which ~41 MB are weights, KV cache and index: ~205 MB of overhead,
@@ -54,8 +54,7 @@ class MemoryEstimate:
 
 
 def kv_bytes_per_token(model: ModelInfo) -> int:
-    per_value = KV_BYTES_PER_VALUE.get(model.graph, KV_BYTES_FLOAT32)
-    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * per_value
+    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * KV_BYTES_PER_VALUE
 
 
 def prefill_activation_bytes(model: ModelInfo, context: int) -> int:

@@ -50,10 +50,9 @@ def test_llama_1b_budget_at_the_default_context_fits_a_4gb_board(tmp_path):
         handle.truncate(1_200_000_000)  # ~ a 1B Q4_K_M carried exactly (sparse: only the size counts)
     board = load_target("linux-aarch64")  # 4 GB, half of it for the bundle
     report = estimate(staging, manifest_for(), board)
-    # KV cache: 2 x 16 layers x 8 heads x 64 x 2 bytes (float16) = 32 KiB per token of the context, not of
-    # 131,072 (4 GB)
+    # KV cache: 2 x 16 layers x 8 heads x 64 x 4 bytes = 64 KiB per token of the context, not of 131,072 (8 GB)
     assert report.memory.context == min(board.context, DEFAULT_CONTEXT)
-    assert report.memory.kv_cache == 32768 * report.memory.context
+    assert report.memory.kv_cache == 65536 * report.memory.context
     assert report.fits
 
 

@@ -75,3 +75,15 @@ def test_prefill_in_chunks_returns_one_row_equal_to_the_whole_prompt_fed_at_once
     assert last.shape == (whole.shape[1],)
     # rows do not depend on how many are fed (docs/MEASUREMENTS.md#one-vs-many-rows)
     assert np.abs(last - whole[-1]).max() <= 1e-4 * np.abs(whole).max()
+
+
+def test_kv_cache_stays_float32_so_logits_do_not_depend_on_how_tokens_are_grouped(fused_models):
+    """A float16 cache (bench/probe_kv_precision.py) moves these rows by ~0.07 and breaks speculation's
+    identity with plain greedy; float32 keeps them bit for bit."""
+    decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), threads=2,
+                                          max_length=64)
+    assert all(i.type == "tensor(float)" for i in decoder.session.get_inputs() if i.name.startswith("past_key"))
+    whole = decoder.forward(PROMPT)
+    decoder.reset()
+    decoder.forward(PROMPT[:-8])
+    assert np.array_equal(decoder.forward(PROMPT[-8:]), whole[-8:])

@@ -59,7 +59,7 @@ def kv_bytes_per_token(model: ModelInfo) -> int:
 
 def prefill_activation_bytes(model: ModelInfo, context: int) -> int:
     """Peak activations of one prefill chunk at a full context: the attention scores of every head
-    (chunk x context) dominate at long contexts (32 x 512 x 4,096 x 4 B = 268 MB for a 1B model)."""
+    (chunk x context) dominate at long contexts (32 x 512 x 4,096 x 4 B = 256 MB for a 1B model)."""
     chunk = min(PREFILL_CHUNK, context)
     return chunk * 4 * (model.num_heads * context + ACTIVATION_VALUES_PER_HIDDEN * model.hidden_size)
 

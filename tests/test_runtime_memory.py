@@ -87,3 +87,37 @@ def test_kv_cache_stays_float32_so_logits_do_not_depend_on_how_tokens_are_groupe
     decoder.reset()
     decoder.forward(PROMPT[:-8])
     assert np.array_equal(decoder.forward(PROMPT[-8:]), whole[-8:])
+
+
+DECODER_PEAK = ("import sys\n"
+                "import runtime\n"
+                "from runtime.fused_decoder import FusedDecoder\n"
+                "from runtime.generation import GenerationConfig, generate\n"
+                "decoder = FusedDecoder.from_model_dir(sys.argv[1], threads=2, max_length=int(sys.argv[2]))\n"
+                "prompt = [int(t) for t in sys.argv[3].split(',')]\n"
+                "tokens = list(generate(decoder, prompt, GenerationConfig(max_new_tokens=8)))\n"
+                "status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
+                "print(len(tokens), int(status) * 1024)\n")
+
+
+@linux_only
+def test_peak_rss_of_a_decoder_process_stays_inside_the_formula_for_its_folder(fused_models, tiny_gguf):
+    import subprocess
+    from pathlib import Path
+
+    from bundler.llama_weights import load_llama
+    from runtime.manifest import ModelInfo
+    from runtime.memory import estimate_memory
+
+    folder = fused_models("gguf", QuantizationPlan("gguf-exact"))
+    spec = load_llama(tiny_gguf).spec
+    info = ModelInfo("tiny", "tiny.gguf", "llama", "fused-gqa", "gguf-exact", 0, **spec.info_fields())
+    context = 64
+    stored = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+    estimate = estimate_memory(info, stored, 0, context)
+    done = subprocess.run([sys.executable, "-c", DECODER_PEAK, str(folder), str(context),
+                           ",".join(map(str, PROMPT))], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    produced, peak = (int(x) for x in done.stdout.split())
+    assert produced == 8
+    assert 0 < peak <= estimate.total, (peak >> 20, estimate)

@@ -121,3 +121,17 @@ def test_peak_rss_of_a_decoder_process_stays_inside_the_formula_for_its_folder(f
     produced, peak = (int(x) for x in done.stdout.split())
     assert produced == 8
     assert 0 < peak <= estimate.total, (peak >> 20, estimate)
+
+
+@linux_only
+def test_a_payload_file_reads_the_same_entries_after_its_pages_are_released(bare_payload):
+    from runtime.bundle import Bundle
+
+    bundle = Bundle.open(bare_payload)
+    bundle.verify()  # hashes every entry: all of the file's pages are resident in the bundle's own mapping
+    before = {name: bytes(bundle.read(name)) for name in bundle.names()}
+    assert resident_kb(bare_payload.resolve()) > 0
+    assert release_file_pages(bare_payload) > 0
+    assert resident_kb(bare_payload.resolve()) == 0
+    assert {name: bytes(bundle.read(name)) for name in bundle.names()} == before
+    assert np.array_equal(bundle.array("index/ids.npy"), np.arange(100))

@@ -6,7 +6,10 @@ packed copies, until the session ends; the tied embedding's codes, read whole to
 stay mapped for the lookup, which needs only a few rows per token. madvise(MADV_DONTNEED) on
 those mappings unmaps the pages; whatever is still read (the lookup's rows, unpacked tensors) comes
 back from the page cache on the next access, with the same bytes (docs/MEASUREMENTS.md#runtime-memory).
-Only mappings nothing has written to are touched, so no private copy of a page is ever lost.
+Only mappings nothing has written to are touched, so no private copy of a page is ever lost. Call it
+once a session exists, never while one is being made: a mapping unmapped and its addresses reused between
+reading smaps and madvise would lose live memory (tried from a second thread during session start: heap
+corruption).
 """
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 from runtime.memory import PREFILL_CHUNK
 from runtime.page_release import release_file_pages
 
-# KV cache element types a fused graph may declare (bundler/fused_graph.py:KV_CACHE_TYPE)
+# KV cache element types a fused graph may declare: float32 as built; float16 where
+# bench/probe_kv_precision.py rewrites it (docs/MEASUREMENTS.md#kv-cache-precision)
 CACHE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 

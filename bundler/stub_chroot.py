@@ -18,6 +18,7 @@ from pathlib import Path
 from bundler.errors import BuildError
 from bundler.fs import atomic_folder
 from bundler.progress import ProgressCallback
+from bundler.stub_gate import compile_gate
 from bundler.stub_recipe import REPRODUCIBLE_ENV, STUB_NAME, prepare_sources, write_spec
 from targets import TargetProfile
 
@@ -73,6 +74,7 @@ def build_in_chroot(target: TargetProfile, work: Path, cache_dir: Path, progress
     with tempfile.TemporaryDirectory(prefix="stub-", dir=root / "build") as tmp:
         inside = Path("/build") / Path(tmp).name
         prepare_sources(Path(tmp))
+        compile_gate(target, Path(tmp))
         args = write_spec(Path(tmp), inside)
         environment = [f"{name}={value}" for name, value in REPRODUCIBLE_ENV.items()]
         _run(rootfs_command(root, ["env", *environment, python, "-m", "PyInstaller", *args]),

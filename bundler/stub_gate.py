@@ -43,7 +43,11 @@ def bootloader_functions() -> list[str]:
 
     folder = Path(PyInstaller.__file__).parent / "bootloader" / PYINSTALLER_PLATFORM.get(platform.machine(), "")
     data = (folder / "run").read_bytes()
-    return sorted(set(name.decode() for name in re.findall(rb"(?<=\0)_?Py[A-Za-z_]+(?=\0)", data)))
+    # every NUL-terminated identifier, and its tails: the linker stores a name that ends another string as that tail
+    names = set()
+    for word in re.findall(rb"[A-Za-z0-9_]+(?=\0)", data):
+        names.update(word[i:].decode() for i in range(len(word)) if re.match(rb"_?Py[A-Za-z_]", word[i:]))
+    return sorted(names)
 
 
 def gate_source(target: TargetProfile, functions: list[str]) -> str:

@@ -26,7 +26,9 @@ REAL_LIBRARY = "libpython-real.so"
 # each architecture's first glibc symbol version: what every glibc release for it still provides
 GLIBC_BASE = {"x86_64": "GLIBC_2.2.5", "aarch64": "GLIBC_2.17"}
 PYINSTALLER_PLATFORM = {"x86_64": "Linux-64bit-intel", "aarch64": "Linux-64bit-arm"}
-COMPILE_FLAGS = ("-shared", "-fPIC", "-O2", "-fno-stack-protector", "-U_FORTIFY_SOURCE", "-Wl,-z,noexecstack")
+# -s: no symbol table, which would name the source file; with relative names, nothing of the build folder
+# stays in the library, so the stub remains reproducible (docs/PACKAGING.md#reproducible-bundles)
+COMPILE_FLAGS = ("-shared", "-fPIC", "-O2", "-s", "-fno-stack-protector", "-U_FORTIFY_SOURCE", "-Wl,-z,noexecstack")
 
 
 def compiler_for(arch: str) -> str:
@@ -70,9 +72,9 @@ def compile_gate(target: TargetProfile, work: Path) -> Path:
     source = work / "python_gate.c"
     source.write_text(gate_source(target, bootloader_functions()))
     out = work / GATE_NAME
-    command = [compiler_for(target.arch), *COMPILE_FLAGS, "-o", str(out), str(source)]
+    command = [compiler_for(target.arch), *COMPILE_FLAGS, "-o", out.name, source.name]
     try:
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=work)
     except FileNotFoundError:
         raise BuildError(None, f"{command[0]} is not installed: it compiles the {target.arch} stub's glibc gate "
                                f"(.ci/system-packages)") from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -141,21 +141,33 @@ def one_document_at_a_time(ids: np.ndarray, starts: np.ndarray, k: int) -> np.nd
     return np.lexsort((np.arange(len(ids)), place))[:k]
 
 
-def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class Candidates:
+    """One method's best passages, best first, with their scores, and its score of any passage."""
+    ids: np.ndarray
+    values: np.ndarray
+    score_of: Callable[[np.ndarray], np.ndarray]
+
+    @classmethod
+    def of(cls, scores: np.ndarray, depth: int, positive_only: bool = False) -> "Candidates":
+        """The best `depth` of a score for every passage."""
+        ids = top_k(scores, depth, positive_only)
+        return cls(ids, scores[ids], scores.__getitem__)
+
+
+def fuse(bm25: Candidates, dense: Candidates, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sum of z-normalised scores over the union of both methods' best candidates.
 
     Normalising over each method's own top candidates (not the whole collection, where BM25 is
     mostly zeros) puts the two score scales on a comparable footing.
     """
-    depth = max(FUSION_CANDIDATES, k)
-    tops = (top_k(bm25, depth, positive_only=True), top_k(dense, depth))
-    pool = np.union1d(*tops)
+    pool = np.union1d(bm25.ids, dense.ids)
     fused = np.zeros(len(pool), dtype=np.float64)
-    for scores, top, weight in ((bm25, tops[0], 1.0 - dense_weight), (dense, tops[1], dense_weight)):
-        head = scores[top[:FUSION_CANDIDATES]].astype(np.float64)
+    for method, weight in ((bm25, 1.0 - dense_weight), (dense, dense_weight)):
+        head = method.values[:FUSION_CANDIDATES].astype(np.float64)
         spread = head.std() if len(head) else 0.0
         if spread > 0:
-            fused += weight * (scores[pool] - head.mean()) / spread
+            fused += weight * (method.score_of(pool) - head.mean()) / spread
     best = top_k(fused, min(k, len(pool)))
     return pool[best], fused[best]
 
@@ -201,11 +213,11 @@ class Retriever:
             ids = top_k(scores, depth, positive_only=True)
             values = scores[ids]
         elif mode == "dense":
-            scores = self.dense.scores(query)
-            ids = top_k(scores, depth)
-            values = scores[ids]
+            ids, values = self.dense.best(self.dense.encoder.encode([query])[0], depth)
         else:
-            ids, values = fuse(self.bm25.scores(query), self.dense.scores(query), self.dense_weight, depth)
+            vector = self.dense.encoder.encode([query])[0]
+            dense = Candidates(*self.dense.best(vector, depth), lambda ids: self.dense.exact(vector, ids))
+            ids, values = fuse(Candidates.of(self.bm25.scores(query), depth, positive_only=True), dense, self.dense_weight, depth)
         chosen = one_document_at_a_time(ids, self.document_starts, k)
         ids, values = ids[chosen], values[chosen]
         return [Hit(rank=r + 1, score=float(v), chunk=self.chunks[int(i)]) for r, (i, v) in enumerate(zip(ids, values))]

@@ -6,6 +6,7 @@ decoded only for the hits returned.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -181,8 +182,12 @@ class Retriever:
         self.dense = dense
         self.dense_weight = dense_weight
         self.modes = [m for m, ok in (("bm25", bm25), ("dense", dense)) if ok is not None]
+        # a hybrid query scores BM25 on its own thread while the query is embedded and scanned
+        self.background = None
         if bm25 is not None and dense is not None:
             self.modes.append("hybrid")
+            if dense.parts > 1:
+                self.background = ThreadPoolExecutor(1)
 
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None) -> "Retriever":
@@ -215,9 +220,13 @@ class Retriever:
         elif mode == "dense":
             ids, values = self.dense.best(self.dense.encoder.encode([query])[0], depth)
         else:
+            def bm25_candidates() -> Candidates:
+                return Candidates.of(self.bm25.scores(query), depth, positive_only=True)
+
+            bm25 = self.background.submit(bm25_candidates) if self.background is not None else None
             vector = self.dense.encoder.encode([query])[0]
             dense = Candidates(*self.dense.best(vector, depth), lambda ids: self.dense.exact(vector, ids))
-            ids, values = fuse(Candidates.of(self.bm25.scores(query), depth, positive_only=True), dense, self.dense_weight, depth)
+            ids, values = fuse(bm25.result() if bm25 is not None else bm25_candidates(), dense, self.dense_weight, depth)
         chosen = one_document_at_a_time(ids, self.document_starts, k)
         ids, values = ids[chosen], values[chosen]
         return [Hit(rank=r + 1, score=float(v), chunk=self.chunks[int(i)]) for r, (i, v) in enumerate(zip(ids, values))]

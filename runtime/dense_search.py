@@ -121,10 +121,8 @@ class DenseSearch:
             raise UserError(f"{bundle.path}: {layout.DENSE_VECTORS}: expected int8 [{size}, dim] vectors and float32 "
                             f"[{size}] scales, found {vectors.dtype} {list(vectors.shape)} and {scales.dtype} {list(scales.shape)}")
         options = ort.SessionOptions()
-        # A query is a few tokens: a second thread has little to split and waits on every op
-        # (CPU 5.5 ms a query on one thread, 7.3 on two, on a busy 2-core machine); the other core
-        # scores BM25 meanwhile (Retriever.search).
-        options.intra_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
         # A query alternates short ONNX runs with NumPy work; threads left spinning after a run
         # would compete with that work (measured 2x slower hybrid queries on a busy 2-core machine).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

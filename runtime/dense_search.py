@@ -192,8 +192,15 @@ class DenseSearch:
         (-inf when there are no more rows than depth)."""
         dots = np.empty((1, stop - start), dtype=np.float32)  # int32 sums, |sum| < 2^24: exact in float32
         simsimd.cdist(rounded[None], self.vectors[start:stop], metric="dot", out=dots)
-        scales = self.scales[start:stop]
-        approx, slack = dots[0] * (scales * np.float32(step)), scales * np.float32(margin)
+        scales, approx = self.scales[start:stop], dots[0]
+        slack = np.multiply(scales, np.float32(step))
+        approx *= slack
+        np.multiply(scales, np.float32(margin), out=slack)
         count = stop - start
-        kth = float(np.partition(approx - slack, count - depth)[count - depth]) if count > depth else -np.inf
-        return approx + slack, kth
+        kth = -np.inf
+        if count > depth:
+            lower = approx - slack
+            lower.partition(count - depth)
+            kth = float(lower[count - depth])
+        approx += slack  # in place: few arrays of a float per chunk, whichever thread frees them
+        return approx, kth

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import simsimd
 
-from runtime.dense_search import SCORE_BLOCK_ROWS, DenseSearch, quantize_vectors
+from runtime.dense_search import SCORE_BLOCK_ROWS, DenseSearch, int8_terms, quantize_vectors
 from runtime.retrieval import top_k
 
 
@@ -47,6 +47,17 @@ def test_search_returns_exactly_the_best_chunks_of_scoring_every_chunk_where_the
             assert np.array_equal(values, every[expected])
         picked = rng.choice(len(mapped), 300, replace=False)
         assert np.array_equal(search.exact(query, picked), every[picked])
+
+
+def test_query_splits_into_two_int8_terms_and_a_remainder_within_half_the_second_step():
+    query = np.random.default_rng(14).standard_normal(384).astype(np.float32)
+    query[7] = 40.0  # one large component: most others round to zero in the first term
+    (rounded, step), (rest, rest_step), left = int8_terms(query)
+    assert rounded.dtype == rest.dtype == np.int8 and step == 40.0 / 127
+    assert np.abs(query - rounded * np.float32(step)).max() <= step / 2 * (1 + 1e-6)
+    assert np.abs(left).max() <= rest_step / 2 * (1 + 1e-3) and rest_step < step / 200
+    rebuilt = rounded * np.float64(step) + rest * np.float64(rest_step) + left
+    assert np.abs(rebuilt - query).max() < 1e-6
 
 
 def test_search_of_fewer_chunks_than_asked_returns_them_all_best_first(tmp_path):

@@ -18,7 +18,8 @@ RUNTIME_DIR = REPO_ROOT / "runtime"
 STUB_NAME = "edgebundle-runtime"
 
 # What the runtime imports, and what it needs at run time (pinned for emulated builds by the target).
-RUNTIME_DISTRIBUTIONS = ("onnxruntime", "numpy", "tokenizers", "jinja2", "MarkupSafe", "PyNaCl", "cffi", "PyStemmer")
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "numpy", "tokenizers", "jinja2", "MarkupSafe", "PyNaCl", "cffi", "PyStemmer",
+                         "simsimd")
 
 # Modules PyInstaller's analysis might reach that the runtime never uses: builder-only libraries,
 # GUI toolkits, the parts of onnxruntime for training, quantization and model tooling, and

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
+from runtime import kquant_expand
 from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 
 
@@ -34,6 +35,7 @@ class FusedDecoder(Decoder):
     def __init__(self, session: ort.InferenceSession, num_layers: int, num_kv_heads: int,
                  head_dim: int, max_length: int):
         self.session = session
+        self.initializers: list = []  # tensors handed to the session (kquant_expand); they must outlive it
         self.max_length = max_length
         self.length = 0
         shape = (1, num_kv_heads, max_length, head_dim)
@@ -51,17 +53,25 @@ class FusedDecoder(Decoder):
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
         info = bundle.model
-        session = bundle.onnx_session(MODEL_ONNX, session_options(threads))
-        return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
+        options = session_options(threads)
+        initializers = kquant_expand.supply_from_bundle(bundle, options)
+        session = bundle.onnx_session(MODEL_ONNX, options)
+        decoder = cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
+        decoder.initializers = initializers
+        return decoder
 
     @classmethod
     def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
-        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=session_options(threads),
+        options = session_options(threads)
+        initializers = kquant_expand.supply_from_folder(Path(model_dir), options)
+        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=options,
                                        providers=["CPUExecutionProvider"])
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape
-        return cls(session, len(keys), kv_heads, head_dim, max_length)
+        decoder = cls(session, len(keys), kv_heads, head_dim, max_length)
+        decoder.initializers = initializers
+        return decoder
 
     def reset(self) -> None:
         self.length = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -179,7 +180,7 @@ def expand(recipe: dict, data: np.ndarray) -> dict[str, np.ndarray]:
     return tensors
 
 
-def read_recipe(raw: bytes, where: str) -> dict:
+def _read_recipe(raw: bytes, where: str) -> dict:
     try:
         recipe = json.loads(raw)
     except ValueError as exc:
@@ -198,3 +199,25 @@ def add_to_options(options, tensors: dict[str, np.ndarray]) -> list:
     if values:
         options.add_external_initializers(list(tensors), values)
     return values
+
+
+def supply_from_bundle(bundle, options) -> list:
+    """Add a bundle's K-quant tensors to `options` (none for a bundle without KQUANT_RECIPE); see add_to_options."""
+    from runtime.bundle import BundleError
+
+    if KQUANT_RECIPE not in bundle.names():
+        return []
+    try:
+        recipe = _read_recipe(bytes(bundle.read(KQUANT_RECIPE)), KQUANT_RECIPE)
+        return add_to_options(options, expand(recipe, bundle.array(KQUANT_DATA)))
+    except RecipeError as exc:
+        raise BundleError(f"{bundle.path}: {exc}") from None
+
+
+def supply_from_folder(model_dir: Path, options) -> list:
+    """The same for a model folder as the builder writes it (model.onnx, kquant.json, kquant.npy)."""
+    recipe_path = model_dir / RECIPE_FILE
+    if not recipe_path.is_file():
+        return []
+    recipe = _read_recipe(recipe_path.read_bytes(), str(recipe_path))
+    return add_to_options(options, expand(recipe, np.load(model_dir / DATA_FILE, mmap_mode="r")))

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from bundler.gguf_reader import GgufTensor
-from runtime.kquant_expand import BLOCK_TYPES as K_TYPES, k_fields, pack_nibbles, pack_zero_points, with_minimum
+from runtime.kquant_expand import HEADS as K_HEADS, block_fields, pack_nibbles, pack_zero_points, with_minimum
 
 GGUF_BLOCK = 32
 ROWS_PER_CHUNK = 8192
@@ -95,6 +95,27 @@ def _high_bits(qh: np.ndarray, count: int) -> np.ndarray:
     return np.unpackbits(qh, axis=-1, bitorder="little")[..., :count]
 
 
+def _k_low_nibbles(qs: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K: each 32-byte chunk holds sub-block 2j in its low and 2j+1 in its high nibbles."""
+    chunks = qs.reshape(*qs.shape[:-1], 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
+    return (chunks & 0x0F).reshape(*qs.shape[:-1], 8, 32)
+
+
+def _k_codes(kind: str, blocks: np.ndarray) -> np.ndarray:
+    """K-quant blocks [rows, super-blocks, bytes] -> packed MatMulNBits codes [rows, blocks, bytes per block]."""
+    rows = blocks.shape[0]
+    if kind == "Q4_K":
+        return _pack_codes(4, _k_low_nibbles(blocks[..., 16:]).reshape(rows, -1, 32))
+    if kind == "Q5_K":
+        high = blocks[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)
+        return _pack_codes(8, (_k_low_nibbles(blocks[..., 48:]) | ((high & 1) << 4)).reshape(rows, -1, 32))
+    low = blocks[..., 0:128].reshape(rows, -1, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
+    low = (low & 0x0F).reshape(rows, -1, 8, 32)
+    high = blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(4, 1)
+    high = (high & 0x03).reshape(rows, -1, 8, 32)
+    return _pack_codes(8, (low | (high << 4)).reshape(rows, -1, 16))
+
+
 def from_gguf(tensor: GgufTensor) -> NBitsWeight:
     """Carry a block-quantized GGUF tensor over without requantizing (see the module notes)."""
     rows, cols = tensor.shape
@@ -115,9 +136,10 @@ def from_gguf(tensor: GgufTensor) -> NBitsWeight:
     if kind == "Q5_1":
         codes = _gguf_nibbles(blocks[..., 8:]) | (_high_bits(blocks[..., 4:8], 32) << 4)
         return _with_minimum(8, GGUF_BLOCK, codes, _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4]))
-    if kind in K_TYPES:
-        fields = k_fields(kind, blocks)
-        return NBitsWeight(fields.bits, fields.block, rows, cols, fields.packed, fields.scales,
+    if kind in K_HEADS:
+        # Per-block tensors from the blocks' heads as the runtime computes them (runtime/kquant_expand.py).
+        fields = block_fields(kind, blocks[..., slice(*K_HEADS[kind])])
+        return NBitsWeight(fields.bits, fields.block, rows, cols, _k_codes(kind, blocks), fields.scales,
                            zero_points=pack_zero_points(fields.zeros, fields.bits), remainder=fields.remainder,
                            gguf_parts=(tensor,))
     raise ValueError(f"{tensor.name}: {kind} has no MatMulNBits form")
@@ -137,8 +159,8 @@ def _with_zero(bits: int, block: int, codes: np.ndarray, scales: np.ndarray, zer
 
 def _with_minimum(bits: int, block: int, codes: np.ndarray, scales: np.ndarray, minimum: np.ndarray) -> NBitsWeight:
     """w = scale * q + minimum: integer zero point plus the exact float remainder per block."""
-    fields = with_minimum(bits, codes, scales, minimum)
-    return NBitsWeight(bits, block, codes.shape[0], codes.shape[1] * block, fields.packed, scales,
+    fields = with_minimum(bits, scales, minimum)
+    return NBitsWeight(bits, block, codes.shape[0], codes.shape[1] * block, _pack_codes(bits, codes), scales,
                        zero_points=pack_zero_points(fields.zeros, bits), remainder=fields.remainder)
 
 

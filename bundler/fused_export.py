@@ -74,7 +74,7 @@ def _write_tokenizer(source: ModelSource, model_dir: Path) -> None:
 def save_model(model: onnx.ModelProto, model_dir: Path) -> None:
     """Write graph and external data side by side, replacing all only when all are complete.
 
-    A compact graph's K-quant blocks go to kquant.npy and their recipe to kquant.json
+    A compact graph's K-quant block heads go to kquant.npy and their recipe to kquant.json
     (runtime/kquant_expand.py), out of the ONNX file."""
     model_dir = Path(model_dir)
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".fused-") as tmp:
@@ -91,7 +91,7 @@ def save_model(model: onnx.ModelProto, model_dir: Path) -> None:
 
 
 def _split_kquant(model: onnx.ModelProto, folder: Path) -> bool:
-    """Move the stashed K-quant blocks out of `model` into folder/kquant.npy and their recipe,
+    """Move the stashed K-quant block heads out of `model` into folder/kquant.npy and their recipe,
     with byte offsets, into folder/kquant.json. False for a graph without them."""
     props = {p.key: p.value for p in model.metadata_props}
     if KQUANT_METADATA not in props:

@@ -26,12 +26,12 @@ from bundler.gguf_reader import BLOCK_TYPES, GgufTensor
 from bundler.llama_weights import LlamaWeights
 from bundler.model_spec import ModelSpec
 from runtime.decoder import FUSED_GRAPH
-from runtime.kquant_expand import DERIVED_LOCATION, FORMAT as KQUANT_FORMAT
+from runtime.kquant_expand import DERIVED_LOCATION, FORMAT as KQUANT_FORMAT, HEADS, SUPER_BLOCK
 
 GRAPH_NAME = FUSED_GRAPH
 QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
 MS = "com.microsoft"
-# A compact graph (build_graph(compact=True)) carries its K-quant blocks to bundler.fused_export.save_model
+# A compact graph (build_graph(compact=True)) carries its K-quant block heads to bundler.fused_export.save_model
 # as initializers named KQUANT_STASH + number, described by the metadata entry KQUANT_METADATA.
 KQUANT_STASH = "kquant_blocks/"
 KQUANT_METADATA = "edgebundle.kquant"
@@ -84,8 +84,8 @@ class _Graph:
         return name
 
     def weight_const(self, weight: "NBitsWeight", part: str, layout: str, stem: str, value: np.ndarray) -> str:
-        """An initializer of `weight`: for a K-quant weight of a compact graph, one the runtime computes
-        from the GGUF blocks (a placeholder at DERIVED_LOCATION plus a recipe output)."""
+        """A per-block initializer of `weight`: for a K-quant weight of a compact graph, one the runtime
+        computes from the GGUF block heads (a placeholder at DERIVED_LOCATION plus a recipe output)."""
         if not (self.compact and weight.gguf_parts):
             return self.const(stem, value)
         name = self.name(stem)
@@ -113,9 +113,9 @@ class _Graph:
 
 
 def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None, compact: bool = False) -> onnx.ModelProto:
-    """`compact`: K-quant weights stay GGUF blocks that the runtime expands at session start
-    (runtime/kquant_expand.py); only bundler.fused_export.save_model writes such a graph, and
-    bundler.fused_lowering takes only full ones."""
+    """`compact`: the per-block tensors of K-quant weights are left to the runtime, which computes
+    them at session start from the GGUF's block heads (runtime/kquant_expand.py); only
+    bundler.fused_export.save_model writes such a graph, and bundler.fused_lowering takes only full ones."""
     plan.check()
     spec = weights.spec
     g = _Graph(accuracy_level=plan.accuracy_level, compact=compact)
@@ -243,7 +243,7 @@ def _one_linear(g: _Graph, x: str, weight: Linear, packed: str = "", output: str
     outputs = [output] if output else 1
     if isinstance(weight, np.ndarray):
         return g.node("MatMul", [x, g.const("w", weight.T.astype(np.float32))], outputs)[0]
-    inputs = [x, packed or g.weight_const(weight, "packed", "matmul", "w_q", weight.packed),
+    inputs = [x, packed or g.const("w_q", weight.packed),
               g.weight_const(weight, "scales", "matmul", "w_scale", weight.scales.reshape(-1))]
     if weight.zero_points is not None:
         inputs.append(g.weight_const(weight, "zeros", "matmul", "w_zero", weight.zero_points.reshape(-1)))
@@ -285,7 +285,7 @@ def _embedding(g: _Graph, convert: _Converter, spec: ModelSpec) -> str:
     else:
         # One [vocab, blocks, bytes per block] initializer serves this and the tied lm_head's MatMulNBits.
         blocks = weight.k // weight.block
-        convert.embedding_name = g.weight_const(weight, "packed", "gather", "embed_q", weight.packed)
+        convert.embedding_name = g.const("embed_q", weight.packed)
         inputs = [convert.embedding_name, "input_ids",
                   g.weight_const(weight, "scales", "gather", "embed_scale", weight.scales.reshape(weight.n, blocks, 1))]
         if weight.zero_points is not None:
@@ -337,7 +337,7 @@ def _model(g: _Graph, spec: ModelSpec) -> onnx.ModelProto:
         for part in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{part}", TensorProto.FLOAT, kv))
             outputs.append(helper.make_tensor_value_info(f"present.{layer}.{part}", TensorProto.FLOAT, kv))
-    stash = [numpy_helper.from_array(np.ascontiguousarray(t.blocks).reshape(-1), name) for t, name in g.stash]
+    stash = [numpy_helper.from_array(_heads(t), name) for t, name in g.stash]
     graph = helper.make_graph(g.nodes, GRAPH_NAME, inputs, outputs, g.initializers + stash)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
                               producer_name="edgebundle")
@@ -346,6 +346,13 @@ def _model(g: _Graph, spec: ModelSpec) -> onnx.ModelProto:
         recipe = {"format": KQUANT_FORMAT, "weights": list(g.kquant.values())}
         helper.set_model_props(model, {KQUANT_METADATA: json.dumps(recipe)})
     return model
+
+
+def _heads(tensor: GgufTensor) -> np.ndarray:
+    """The non-code bytes of each block of a K-quant tensor (runtime.kquant_expand.HEADS), flat."""
+    rows, cols = tensor.shape
+    blocks = np.ascontiguousarray(tensor.blocks).reshape(rows, cols // SUPER_BLOCK, -1)
+    return np.ascontiguousarray(blocks[..., slice(*HEADS[tensor.type])]).reshape(-1)
 
 
 def effective_weights(weights: LlamaWeights, plan: QuantizationPlan) -> LlamaWeights:

@@ -1,4 +1,4 @@
-"""K-quant weights travel as the GGUF's own blocks and are expanded exactly at session start.
+"""K-quant weights travel at the GGUF's size: codes in the graph, per-block tensors computed exactly at start.
 
 The oracle is `gguf.quants.dequantize` of the very bytes stored (random bytes in each type's block
 layout, tests.gguf_files.random_tensor_bytes); sizes are checked against the formats' own arithmetic.
@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from bundler.block_quant import NBitsWeight
+from bundler.block_quant import NBitsWeight, from_gguf
+from bundler.gguf_reader import GgufTensor
 from bundler.fused_export import model_info, save_model
 from bundler.fused_graph import QuantizationPlan, build_graph
 from bundler.llama_weights import load_llama
@@ -23,39 +24,40 @@ from runtime.manifest import BuildInfo, IndexInfo, Manifest
 from tests.gguf_files import TYPED_SHAPE, random_tensor_bytes, write_typed_gguf
 
 K_TYPES = ("Q4_K", "Q5_K", "Q6_K")
-# GGUF bits per weight, and the graph's when it carries the computed tensors (bundler/block_quant.py):
-# codes + float32 scale + zero point + float32 remainder per block.
-GGUF_BITS = {"Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625}
-FULL_BITS = {"Q4_K": 4 + 32 / 32 + 4 / 32 + 32 / 32, "Q5_K": 8 + 32 / 32 + 8 / 32 + 32 / 32, "Q6_K": 8 + 32 / 16 + 8 / 16}
+# Bits per weight of the graph's codes, of its per-block tensors (float32 scale, zero point, float32
+# remainder; bundler/block_quant.py) and of the GGUF head stored instead of them (runtime/kquant_expand.py).
+CODE_BITS = {"Q4_K": 4, "Q5_K": 8, "Q6_K": 8}
+PER_BLOCK_BITS = {"Q4_K": (32 + 4 + 32) / 32, "Q5_K": (32 + 8 + 32) / 32, "Q6_K": (32 + 8) / 16}
+HEAD_BITS = {"Q4_K": 16 * 8 / 256, "Q5_K": 16 * 8 / 256, "Q6_K": 18 * 8 / 256}
 Q4_K_M = {"token_embd": "Q6_K", "attn_v": "Q6_K", "ffn_down": "Q6_K", "attn": "Q4_K", "ffn": "Q4_K"}
 PROMPT = [int(i) for i in np.random.default_rng(7).integers(0, TYPED_SHAPE["vocab"], 20)]
 
 
 def _recipe(kind: str, rows: int, cols: int, layouts=("matmul", "gather")) -> dict:
     outputs = [{"name": f"{field}.{layout}", "field": field, "layout": layout}
-               for layout in layouts for field in ("packed", "scales", "zeros", "remainder")
+               for layout in layouts for field in ("scales", "zeros", "remainder")
                if not (field == "remainder" and kind == "Q6_K")]
     return {"format": kquant_expand.FORMAT,
             "weights": [{"type": kind, "parts": [{"offset": 0, "rows": rows, "cols": cols}], "outputs": outputs}]}
 
 
 @pytest.mark.parametrize("kind", K_TYPES)
-def test_k_quant_blocks_expand_to_exactly_what_the_gguf_package_dequantizes(kind):
+def test_k_quant_heads_expand_to_exactly_what_the_gguf_package_dequantizes(kind):
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     rows, cols = 40, 768
     raw = random_tensor_bytes(kind, rows, cols, np.random.default_rng(3))
     expected = dequantize(raw, GGMLQuantizationType[kind]).reshape(rows, cols)
-    tensors = kquant_expand.expand(_recipe(kind, rows, cols), np.ascontiguousarray(raw).reshape(-1))
-    bits, block = (4, 32) if kind == "Q4_K" else (8, 16) if kind == "Q6_K" else (8, 32)
+    heads = np.ascontiguousarray(raw.reshape(rows, cols // 256, -1)[..., slice(*kquant_expand.HEADS[kind])])
+    tensors = kquant_expand.expand(_recipe(kind, rows, cols), heads.reshape(-1))
+    codes = from_gguf(GgufTensor("w", kind, (rows, cols), raw))  # the graph's codes; its tensors unused
     remainder = tensors["remainder.matmul"].T if kind != "Q6_K" else None
-    weight = NBitsWeight(bits, block, rows, cols, tensors["packed.matmul"], tensors["scales.matmul"].reshape(rows, -1),
+    weight = NBitsWeight(codes.bits, codes.block, rows, cols, codes.packed, tensors["scales.matmul"].reshape(rows, -1),
                          zero_points=tensors["zeros.matmul"].reshape(rows, -1), remainder=remainder)
     assert np.abs(weight.dequantize() - expected).max() == 0
     assert np.abs(expected).max() > 0
     # The embedding's layout (GatherBlockQuantized) holds the same numbers.
-    assert np.array_equal(tensors["packed.gather"], weight.packed)
     assert np.array_equal(tensors["scales.gather"][..., 0], weight.scales)
     assert np.array_equal(tensors["zeros.gather"][..., 0], weight.zeros())
     if remainder is not None:
@@ -87,17 +89,19 @@ def test_q4_k_model_is_stored_at_the_gguf_size_not_the_graph_tensor_size(q4_k_fo
     weights = load_llama(path)
     k_weights = [t for t in weights.tensors.values() if getattr(t, "type", "") == "Q4_K"]
     count = sum(t.shape[0] * t.shape[1] for t in k_weights)
-    blocks = np.load(folders["compact"] / kquant_expand.DATA_FILE, mmap_mode="r")
-    assert blocks.nbytes == count * GGUF_BITS["Q4_K"] / 8  # the GGUF's blocks, nothing more
+    heads = np.load(folders["compact"] / kquant_expand.DATA_FILE, mmap_mode="r")
+    assert heads.nbytes == count * HEAD_BITS["Q4_K"] / 8
     full = (folders["full"] / "model.onnx.data").stat().st_size
-    compact = (folders["compact"] / "model.onnx.data").stat().st_size + blocks.nbytes
-    # Everything else (norms, rotary tables) is the same in both; the tied lm_head adds its own
-    # scales, zero points and remainders to the full form.
+    compact = (folders["compact"] / "model.onnx.data").stat().st_size + heads.nbytes
+    # Codes, norms and rotary tables are the same in both; the tied lm_head has per-block tensors of
+    # its own in the full form (the GatherBlockQuantized and MatMulNBits layouts differ).
     embedding = weights.tensors["model.embed_tokens.weight"].shape
-    lm_head_extra = embedding[0] * embedding[1] * (FULL_BITS["Q4_K"] - 4) / 8
-    saved = count * (FULL_BITS["Q4_K"] - GGUF_BITS["Q4_K"]) / 8 + lm_head_extra
+    lm_head_extra = embedding[0] * embedding[1] * PER_BLOCK_BITS["Q4_K"] / 8
+    saved = count * (PER_BLOCK_BITS["Q4_K"] - HEAD_BITS["Q4_K"]) / 8 + lm_head_extra
     assert abs((full - compact) - saved) <= 4096 * len(k_weights)  # external data alignment at most
-    assert compact / full < 0.8
+    # Q4_K at the GGUF's 4.5 bits per weight instead of 6.125 (+ the lm_head's own 2.125).
+    assert (CODE_BITS["Q4_K"] + HEAD_BITS["Q4_K"]) == 4.5
+    assert compact <= full * (4.5 / 6.125) + 4096 * len(k_weights)
 
 
 def test_compact_and_full_graphs_give_the_same_logits(q4_k_folders):

@@ -17,7 +17,7 @@ from bundler.model_spec import MAX_ROPE_POSITIONS
 from bundler.model_source import ModelSource, resolve_model
 from bundler.progress import ProgressCallback, no_progress
 from runtime.decoder import FUSED_PORTABLE_GRAPH
-from runtime.kquant_expand import DATA_FILE as KQUANT_DATA_FILE, RECIPE_FILE as KQUANT_RECIPE_FILE
+from runtime.kquant_expand import DATA_FILE as KQUANT_DATA_FILE, DERIVED_ALIGNMENT, RECIPE_FILE as KQUANT_RECIPE_FILE
 from runtime.manifest import ModelInfo
 
 MODEL_FILE = "model.onnx"
@@ -107,9 +107,17 @@ def _split_kquant(model: onnx.ModelProto, folder: Path) -> bool:
         data[offsets[name]:offsets[name] + len(init.raw_data)] = np.frombuffer(init.raw_data, dtype=np.uint8)
     data.flush()
     del data
+    placeholders = {init.name: init for init in model.graph.initializer}
+    end = 0
     for weight in recipe["weights"]:
         for part in weight["parts"]:
             part["offset"] = offsets[part.pop("stash")]
+        for output in weight["outputs"]:
+            # where the runtime writes this tensor in its file, and the graph reads it
+            external = {e.key: e for e in placeholders[output["name"]].external_data}
+            output["offset"] = -(-end // DERIVED_ALIGNMENT) * DERIVED_ALIGNMENT
+            external["offset"].value = str(output["offset"])
+            end = output["offset"] + int(external["length"].value)
     (folder / KQUANT_RECIPE_FILE).write_text(json.dumps(recipe), encoding="utf-8")
     kept = [init for init in model.graph.initializer if init.name not in stash]
     del model.graph.initializer[:]

@@ -26,7 +26,7 @@ from bundler.gguf_reader import BLOCK_TYPES, GgufTensor
 from bundler.llama_weights import LlamaWeights
 from bundler.model_spec import ModelSpec
 from runtime.decoder import FUSED_GRAPH
-from runtime.kquant_expand import DERIVED_LOCATION, FORMAT as KQUANT_FORMAT, HEADS, SUPER_BLOCK
+from runtime.kquant_expand import DERIVED_PLACEHOLDER, FORMAT as KQUANT_FORMAT, HEADS, SUPER_BLOCK
 
 GRAPH_NAME = FUSED_GRAPH
 QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
@@ -85,13 +85,14 @@ class _Graph:
 
     def weight_const(self, weight: "NBitsWeight", part: str, layout: str, stem: str, value: np.ndarray) -> str:
         """A per-block initializer of `weight`: for a K-quant weight of a compact graph, one the runtime
-        computes from the GGUF block heads (a placeholder at DERIVED_LOCATION plus a recipe output)."""
+        computes from the GGUF block heads (a placeholder at DERIVED_PLACEHOLDER plus a recipe output)."""
         if not (self.compact and weight.gguf_parts):
             return self.const(stem, value)
         name = self.name(stem)
         placeholder = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype),
                                   dims=value.shape, data_location=TensorProto.EXTERNAL)
-        for key, text in (("location", DERIVED_LOCATION), ("offset", "0"), ("length", str(value.nbytes))):
+        # the offset in the runtime's file is set by bundler.fused_export.save_model
+        for key, text in (("location", DERIVED_PLACEHOLDER.decode()), ("offset", "0"), ("length", str(value.nbytes))):
             entry = placeholder.external_data.add()
             entry.key, entry.value = key, text
         self.initializers.append(placeholder)

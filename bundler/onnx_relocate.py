@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto
 
 from bundler.errors import BuildError
-from runtime.kquant_expand import DERIVED_LOCATION
+from runtime.kquant_expand import DERIVED_PLACEHOLDER
 from runtime.payload import SELF_PLACEHOLDER
 
 
@@ -108,4 +108,4 @@ def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
 
 
 def _derived(tensor: TensorProto) -> bool:
-    return _external(tensor).get("location") == DERIVED_LOCATION
+    return _external(tensor).get("location") == DERIVED_PLACEHOLDER.decode()

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import kquant_expand
+from runtime.bundle import DirectoryBundle
 from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 
 
@@ -35,7 +36,6 @@ class FusedDecoder(Decoder):
     def __init__(self, session: ort.InferenceSession, num_layers: int, num_kv_heads: int,
                  head_dim: int, max_length: int):
         self.session = session
-        self.initializers: list = []  # tensors handed to the session (kquant_expand); they must outlive it
         self.max_length = max_length
         self.length = 0
         shape = (1, num_kv_heads, max_length, head_dim)
@@ -54,24 +54,19 @@ class FusedDecoder(Decoder):
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
         info = bundle.model
         options = session_options(threads)
-        initializers = kquant_expand.supply_from_bundle(bundle, options)
-        session = bundle.onnx_session(MODEL_ONNX, options)
-        decoder = cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
-        decoder.initializers = initializers
-        return decoder
+        with kquant_expand.derived_tensors(bundle) as derived:
+            session = bundle.onnx_session(MODEL_ONNX, options, derived)
+        return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 
     @classmethod
     def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
-        options = session_options(threads)
-        initializers = kquant_expand.supply_from_folder(Path(model_dir), options)
-        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        folder = DirectoryBundle(Path(model_dir))
+        with kquant_expand.derived_tensors(folder, prefix="", folder=folder.path) as derived:
+            session = folder.onnx_session("model.onnx", session_options(threads), derived)
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape
-        decoder = cls(session, len(keys), kv_heads, head_dim, max_length)
-        decoder.initializers = initializers
-        return decoder
+        return cls(session, len(keys), kv_heads, head_dim, max_length)
 
     def reset(self) -> None:
         self.length = 0

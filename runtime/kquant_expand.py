@@ -6,17 +6,26 @@ Q6_K): 6.125 bits per Q4_K weight where the GGUF needs 4.5. A bundle keeps the c
 (onnxruntime maps them, packs them and lets the file pages go) but, of the per-block tensors, only
 each super-block's "head" from the GGUF: d, dmin and the packed 6-bit scales and minimums (16
 bytes per 256 weights), or Q6_K's int8 scales and d (18 bytes), all in KQUANT_DATA. The graph
-declares the per-block tensors as external data at DERIVED_LOCATION and KQUANT_RECIPE says how each
-is made: `expand` computes them with numpy and `add_to_options` hands them to onnxruntime, which
-then never opens that location (docs/MEASUREMENTS.md#k-quant-file-size). The builder computes the
+declares the per-block tensors as external data at DERIVED_PLACEHOLDER and KQUANT_RECIPE says how
+each is made and where it lies in that "file": `derived_tensors` computes them with numpy and
+writes them into a temporary file that the session then reads (docs/MEASUREMENTS.md#k-quant-file-size). The builder computes the
 graph's tensors with these same functions, so the two agree bit for bit by construction.
+
+Why a file and not onnxruntime's add_external_initializers: onnxruntime never frees memory a caller
+hands it, while a weight it loads from a file it packs and then lets go (MatMulNBits and Gemm copy
+their constant inputs into packed buffers); the computed tensors held by Python cost 0.5 GB more peak
+RSS for a 1B Q4_K_M model (docs/MEASUREMENTS.md#k-quant-file-size). The file is removed as soon as
+the session exists.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -27,8 +36,10 @@ KQUANT_DATA = f"{layout.MODEL_FOLDER}/kquant.npy"
 RECIPE_FILE, DATA_FILE = "kquant.json", "kquant.npy"  # the same, inside a model folder
 # 1: heads of Q4_K, Q5_K, Q6_K; outputs "scales", "zeros", "remainder" in the "matmul" or "gather" layout.
 FORMAT = 1
-# `location` of every graph tensor this module supplies (never a file).
-DERIVED_LOCATION = "edgebundle-kquant-derived"
+# `location` of every graph tensor this module computes, at the offset the recipe gives it: replaced at
+# session start by the (padded, runtime.payload.padded_location) name of the file `derived_tensors` writes.
+DERIVED_PLACEHOLDER = b"@edgebundle-kquant-derived@".ljust(257, b"#")
+DERIVED_ALIGNMENT = 4096
 SUPER_BLOCK = 256
 HEADS = {"Q4_K": (0, 16), "Q5_K": (0, 16), "Q6_K": (192, 210)}  # the bytes of a GGUF block that are not codes
 BLOCK_TYPES = tuple(HEADS)
@@ -127,38 +138,49 @@ def _write(out: np.ndarray, field: str, layout_name: str, fields: BlockFields, s
 
 def expand(recipe: dict, data: np.ndarray) -> dict[str, np.ndarray]:
     """Every tensor the recipe names, computed from the heads in `data` (uint8, KQUANT_DATA)."""
-    if recipe.get("format") != FORMAT:
-        raise RecipeError(f"K-quant recipe format {recipe.get('format')!r} is not supported (this runtime reads {FORMAT})")
+    check_recipe(recipe)
     tensors: dict[str, np.ndarray] = {}
     for weight in recipe["weights"]:
-        kind = weight["type"]
-        if kind not in HEADS:
-            raise RecipeError(f"K-quant type {kind!r} is not supported (supported: {', '.join(BLOCK_TYPES)})")
-        parts = weight["parts"]
-        rows, cols = sum(p["rows"] for p in parts), parts[0]["cols"]
-        bits, block = (4, 32) if kind == "Q4_K" else (8, 16) if kind == "Q6_K" else (8, 32)
-        outputs = []
-        for out in weight["outputs"]:
-            if out["field"] not in FIELDS or out["layout"] not in LAYOUTS or (out["field"] == "remainder" and kind == "Q6_K"):
-                raise RecipeError(f"K-quant output {out['field']!r} in layout {out['layout']!r} is not supported for {kind}")
-            dtype = np.uint8 if out["field"] == "zeros" else np.float32
-            tensors[out["name"]] = np.empty(_output_shape(out["field"], out["layout"], bits, rows, cols // block), dtype)
-            outputs.append((tensors[out["name"]], out["field"], out["layout"]))
-        first = 0
-        head = HEADS[kind][1] - HEADS[kind][0]
-        for part in parts:
-            supers = part["cols"] // SUPER_BLOCK
-            size = part["rows"] * supers * head
-            if part["cols"] != cols or part["offset"] + size > data.size:
-                raise RecipeError(f"K-quant part at {part['offset']} does not fit the data ({data.size} bytes)")
-            heads = data[part["offset"]:part["offset"] + size].reshape(part["rows"], supers, head)
-            for start in range(0, part["rows"], ROWS_PER_CHUNK):
-                stop = min(start + ROWS_PER_CHUNK, part["rows"])
-                fields = block_fields(kind, np.asarray(heads[start:stop]))
-                for out, field, layout_name in outputs:
-                    _write(out, field, layout_name, fields, first + start, first + stop, rows)
-            first += part["rows"]
+        tensors.update(expand_weight(weight, data))
     return tensors
+
+
+def expand_weight(weight: dict, data: np.ndarray) -> dict[str, np.ndarray]:
+    """The tensors of one recipe weight."""
+    tensors: dict[str, np.ndarray] = {}
+    kind = weight["type"]
+    if kind not in HEADS:
+        raise RecipeError(f"K-quant type {kind!r} is not supported (supported: {', '.join(BLOCK_TYPES)})")
+    parts = weight["parts"]
+    rows, cols = sum(p["rows"] for p in parts), parts[0]["cols"]
+    bits, block = (4, 32) if kind == "Q4_K" else (8, 16) if kind == "Q6_K" else (8, 32)
+    outputs = []
+    for out in weight["outputs"]:
+        if out["field"] not in FIELDS or out["layout"] not in LAYOUTS or (out["field"] == "remainder" and kind == "Q6_K"):
+            raise RecipeError(f"K-quant output {out['field']!r} in layout {out['layout']!r} is not supported for {kind}")
+        dtype = np.uint8 if out["field"] == "zeros" else np.float32
+        tensors[out["name"]] = np.empty(_output_shape(out["field"], out["layout"], bits, rows, cols // block), dtype)
+        outputs.append((tensors[out["name"]], out["field"], out["layout"]))
+    first = 0
+    head = HEADS[kind][1] - HEADS[kind][0]
+    for part in parts:
+        supers = part["cols"] // SUPER_BLOCK
+        size = part["rows"] * supers * head
+        if part["cols"] != cols or part["offset"] + size > data.size:
+            raise RecipeError(f"K-quant part at {part['offset']} does not fit the data ({data.size} bytes)")
+        heads = data[part["offset"]:part["offset"] + size].reshape(part["rows"], supers, head)
+        for start in range(0, part["rows"], ROWS_PER_CHUNK):
+            stop = min(start + ROWS_PER_CHUNK, part["rows"])
+            fields = block_fields(kind, np.asarray(heads[start:stop]))
+            for out, field, layout_name in outputs:
+                _write(out, field, layout_name, fields, first + start, first + stop, rows)
+        first += part["rows"]
+    return tensors
+
+
+def check_recipe(recipe: dict) -> None:
+    if recipe.get("format") != FORMAT:
+        raise RecipeError(f"K-quant recipe format {recipe.get('format')!r} is not supported (this runtime reads {FORMAT})")
 
 
 def _read_recipe(raw: bytes, where: str) -> dict:
@@ -171,34 +193,38 @@ def _read_recipe(raw: bytes, where: str) -> dict:
     return recipe
 
 
-def add_to_options(options, tensors: dict[str, np.ndarray]) -> list:
-    """Give onnxruntime `tensors` as initializers; the returned values must outlive the session
-    (onnxruntime reads their memory in place)."""
-    import onnxruntime as ort
-
-    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in tensors.values()]
-    if values:
-        options.add_external_initializers(list(tensors), values)
-    return values
 
 
-def supply_from_bundle(bundle, options) -> list:
-    """Add a bundle's K-quant tensors to `options` (none for a bundle without KQUANT_RECIPE); see add_to_options."""
-    from runtime.bundle import BundleError
+@contextlib.contextmanager
+def derived_tensors(bundle, prefix: str = layout.MODEL_FOLDER + "/", folder: Optional[Path] = None) -> Iterator[Optional[Path]]:
+    """A temporary file holding every tensor the bundle's K-quant recipe names, at the offsets the graph
+    expects (None for a model without one); removed on leaving. `prefix`: the model folder's entry
+    names; `folder`: where to write it (a folder bundle's model folder, else the system's temporary folder)."""
+    from runtime.bundle import BundleError, DirectoryBundle
 
-    if KQUANT_RECIPE not in bundle.names():
-        return []
+    if folder is None and isinstance(bundle, DirectoryBundle):
+        folder = bundle.path / prefix  # its model's own weights are found relative to the model's folder
+    if prefix + RECIPE_FILE not in bundle.names():
+        yield None
+        return
+    where = f"{bundle.path}: {prefix}{RECIPE_FILE}"
     try:
-        recipe = _read_recipe(bytes(bundle.read(KQUANT_RECIPE)), KQUANT_RECIPE)
-        return add_to_options(options, expand(recipe, bundle.array(KQUANT_DATA)))
+        recipe = _read_recipe(bytes(bundle.read(prefix + RECIPE_FILE)), where)
+        check_recipe(recipe)
+        data = bundle.array(prefix + DATA_FILE)
+        handle, name = tempfile.mkstemp(prefix=".edgebundle-kquant-", suffix=".bin", dir=folder)
+    except (RecipeError, OSError) as exc:
+        raise BundleError(f"{where}: {exc}" if isinstance(exc, OSError) else f"{bundle.path}: {exc}") from None
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for weight in recipe["weights"]:
+                tensors = expand_weight(weight, data)  # one weight at a time: a bounded temporary
+                for output in weight["outputs"]:
+                    out.seek(output["offset"])
+                    out.write(tensors.pop(output["name"]).data)
+        yield Path(name)
     except RecipeError as exc:
         raise BundleError(f"{bundle.path}: {exc}") from None
-
-
-def supply_from_folder(model_dir: Path, options) -> list:
-    """The same for a model folder as the builder writes it (model.onnx, kquant.json, kquant.npy)."""
-    recipe_path = model_dir / RECIPE_FILE
-    if not recipe_path.is_file():
-        return []
-    recipe = _read_recipe(recipe_path.read_bytes(), str(recipe_path))
-    return add_to_options(options, expand(recipe, np.load(model_dir / DATA_FILE, mmap_mode="r")))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)

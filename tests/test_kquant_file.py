@@ -109,6 +109,8 @@ def test_compact_and_full_graphs_give_the_same_logits(q4_k_folders):
     compact = FusedDecoder.from_model_dir(folders["compact"], threads=2, max_length=64).forward(PROMPT)
     full = FusedDecoder.from_model_dir(folders["full"], threads=2, max_length=64).forward(PROMPT)
     assert np.array_equal(compact, full)
+    # the tensors' file is gone once the session exists (onnxruntime has read what it keeps)
+    assert not list(folders["compact"].glob(".edgebundle-kquant-*"))
 
 
 def _staging(root, path) -> None:

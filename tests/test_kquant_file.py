@@ -9,6 +9,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from bundler.block_quant import NBitsWeight, from_gguf
@@ -16,6 +17,7 @@ from bundler.gguf_reader import GgufTensor
 from bundler.fused_export import model_info, save_model
 from bundler.fused_graph import QuantizationPlan, build_graph
 from bundler.llama_weights import load_llama
+from bundler.onnx_relocate import unrelocate
 from bundler.package import write_payload_file
 from runtime import kquant_expand
 from runtime.bundle import MANIFEST_NAME, BundleError, DirectoryBundle, FileBundle
@@ -137,7 +139,13 @@ def test_packed_k_quant_bundle_runs_from_its_digested_entries(tmp_path):
     expected = FusedDecoder.from_model_dir(staging / "model", threads=2, max_length=64).forward(PROMPT)
     assert np.array_equal(logits, expected)
 
-    # A damaged block is caught by the entry digests like any other weight.
+    # An update restages the model: its weights point at their entries again, the computed tensors stay placeholders.
+    spans = {e.name: (e.offset, e.size) for e in bundle.manifest.entries}
+    restaged = onnx.load_from_string(unrelocate(bytes(bundle.read("model/model.onnx")), "model/model.onnx", spans, "old"))
+    locations = {e.value for t in restaged.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data", kquant_expand.DERIVED_PLACEHOLDER.decode()}
+
+    # A damaged head is caught by the entry digests like any other weight.
     with open(payload, "r+b") as handle:
         handle.seek(entries[kquant_expand.KQUANT_DATA].offset + entries[kquant_expand.KQUANT_DATA].size - 1)
         last = handle.read(1)

@@ -118,6 +118,7 @@ def _split_kquant(model: onnx.ModelProto, folder: Path) -> bool:
             output["offset"] = -(-end // DERIVED_ALIGNMENT) * DERIVED_ALIGNMENT
             external["offset"].value = str(output["offset"])
             end = output["offset"] + int(external["length"].value)
+    recipe["derived_bytes"] = end
     (folder / KQUANT_RECIPE_FILE).write_text(json.dumps(recipe), encoding="utf-8")
     kept = [init for init in model.graph.initializer if init.name not in stash]
     del model.graph.initializer[:]

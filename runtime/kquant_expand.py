@@ -34,7 +34,8 @@ from runtime import layout
 KQUANT_RECIPE = f"{layout.MODEL_FOLDER}/kquant.json"
 KQUANT_DATA = f"{layout.MODEL_FOLDER}/kquant.npy"
 RECIPE_FILE, DATA_FILE = "kquant.json", "kquant.npy"  # the same, inside a model folder
-# 1: heads of Q4_K, Q5_K, Q6_K; outputs "scales", "zeros", "remainder" in the "matmul" or "gather" layout.
+# 1: heads of Q4_K, Q5_K, Q6_K; outputs "scales", "zeros", "remainder" in the "matmul" or "gather" layout,
+# each at an "offset" of the derived file, "derived_bytes" long in all.
 FORMAT = 1
 # `location` of every graph tensor this module computes, at the offset the recipe gives it: replaced at
 # session start by the (padded, runtime.payload.padded_location) name of the file `derived_tensors` writes.
@@ -176,6 +177,15 @@ def expand_weight(weight: dict, data: np.ndarray) -> dict[str, np.ndarray]:
                 _write(out, field, layout_name, fields, first + start, first + stop, rows)
         first += part["rows"]
     return tensors
+
+
+def expansion_bytes(model_dir: Path) -> int:
+    """How many bytes more a model folder holds once loaded: its computed tensors instead of their heads."""
+    recipe_path = model_dir / RECIPE_FILE
+    if not recipe_path.is_file():
+        return 0
+    recipe = _read_recipe(recipe_path.read_bytes(), str(recipe_path))
+    return int(recipe["derived_bytes"]) - (model_dir / DATA_FILE).stat().st_size
 
 
 def check_recipe(recipe: dict) -> None:

@@ -20,6 +20,7 @@ from bundler.llama_weights import load_llama
 from bundler.onnx_relocate import unrelocate
 from bundler.package import write_payload_file
 from runtime import kquant_expand
+from runtime.kquant_expand import DERIVED_ALIGNMENT
 from runtime.bundle import MANIFEST_NAME, BundleError, DirectoryBundle, FileBundle
 from runtime.fused_decoder import FusedDecoder
 from runtime.manifest import BuildInfo, IndexInfo, Manifest
@@ -104,6 +105,20 @@ def test_q4_k_model_is_stored_at_the_gguf_size_not_the_graph_tensor_size(q4_k_fo
     # Q4_K at the GGUF's 4.5 bits per weight instead of 6.125 (+ the lm_head's own 2.125).
     assert (CODE_BITS["Q4_K"] + HEAD_BITS["Q4_K"]) == 4.5
     assert compact <= full * (4.5 / 6.125) + 4096 * len(k_weights)
+
+
+def test_build_budget_counts_a_compact_model_as_loaded_not_as_stored(q4_k_folders):
+    from bundler.budget import _folder_bytes, _model_bytes
+
+    folders, _ = q4_k_folders
+    recipe = folders["compact"] / kquant_expand.RECIPE_FILE
+    outputs = sum(len(w["outputs"]) for w in json.loads(recipe.read_text())["weights"])
+    slack = DERIVED_ALIGNMENT * outputs + recipe.stat().st_size  # each computed tensor starts aligned
+    full = _folder_bytes(folders["full"])
+    # the computed tensors are the full graph's per-block tensors: the same bytes once loaded
+    assert _folder_bytes(folders["compact"]) < full - slack
+    assert full <= _model_bytes(folders["compact"]) <= full + slack
+    assert _model_bytes(folders["full"]) == full
 
 
 def test_compact_and_full_graphs_give_the_same_logits(q4_k_folders):

@@ -62,7 +62,7 @@ class FusedDecoder(Decoder):
     def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
         folder = DirectoryBundle(Path(model_dir))
-        with kquant_expand.derived_tensors(folder, prefix="", folder=folder.path) as derived:
+        with kquant_expand.derived_tensors(folder, prefix="") as derived:
             session = folder.onnx_session("model.onnx", session_options(threads), derived)
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape

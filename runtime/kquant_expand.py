@@ -7,9 +7,10 @@ Q6_K): 6.125 bits per Q4_K weight where the GGUF needs 4.5. A bundle keeps the c
 each super-block's "head" from the GGUF: d, dmin and the packed 6-bit scales and minimums (16
 bytes per 256 weights), or Q6_K's int8 scales and d (18 bytes), all in KQUANT_DATA. The graph
 declares the per-block tensors as external data at DERIVED_PLACEHOLDER and KQUANT_RECIPE says how
-each is made and where it lies in that "file": `derived_tensors` computes them with numpy and
-writes them into a temporary file that the session then reads (docs/MEASUREMENTS.md#k-quant-file-size). The builder computes the
-graph's tensors with these same functions, so the two agree bit for bit by construction.
+each is made and where it lies in that "file": `derived_tensors` computes them with numpy and writes
+them into a temporary file that the session then reads (docs/MEASUREMENTS.md#k-quant-file-size).
+The builder computes the graph's tensors with these same functions, so the two agree bit for bit by
+construction.
 
 Why a file and not onnxruntime's add_external_initializers: onnxruntime never frees memory a caller
 hands it, while a weight it loads from a file it packs and then lets go (MatMulNBits and Gemm copy

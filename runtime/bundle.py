@@ -278,6 +278,9 @@ class FileBundle(Bundle):
                 derived_location = padded_location(str(derived.resolve())) if derived else b""
         except PayloadFormatError as exc:
             raise BundleError(str(exc)) from None
+        except ValueError:  # Windows: no relative path between two drives
+            raise BundleError(f"{self.path}: the temporary folder {derived.parent} is on another drive "
+                              "(set TMP to a folder on the bundle's drive)") from None
         proto = proto.replace(SELF_PLACEHOLDER, location)
         if derived is not None:
             proto = proto.replace(DERIVED_PLACEHOLDER, derived_location)

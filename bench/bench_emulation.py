@@ -15,8 +15,9 @@ For one model (default: SmolLM2-135M-Instruct Q4_1) and one small docs folder, p
   (docs/PACKAGING.md#accuracy-level);
 - start: wall time of `EXE verify --quick` under emulation (trailer, manifest, model session);
 - peak RSS: of an `EXE ask` under emulation (qemu's own memory included), no network (unshare -n);
-- decode tok/s of each graph under the same emulation, and the ratio of the target's graph to
-  optimum's (a proxy for a board: emulated absolute speed says nothing about one).
+- decode tok/s of each graph under the same emulation (qemu emulating a Cortex-A76, the Pi 5's core),
+  and the ratio of the target's graph to optimum's (a proxy for a board: emulated absolute speed says
+  nothing about one).
 
 Needs root and both emulated roots (made by the first build for each). Emulated float32 matmuls are
 slow (softfloat): the accuracy-level-1 logits take minutes. `--runtimes` picks a subset.
@@ -49,6 +50,11 @@ from targets import load_target  # noqa: E402
 
 # runtime -> (target, its default graph)
 RUNTIMES = {"bullseye": ("linux-aarch64", "fused-portable"), "bookworm": ("raspberry-pi-5", "fused")}
+# The CPU qemu emulates: the Raspberry Pi 5's core (Armv8.2 with dot products, no SVE/SME; the Jetson
+# Orin Nano's Cortex-A78AE is of the same class and not in qemu 7.2). qemu's default, `max`, offers
+# SVE and SME, which onnxruntime 1.32 then uses and qemu runs ~8x slower than NEON
+# (docs/MEASUREMENTS.md#fused-portable-under-emulation): not a board's speed.
+QEMU_CPU = "cortex-a76"
 DOCS = {"pumps/coolant-pump.md": "# Coolant pump P-7\n\nThe coolant pump P-7 is primed by opening bleed valve V12 "
                                  "for thirty seconds while the pump runs at idle speed.\n"}
 QUESTION = "How is the coolant pump P-7 primed?"
@@ -96,7 +102,8 @@ def run_measured(command: list[str], timeout: float) -> tuple[subprocess.Complet
 def probe(prefix: list[str], staging: Path, out: Path, tokens: int, threads: int) -> dict:
     command = prefix + ["-c", PROBE, str(REPO_ROOT), str(staging), str(out), str(tokens), str(threads),
                         ",".join(map(str, PROMPT))]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=7200)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=7200,
+                          env={**os.environ, "QEMU_CPU": QEMU_CPU})
     if done.returncode != 0:
         raise SystemExit(f"probe failed on {staging}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -104,7 +111,8 @@ def probe(prefix: list[str], staging: Path, out: Path, tokens: int, threads: int
 
 def emulated(root: Path, folder: Path, argv: list[str]) -> list[str]:
     """argv inside the emulated root with no network (unshare -n), `folder` mounted."""
-    return ["unshare", "-n", *rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", *argv], binds=(folder,))]
+    return ["unshare", "-n", *rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", f"QEMU_CPU={QEMU_CPU}", *argv],
+                                             binds=(folder,))]
 
 
 def at_accuracy_level(staging: Path, level: int, out: Path) -> Path:

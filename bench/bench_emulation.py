@@ -172,10 +172,10 @@ def main() -> int:
         # and its perplexity ratio recorded.
         figures = {}
         for name in runtimes:
-            target_name, graph = RUNTIMES[name]
+            target_name, default_graph = RUNTIMES[name]
             target = load_target(target_name)
             staged = {}
-            for label, graph, quantization in (("default", graph, None), ("optimum", "optimum", "int4")):
+            for label, graph, quantization in (("default", default_graph, None), ("optimum", "optimum", "int4")):
                 staging = work / f"staging-{name}-{label}"
                 if not (staging / "model").is_dir():
                     config = BuildConfig(model=model, docs=docs, output=work / label, target=target_name, graph=graph,

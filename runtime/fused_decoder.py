@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
+from runtime import kquant_expand
+from runtime.bundle import DirectoryBundle
 from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 from runtime.memory import PREFILL_CHUNK
 from runtime.page_release import release_file_pages
@@ -32,6 +34,14 @@ def session_options(threads: Optional[int]) -> ort.SessionOptions:
     # up with them, sleeping ones pay a wake-up each time.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     return options
+
+
+def _release_weight_pages(source: Path, derived: Optional[Path]) -> None:
+    """The pages of the bundle (or model folder) and of the K-quant tensors computed for this session,
+    while the latter's temporary file still has a name (runtime/page_release.py)."""
+    release_file_pages(source)
+    if derived is not None:
+        release_file_pages(derived)
 
 
 class FusedDecoder(Decoder):
@@ -64,16 +74,19 @@ class FusedDecoder(Decoder):
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
         info = bundle.model
-        session = bundle.onnx_session(MODEL_ONNX, session_options(threads))
-        release_file_pages(bundle.path)
+        options = session_options(threads)
+        with kquant_expand.derived_tensors(bundle) as derived:
+            session = bundle.onnx_session(MODEL_ONNX, options, derived)
+            _release_weight_pages(bundle.path, derived)
         return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 
     @classmethod
     def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
-        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-        release_file_pages(Path(model_dir))
+        folder = DirectoryBundle(Path(model_dir))
+        with kquant_expand.derived_tensors(folder, prefix="") as derived:
+            session = folder.onnx_session("model.onnx", session_options(threads), derived)
+            _release_weight_pages(folder.path, derived)
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape
         return cls(session, len(keys), kv_heads, head_dim, max_length)

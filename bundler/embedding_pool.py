@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from runtime.dense_search import SentenceEncoder
+from runtime.dense_search import SentenceEncoder, encoder_session_options
 
 
 def default_workers() -> int:
@@ -33,9 +33,7 @@ class EmbeddingPool:
 
     def __init__(self, model: Path, tokenizer: Path, max_length: int, workers: int | None = None):
         self.workers = workers or default_workers()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+        options = encoder_session_options(threads=1)
         self.encoders = [
             SentenceEncoder(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]),
                             Tokenizer.from_file(str(tokenizer)), max_length)

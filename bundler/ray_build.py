@@ -133,11 +133,9 @@ class DocumentWorker:
             import onnxruntime as ort
             from tokenizers import Tokenizer
 
-            from runtime.dense_search import SentenceEncoder
+            from runtime.dense_search import SentenceEncoder, encoder_session_options
 
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1  # one actor per CPU
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options = encoder_session_options(threads=1)  # one actor per CPU
             session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
             self.encoder = SentenceEncoder(session, Tokenizer.from_str(tokenizer), max_length)
         self.chunking, self.max_file_bytes, self.limits = chunking, max_file_bytes, limits

@@ -24,6 +24,24 @@ SCORE_BLOCK_ROWS = 512
 FLOAT_DOT_ERROR = 1e-4
 
 
+def encoder_session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Session options for the sentence embedder, the same for the index build and the query, so
+    both compute the same vectors.
+
+    SkipLayerNormFusion stays off: the embedder keeps its residual adds apart from the layer norms
+    because ONNX Runtime's fused CPU kernel took 3-4x their time (docs/MEASUREMENTS.md#embedder-recipe).
+    Threads left spinning after a run would compete with the NumPy work between runs (measured 2x
+    slower hybrid queries on a busy 2-core machine).
+    """
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("optimization.disable_specified_optimizers", "SkipLayerNormFusion")
+    return options
+
+
 class SentenceEncoder:
     """Mean-pooled, L2-normalised token embeddings (the all-MiniLM-L6-v2 recipe)."""
 
@@ -132,14 +150,8 @@ class DenseSearch:
         if vectors.ndim != 2 or vectors.dtype != np.int8 or scales.dtype != np.float32 or scales.shape != (size,) or len(vectors) != size:
             raise UserError(f"{bundle.path}: {layout.DENSE_VECTORS}: expected int8 [{size}, dim] vectors and float32 "
                             f"[{size}] scales, found {vectors.dtype} {list(vectors.shape)} and {scales.dtype} {list(scales.shape)}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # A query alternates short ONNX runs with NumPy work; threads left spinning after a run
-        # would compete with that work (measured 2x slower hybrid queries on a busy 2-core machine).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return cls(
-            SentenceEncoder.from_bundle(bundle, max_length, options),
+            SentenceEncoder.from_bundle(bundle, max_length, encoder_session_options(threads)),
             vectors,
             scales,
             threads,

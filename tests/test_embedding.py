@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from bundler.embedding_pool import EmbeddingPool
-from runtime.dense_search import SentenceEncoder
+from runtime import layout
+from runtime.bundle import DirectoryBundle
+from runtime.dense_search import DenseSearch, SentenceEncoder, encoder_session_options
 
 SENTENCES = [
     "Prime the coolant pump before starting the generator.",
@@ -20,7 +23,7 @@ SENTENCES = [
 
 
 def _encoder(embedder) -> SentenceEncoder:
-    session = ort.InferenceSession(str(embedder.model), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(embedder.model), encoder_session_options(), providers=["CPUExecutionProvider"])
     return SentenceEncoder(session, Tokenizer.from_file(str(embedder.tokenizer)), embedder.max_length)
 
 
@@ -50,7 +53,7 @@ def test_exported_embedder_agrees_with_the_fp32_model(shared_embedder):
     ours = _pool(shared_embedder).encode_each(SENTENCES)
     reference = _torch_fp32_vectors(SENTENCES)
     cosines = (ours * reference).sum(axis=1)
-    assert cosines.min() >= 0.99, cosines
+    assert cosines.min() >= 0.998, cosines  # 0.995 before smoothing; python-docs chunks: mean 0.9995
     # and the sentences stay told apart: each vector is nearest its own reference
     assert list((ours @ reference.T).argmax(axis=1)) == list(range(len(SENTENCES)))
 
@@ -78,3 +81,18 @@ def test_encode_each_reports_progress_up_to_the_total(shared_embedder):
     _pool(shared_embedder).encode_each(texts, lambda done, total: seen.append((done, total)))
     assert seen[0] == (0, len(texts)) and seen[-1] == (len(texts), len(texts)) and len(seen) > 2
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_the_query_side_embeds_a_text_exactly_as_the_index_build_did(shared_embedder, tmp_path):
+    """The runtime opens the embedder from the bundle with its own session; a query that repeats a
+    chunk's text must get that chunk's vector, bit for bit."""
+    dense = tmp_path / layout.DENSE_MODEL
+    dense.parent.mkdir(parents=True)
+    shutil.copyfile(shared_embedder.model, dense)  # the bundle refuses entries that lead outside it
+    shutil.copyfile(shared_embedder.tokenizer, tmp_path / layout.DENSE_TOKENIZER)
+    np.save(tmp_path / layout.DENSE_VECTORS, np.zeros((1, 384), dtype=np.int8))
+    np.save(tmp_path / layout.DENSE_SCALES, np.ones(1, dtype=np.float32))
+    query_side = DenseSearch.from_bundle(DirectoryBundle(tmp_path), shared_embedder.max_length, size=1, threads=1).encoder
+    built = _pool(shared_embedder).encode_each(SENTENCES)
+    for text, vector in zip(SENTENCES, built):
+        assert np.array_equal(query_side.encode([text])[0], vector)

@@ -53,6 +53,10 @@ TODAY_GROUNDING = {"passages": 4, "trim_sentences": 0, "system_prompt": "cite", 
 # The defaults chosen by the first round of measurements (docs/QUERY_APP.md), before the second.
 ROUND1_GROUNDING = {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "abstain_below": 0.5}
 
+# The defaults chosen by the second round: round1 with the two stops.
+ROUND2_GROUNDING = {**ROUND1_GROUNDING, "stop_at_unknown_citation": True, "stop_after_sentences": 3}
+ROUND2_GENERATION = {"copy_bonus": 0.0}
+
 # name -> (GenerationConfig changes, GroundingOptions changes); "default" is the current defaults.
 # Every other configuration is spelled out in full from today's, so the table stays meaningful
 # when the defaults move.
@@ -89,6 +93,12 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "round1-citestop": ({}, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True}),
     "round1-citestop-sentences3": ({}, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True,
                                         "stop_after_sentences": 3}),
+    "round2": (ROUND2_GENERATION, ROUND2_GROUNDING),
+    "round2-copy0.5": ({"copy_bonus": 0.5}, ROUND2_GROUNDING),
+    "round2-copy1": ({"copy_bonus": 1.0}, ROUND2_GROUNDING),
+    "round2-copy2": ({"copy_bonus": 2.0}, ROUND2_GROUNDING),
+    "round2-copy3": ({"copy_bonus": 3.0}, ROUND2_GROUNDING),
+    "round2-copy2-match2": ({"copy_bonus": 2.0, "copy_min_match": 2}, ROUND2_GROUNDING),
     "default": ({}, {}),
 }
 

@@ -206,7 +206,7 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
     stops = stops or StopStringFilter(())
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
-    guard = RepetitionGuard.from_config(config)
+    guard = RepetitionGuard.from_config(config, prompt_ids)
     shown, produced, sentences = "", 0, 0
     try:
         for token in generate(decoder, prompt_ids, config, guard):

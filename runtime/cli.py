@@ -146,6 +146,12 @@ def add_repetition_arguments(group) -> None:
                             f"0 turns it off (default {defaults.loop_ngram})")
     group.add_argument("--loop-repeats", type=int, default=defaults.loop_repeats,
                        help=f"see --loop-ngram (default {defaults.loop_repeats})")
+    group.add_argument("--copy-bonus", type=non_negative_float, default=defaults.copy_bonus,
+                       help="logit bonus for a token that continues a span of the passages the answer is "
+                            f"quoting; 0 turns it off (default {defaults.copy_bonus})")
+    group.add_argument("--copy-min-match", type=positive_int, default=defaults.copy_min_match, metavar="N",
+                       help="the answer's end must repeat at least N tokens of the passages for the bonus "
+                            f"(default {defaults.copy_min_match})")
 
 
 def add_grounding_arguments(group) -> None:
@@ -235,7 +241,8 @@ def ask_options(args: argparse.Namespace):
                               top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
                               dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
                               dry_allowed_length=args.dry_allowed_length, loop_ngram=args.loop_ngram,
-                              loop_repeats=args.loop_repeats)
+                              loop_repeats=args.loop_repeats, copy_bonus=args.copy_bonus,
+                              copy_min_match=args.copy_min_match)
     return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, generation=config,
                       grounding=grounding_options(args), stop=tuple(args.stop))
 

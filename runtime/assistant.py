@@ -171,6 +171,10 @@ class Assistant:
         budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)
         prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions, grounding)
         prompt_ids = self.tokenizer.encode_chat(prompt.messages)
+        # Only with passages: the prefix steers how an answer from sources opens.
+        prefix = grounding.answer_prefix if prompt.sources else ""
+        if prefix:
+            prompt_ids = prompt_ids + self.tokenizer.encode(prefix)
         stop_ids = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids
         config = GenerationConfig(**{**vars(config), "stop_token_ids": stop_ids})
         answer = Answer(prompt=prompt, _deltas=iter(()))
@@ -183,7 +187,7 @@ class Assistant:
             stops += unknown_citations(len(prompt.sources))
         answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
                                      StopStringFilter(stops), grounding.stop_after_paragraph,
-                                     grounding.stop_after_sentences)
+                                     grounding.stop_after_sentences, prefix)
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -199,16 +203,20 @@ class Assistant:
 
 def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int], config: GenerationConfig,
                 stats, started: float, stops: Optional[StopStringFilter] = None,
-                stop_after_paragraph: bool = False, stop_after_sentences: int = 0) -> Iterator[str]:
+                stop_after_paragraph: bool = False, stop_after_sentences: int = 0,
+                prefix: str = "") -> Iterator[str]:
     """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
     summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
-    stream's first token, from `started`), finish_reason, loop_stopped and total_s."""
+    stream's first token, from `started`), finish_reason, loop_stopped and total_s.
+    prefix: the answer's opening, already at the end of `prompt_ids`; it comes first in the text."""
     stops = stops or StopStringFilter(())
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
     guard = RepetitionGuard.from_config(config, prompt_ids)
-    shown, produced, sentences = "", 0, 0
+    shown, produced, sentences = prefix, 0, 0
     try:
+        if prefix:
+            yield prefix
         for token in generate(decoder, prompt_ids, config, guard):
             if token in config.stop_token_ids:
                 stats.finish_reason = "stop"

@@ -182,6 +182,9 @@ def add_grounding_arguments(group) -> None:
                        help="answer \"I don't know\" without asking the model when no passage shown (heading "
                             f"included) holds this share of the question's words; 0 never "
                             f"(default {defaults.abstain_below})")
+    group.add_argument("--answer-prefix", default=defaults.answer_prefix, metavar="TEXT",
+                       help="the answer's first words, written for the model to continue (with passages only; "
+                            f"default {defaults.answer_prefix!r})")
 
 
 def grounding_options(args: argparse.Namespace):
@@ -191,7 +194,8 @@ def grounding_options(args: argparse.Namespace):
                             system_prompt=args.system_prompt, answer_first=args.answer_first,
                             stop_after_paragraph=args.stop_after_paragraph,
                             stop_after_sentences=args.stop_after_sentences,
-                            stop_at_unknown_citation=args.stop_at_unknown_citation, abstain_below=args.abstain_below)
+                            stop_at_unknown_citation=args.stop_at_unknown_citation, abstain_below=args.abstain_below,
+                            answer_prefix=args.answer_prefix)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

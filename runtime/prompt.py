@@ -71,6 +71,7 @@ class GroundingOptions:
     stop_at_unknown_citation: bool = True  # the answer ends before citing a source number it was not given
     abstain_below: float = 0.5      # say "I don't know" without generating when no given passage
                                     # (heading included) holds this share of the question's terms
+    answer_prefix: str = ""         # the answer's first words, written for the model (it continues them)
 
     def __post_init__(self):
         if self.system_prompt not in SYSTEM_PROMPTS:

@@ -49,7 +49,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "answers.json"
 TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0, "copy_bonus": 0.0}
 TODAY_GROUNDING = {"passages": 4, "trim_sentences": 0, "system_prompt": "cite", "answer_first": False,
                    "stop_after_paragraph": False, "stop_after_sentences": 0, "stop_at_unknown_citation": False,
-                   "abstain_below": 0.0, "answer_prefix": ""}
+                   "abstain_below": 0.0, "answer_prefix": "", "passage_order": "relevance"}
 # The repetition guard's defaults, without what came after it.
 GUARD_GENERATION = {"copy_bonus": 0.0}
 # The defaults chosen by the first round of measurements (docs/QUERY_APP.md), before the second.
@@ -105,6 +105,10 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "round2-prefix-according": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "answer_prefix": "According to the sources,"}),
     "round2-prefix-quote": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
     "round2-extract": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
+    # the search's order since retrieval went one document at a time (runtime.retrieval.one_document_at_a_time)
+    "round2-documents": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "passage_order": "documents"}),
+    "round2-documents-copy1": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
+    "round2-documents-copy2": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
     "default": ({}, {}),
 }
 

@@ -147,8 +147,8 @@ class Assistant:
         modes = self.retriever.modes
         return "hybrid" if "hybrid" in modes else modes[0]
 
-    def search(self, query: str, k: int = 4, mode: Optional[str] = None) -> list[Hit]:
-        return self.retriever.search(query, k=k, mode=mode or self.default_mode)
+    def search(self, query: str, k: int = 4, mode: Optional[str] = None, by_document: bool = True) -> list[Hit]:
+        return self.retriever.search(query, k=k, mode=mode or self.default_mode, by_document=by_document)
 
     def ask(self, question: str, options: Optional[AskOptions] = None, history: Sequence[dict] = ()) -> Answer:
         """Raises runtime.prompt.ContextOverflow when the question cannot fit the context window.
@@ -158,7 +158,8 @@ class Assistant:
         options = options or AskOptions()
         config, grounding, instructions = options.generation, options.grounding, options.instructions
         started = time.perf_counter()
-        hits = (self.search(question, k=options.k, mode=options.mode)
+        hits = (self.search(question, k=options.k, mode=options.mode,
+                            by_document=grounding.passage_order == "documents")
                 if options.use_documents and options.k > 0 else [])
         retrieval_s = time.perf_counter() - started
         hits = ground_hits(question, hits, grounding)

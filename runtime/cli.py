@@ -156,7 +156,7 @@ def add_repetition_arguments(group) -> None:
 
 def add_grounding_arguments(group) -> None:
     """How passages are given to the model; defaults come from GroundingOptions, their one source."""
-    from runtime.prompt import SYSTEM_PROMPTS, GroundingOptions
+    from runtime.prompt import PASSAGE_ORDERS, SYSTEM_PROMPTS, GroundingOptions
 
     defaults = GroundingOptions()
     group.add_argument("--passages", type=int, default=defaults.passages,
@@ -182,6 +182,9 @@ def add_grounding_arguments(group) -> None:
                        help="answer \"I don't know\" without asking the model when no passage shown (heading "
                             f"included) holds this share of the question's words; 0 never "
                             f"(default {defaults.abstain_below})")
+    group.add_argument("--passage-order", choices=PASSAGE_ORDERS, default=defaults.passage_order,
+                       help="passages for the answer: the best-scoring (relevance) or each document's best first, "
+                            f"as `search` lists them (documents) (default {defaults.passage_order})")
     group.add_argument("--answer-prefix", default=defaults.answer_prefix, metavar="TEXT",
                        help="the answer's first words, written for the model to continue (with passages only; "
                             f"default {defaults.answer_prefix!r})")
@@ -195,7 +198,7 @@ def grounding_options(args: argparse.Namespace):
                             stop_after_paragraph=args.stop_after_paragraph,
                             stop_after_sentences=args.stop_after_sentences,
                             stop_at_unknown_citation=args.stop_at_unknown_citation, abstain_below=args.abstain_below,
-                            answer_prefix=args.answer_prefix)
+                            answer_prefix=args.answer_prefix, passage_order=args.passage_order)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

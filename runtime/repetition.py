@@ -95,11 +95,11 @@ class RepetitionGuard:
         self._ngrams: Counter = Counter()
 
     @classmethod
-    def from_config(cls, config, source: Sequence[int] = ()) -> "RepetitionGuard":
-        """source: the prompt's tokens, which the copy bias favours continuing."""
+    def from_config(cls, config, copy_sources: Sequence[Sequence[int]] = ()) -> "RepetitionGuard":
+        """copy_sources: token ids of the passages the copy bias favours continuing (none: no bias)."""
         return cls(config.dry_multiplier, config.dry_base, config.dry_allowed_length,
                    config.loop_ngram, config.loop_repeats,
-                   CopyBias(source, config.copy_bonus, config.copy_min_match) if source else None)
+                   CopyBias(copy_sources, config.copy_bonus, config.copy_min_match) if copy_sources else None)
 
     @property
     def active(self) -> bool:

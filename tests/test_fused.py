@@ -259,7 +259,7 @@ def test_speculative_greedy_with_copy_bias_is_identical_to_step_by_step(fused_mo
                                   dry_multiplier=0.8 if number % 3 else 0.0)
         runs = []
         for run in (reference_greedy, speculative_greedy):
-            guard = RepetitionGuard.from_config(config, prompt)
+            guard = RepetitionGuard.from_config(config, [prompt])
             first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
             if run is reference_greedy:
                 runs.append(list(run(decoder, first, 40, guard=guard)))
@@ -267,7 +267,8 @@ def test_speculative_greedy_with_copy_bias_is_identical_to_step_by_step(fused_mo
                 runs.append(list(run(decoder, prompt, first, 40, guard=guard, stats=stats)))
         assert runs[0] == runs[1]
         changed += runs[0] != plain
-        assert list(generate(decoder, prompt, GenerationConfig(**{**vars(config), "max_new_tokens": 40}))) == runs[0]
+        assert list(generate(decoder, prompt, GenerationConfig(**{**vars(config), "max_new_tokens": 40}),
+                             RepetitionGuard.from_config(config, [prompt]))) == runs[0]
     assert changed > 3
     assert stats.accepted > 10  # drafts verified past their first row, where the bias sees pending tokens
 
@@ -276,7 +277,7 @@ def test_generate_takes_the_speculative_path_and_stops_at_stop_tokens(fused_mode
     decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
     prompt = _prompts()[1]
     config = GenerationConfig(max_new_tokens=30)  # the default repetition guard is on
-    guard = RepetitionGuard.from_config(config, prompt)
+    guard = RepetitionGuard.from_config(config)
     expected = list(reference_greedy(decoder, int(np.argmax(guard.adjust(prefill(decoder, prompt)))), 30,
                                      guard=guard))
     assert list(generate(decoder, prompt, config)) == expected

@@ -29,7 +29,7 @@ class GenerationConfig:
     loop_repeats: int = 3
     # Copy bias (runtime/copy_bias.py): logit bonus for a token continuing a span of the passages
     # that the answer's end repeats (at least copy_min_match tokens); 0 turns it off.
-    copy_bonus: float = 0.0
+    copy_bonus: float = 1.0
     copy_min_match: int = 1
 
     @property

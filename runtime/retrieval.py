@@ -208,6 +208,6 @@ class Retriever:
             values = scores[ids]
         else:
             ids, values = fuse(self.bm25.scores(query), self.dense.scores(query), self.dense_weight, depth)
-        chosen = one_document_at_a_time(ids, self.document_starts, k) if by_document else np.arange(min(k, len(ids)))
-        ids, values = ids[chosen], values[chosen]
+        chosen = one_document_at_a_time(ids, self.document_starts, k)
+        ids, values = (ids[chosen], values[chosen]) if by_document else (ids[:k], values[:k])
         return [Hit(rank=r + 1, score=float(v), chunk=self.chunks[int(i)]) for r, (i, v) in enumerate(zip(ids, values))]

@@ -107,17 +107,21 @@ def test_a_paragraph_ends_at_a_blank_line_after_a_finished_sentence_only():
 def test_answer_prefix_opens_the_answer_and_the_model_continues_it(query_assistant):
     from runtime.assistant import AskOptions
     from runtime.generation import GenerationConfig, generate
+    from runtime.repetition import RepetitionGuard
 
     prefix = 'The sources say: "'
-    config = GenerationConfig(max_new_tokens=6)
+    config = GenerationConfig(max_new_tokens=6, copy_bonus=2.0)
     grounding = GroundingOptions(passages=1, abstain_below=0.0, stop_after_sentences=0, answer_prefix=prefix)
     answer = query_assistant.ask(PUMP_QUESTION, AskOptions(generation=config, grounding=grounding)).finish()
     assert answer.text.startswith(prefix) and answer.stats.new_tokens == 6
-    assert answer.stats.settings["answer_prefix"] == prefix
+    assert (answer.stats.settings["answer_prefix"], answer.stats.settings["copy_bonus"]) == (prefix, 2.0)
+    assert answer.stats.settings["passage_order"] == "relevance"
     tokenizer = query_assistant.tokenizer
     prompt_ids = tokenizer.encode_chat(answer.prompt.messages) + tokenizer.encode(prefix)
     assert answer.stats.prompt_tokens == len(prompt_ids)
-    continued = list(generate(query_assistant.decoder, prompt_ids, config))
+    # the copy bias favours the passages' own tokens, not the prompt's
+    guard = RepetitionGuard.from_config(config, [tokenizer.encode(hit.chunk.text.strip()) for hit in answer.sources])
+    continued = list(generate(query_assistant.decoder, prompt_ids, config, guard))
     assert answer.text == prefix + tokenizer.decode(continued)
 
 

@@ -46,49 +46,79 @@ DEFAULT_BUNDLE = ROOT / "dist" / "python-docs"
 DEFAULT_OUT = ROOT / "bench" / "results" / "answers.json"
 
 # What `ask` did before the repetition guard and grounding options existed.
-TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0}
+TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0, "copy_bonus": 0.0}
 TODAY_GROUNDING = {"passages": 4, "trim_sentences": 0, "system_prompt": "cite", "answer_first": False,
                    "stop_after_paragraph": False, "stop_after_sentences": 0, "stop_at_unknown_citation": False,
-                   "abstain_below": 0.0}
+                   "abstain_below": 0.0, "answer_prefix": "", "passage_order": "relevance"}
+# The repetition guard's defaults, without what came after it.
+GUARD_GENERATION = {"copy_bonus": 0.0}
 # The defaults chosen by the first round of measurements (docs/QUERY_APP.md), before the second.
 ROUND1_GROUNDING = {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "abstain_below": 0.5}
+
+# The defaults chosen by the second round: round1 with the two stops.
+ROUND2_GROUNDING = {**ROUND1_GROUNDING, "stop_at_unknown_citation": True, "stop_after_sentences": 3,
+                    "answer_prefix": ""}
+ROUND2_GENERATION = GUARD_GENERATION
 
 # name -> (GenerationConfig changes, GroundingOptions changes); "default" is the current defaults.
 # Every other configuration is spelled out in full from today's, so the table stays meaningful
 # when the defaults move.
 CONFIGS: dict[str, tuple[dict, dict]] = {
     "today": (TODAY_GENERATION, TODAY_GROUNDING),
-    "guard": ({}, TODAY_GROUNDING),
-    "guard-dry-only": ({"loop_ngram": 0}, TODAY_GROUNDING),
-    "p1": ({}, {**TODAY_GROUNDING, "passages": 1}),
-    "p2": ({}, {**TODAY_GROUNDING, "passages": 2}),
-    "p3": ({}, {**TODAY_GROUNDING, "passages": 3}),
-    "p2-trim3": ({}, {**TODAY_GROUNDING, "passages": 2, "trim_sentences": 3}),
-    "p2-trim5": ({}, {**TODAY_GROUNDING, "passages": 2, "trim_sentences": 5}),
-    "p2-brief": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief"}),
-    "p2-first": ({}, {**TODAY_GROUNDING, "passages": 2, "answer_first": True}),
-    "p2-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "stop_after_paragraph": True}),
-    "p2-abstain": ({}, {**TODAY_GROUNDING, "passages": 2, "abstain_below": 0.5}),
-    "p2-brief-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "stop_after_paragraph": True}),
-    "p2-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "answer_first": True,
+    "guard": (GUARD_GENERATION, TODAY_GROUNDING),
+    "guard-dry-only": ({**GUARD_GENERATION, "loop_ngram": 0}, TODAY_GROUNDING),
+    "p1": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 1}),
+    "p2": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2}),
+    "p3": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 3}),
+    "p2-trim3": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "trim_sentences": 3}),
+    "p2-trim5": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "trim_sentences": 5}),
+    "p2-brief": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief"}),
+    "p2-first": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "answer_first": True}),
+    "p2-stop": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "stop_after_paragraph": True}),
+    "p2-abstain": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "abstain_below": 0.5}),
+    "p2-brief-stop": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "stop_after_paragraph": True}),
+    "p2-brief-first-stop": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "answer_first": True,
                                  "stop_after_paragraph": True}),
-    "p1-brief": ({}, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief"}),
-    "p3-brief": ({}, {**TODAY_GROUNDING, "passages": 3, "system_prompt": "brief"}),
-    "p4-brief": ({}, {**TODAY_GROUNDING, "passages": 4, "system_prompt": "brief"}),
-    "p1-brief-first-stop": ({}, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief", "answer_first": True,
+    "p1-brief": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief"}),
+    "p3-brief": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 3, "system_prompt": "brief"}),
+    "p4-brief": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 4, "system_prompt": "brief"}),
+    "p1-brief-first-stop": (GUARD_GENERATION, {**TODAY_GROUNDING, "passages": 1, "system_prompt": "brief", "answer_first": True,
                                  "stop_after_paragraph": True}),
-    "round1": ({}, ROUND1_GROUNDING),
-    "round1-example": ({}, {**ROUND1_GROUNDING, "system_prompt": "example"}),
-    "round1-extract": ({}, {**ROUND1_GROUNDING, "system_prompt": "extract"}),
-    "round1-sentence": ({}, {**ROUND1_GROUNDING, "stop_after_sentences": 1}),
-    "round1-example-sentence": ({}, {**ROUND1_GROUNDING, "system_prompt": "example", "stop_after_sentences": 1}),
-    "round1-extract-sentence": ({}, {**ROUND1_GROUNDING, "system_prompt": "extract", "stop_after_sentences": 1}),
-    "round1-dry1": ({"dry_allowed_length": 1}, ROUND1_GROUNDING),
-    "round1-p1-example-sentence": ({}, {**ROUND1_GROUNDING, "passages": 1, "system_prompt": "example",
+    "round1": (GUARD_GENERATION, ROUND1_GROUNDING),
+    "round1-example": (GUARD_GENERATION, {**ROUND1_GROUNDING, "system_prompt": "example"}),
+    "round1-extract": (GUARD_GENERATION, {**ROUND1_GROUNDING, "system_prompt": "extract"}),
+    "round1-sentence": (GUARD_GENERATION, {**ROUND1_GROUNDING, "stop_after_sentences": 1}),
+    "round1-example-sentence": (GUARD_GENERATION, {**ROUND1_GROUNDING, "system_prompt": "example", "stop_after_sentences": 1}),
+    "round1-extract-sentence": (GUARD_GENERATION, {**ROUND1_GROUNDING, "system_prompt": "extract", "stop_after_sentences": 1}),
+    "round1-dry1": ({**GUARD_GENERATION, "dry_allowed_length": 1}, ROUND1_GROUNDING),
+    "round1-p1-example-sentence": (GUARD_GENERATION, {**ROUND1_GROUNDING, "passages": 1, "system_prompt": "example",
                                         "stop_after_sentences": 1}),
-    "round1-citestop": ({}, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True}),
-    "round1-citestop-sentences3": ({}, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True,
+    "round1-citestop": (GUARD_GENERATION, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True}),
+    "round1-citestop-sentences3": (GUARD_GENERATION, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True,
                                         "stop_after_sentences": 3}),
+    "round2": (ROUND2_GENERATION, ROUND2_GROUNDING),
+    "round2-copy0.5": ({"copy_bonus": 0.5}, ROUND2_GROUNDING),
+    "round2-copy1": ({"copy_bonus": 1.0}, ROUND2_GROUNDING),
+    "round2-copy2": ({"copy_bonus": 2.0}, ROUND2_GROUNDING),
+    "round2-copy3": ({"copy_bonus": 3.0}, ROUND2_GROUNDING),
+    "round2-copy2-match2": ({"copy_bonus": 2.0, "copy_min_match": 2}, ROUND2_GROUNDING),
+    "round2-prefix-according": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "answer_prefix": "According to the sources,"}),
+    "round2-prefix-quote": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
+    "round2-extract": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
+    "round2-copy1-prefix-quote": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
+    "round2-copy2-prefix-quote": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
+    "round2-copy1-prefix-according": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING,
+                                                            "answer_prefix": "According to the sources,"}),
+    "round2-copy2-prefix-according": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING,
+                                                            "answer_prefix": "According to the sources,"}),
+    "round2-copy1-extract": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
+    "round2-copy2-extract": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
+    "round2-copy1-p1": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "passages": 1}),
+    "round2-copy2-p1": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "passages": 1}),
+    # the search's order since retrieval went one document at a time (runtime.retrieval.one_document_at_a_time)
+    "round2-documents": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "passage_order": "documents"}),
+    "round2-documents-copy1": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
+    "round2-documents-copy2": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
     "default": ({}, {}),
 }
 

@@ -147,8 +147,8 @@ class Assistant:
         modes = self.retriever.modes
         return "hybrid" if "hybrid" in modes else modes[0]
 
-    def search(self, query: str, k: int = 4, mode: Optional[str] = None) -> list[Hit]:
-        return self.retriever.search(query, k=k, mode=mode or self.default_mode)
+    def search(self, query: str, k: int = 4, mode: Optional[str] = None, by_document: bool = True) -> list[Hit]:
+        return self.retriever.search(query, k=k, mode=mode or self.default_mode, by_document=by_document)
 
     def ask(self, question: str, options: Optional[AskOptions] = None, history: Sequence[dict] = ()) -> Answer:
         """Raises runtime.prompt.ContextOverflow when the question cannot fit the context window.
@@ -158,7 +158,8 @@ class Assistant:
         options = options or AskOptions()
         config, grounding, instructions = options.generation, options.grounding, options.instructions
         started = time.perf_counter()
-        hits = (self.search(question, k=options.k, mode=options.mode)
+        hits = (self.search(question, k=options.k, mode=options.mode,
+                            by_document=grounding.passage_order == "documents")
                 if options.use_documents and options.k > 0 else [])
         retrieval_s = time.perf_counter() - started
         hits = ground_hits(question, hits, grounding)
@@ -171,6 +172,10 @@ class Assistant:
         budget = self.decoder.max_length - min(config.max_new_tokens, self.decoder.max_length // 2)
         prompt = fit_prompt(question, hits, self.tokenizer, budget, history, instructions, grounding)
         prompt_ids = self.tokenizer.encode_chat(prompt.messages)
+        # Only with passages: the prefix steers how an answer from sources opens.
+        prefix = grounding.answer_prefix if prompt.sources else ""
+        if prefix:
+            prompt_ids = prompt_ids + self.tokenizer.encode(prefix)
         stop_ids = frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids
         config = GenerationConfig(**{**vars(config), "stop_token_ids": stop_ids})
         answer = Answer(prompt=prompt, _deltas=iter(()))
@@ -183,7 +188,8 @@ class Assistant:
             stops += unknown_citations(len(prompt.sources))
         answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
                                      StopStringFilter(stops), grounding.stop_after_paragraph,
-                                     grounding.stop_after_sentences)
+                                     grounding.stop_after_sentences, prefix,
+                                     [self.tokenizer.encode(hit.chunk.text.strip()) for hit in prompt.sources])
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -199,16 +205,21 @@ class Assistant:
 
 def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int], config: GenerationConfig,
                 stats, started: float, stops: Optional[StopStringFilter] = None,
-                stop_after_paragraph: bool = False, stop_after_sentences: int = 0) -> Iterator[str]:
+                stop_after_paragraph: bool = False, stop_after_sentences: int = 0,
+                prefix: str = "", copy_sources: Sequence[Sequence[int]] = ()) -> Iterator[str]:
     """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
     summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
-    stream's first token, from `started`), finish_reason, loop_stopped and total_s."""
+    stream's first token, from `started`), finish_reason, loop_stopped and total_s.
+    prefix: the answer's opening, already at the end of `prompt_ids`; it comes first in the text.
+    copy_sources: token ids of the passages, for the copy bias (config.copy_bonus)."""
     stops = stops or StopStringFilter(())
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
-    guard = RepetitionGuard.from_config(config)
-    shown, produced, sentences = "", 0, 0
+    guard = RepetitionGuard.from_config(config, copy_sources)
+    shown, produced, sentences = prefix, 0, 0
     try:
+        if prefix:
+            yield prefix
         for token in generate(decoder, prompt_ids, config, guard):
             if token in config.stop_token_ids:
                 stats.finish_reason = "stop"

@@ -146,11 +146,17 @@ def add_repetition_arguments(group) -> None:
                             f"0 turns it off (default {defaults.loop_ngram})")
     group.add_argument("--loop-repeats", type=int, default=defaults.loop_repeats,
                        help=f"see --loop-ngram (default {defaults.loop_repeats})")
+    group.add_argument("--copy-bonus", type=non_negative_float, default=defaults.copy_bonus,
+                       help="logit bonus for a token that continues a span of the passages the answer is "
+                            f"quoting; 0 turns it off (default {defaults.copy_bonus})")
+    group.add_argument("--copy-min-match", type=positive_int, default=defaults.copy_min_match, metavar="N",
+                       help="the answer's end must repeat at least N tokens of the passages for the bonus "
+                            f"(default {defaults.copy_min_match})")
 
 
 def add_grounding_arguments(group) -> None:
     """How passages are given to the model; defaults come from GroundingOptions, their one source."""
-    from runtime.prompt import SYSTEM_PROMPTS, GroundingOptions
+    from runtime.prompt import PASSAGE_ORDERS, SYSTEM_PROMPTS, GroundingOptions
 
     defaults = GroundingOptions()
     group.add_argument("--passages", type=int, default=defaults.passages,
@@ -176,6 +182,12 @@ def add_grounding_arguments(group) -> None:
                        help="answer \"I don't know\" without asking the model when no passage shown (heading "
                             f"included) holds this share of the question's words; 0 never "
                             f"(default {defaults.abstain_below})")
+    group.add_argument("--passage-order", choices=PASSAGE_ORDERS, default=defaults.passage_order,
+                       help="passages for the answer: the best-scoring (relevance) or each document's best first, "
+                            f"as `search` lists them (documents) (default {defaults.passage_order})")
+    group.add_argument("--answer-prefix", default=defaults.answer_prefix, metavar="TEXT",
+                       help="the answer's first words, written for the model to continue (with passages only; "
+                            f"default {defaults.answer_prefix!r})")
 
 
 def grounding_options(args: argparse.Namespace):
@@ -185,7 +197,8 @@ def grounding_options(args: argparse.Namespace):
                             system_prompt=args.system_prompt, answer_first=args.answer_first,
                             stop_after_paragraph=args.stop_after_paragraph,
                             stop_after_sentences=args.stop_after_sentences,
-                            stop_at_unknown_citation=args.stop_at_unknown_citation, abstain_below=args.abstain_below)
+                            stop_at_unknown_citation=args.stop_at_unknown_citation, abstain_below=args.abstain_below,
+                            answer_prefix=args.answer_prefix, passage_order=args.passage_order)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -235,7 +248,8 @@ def ask_options(args: argparse.Namespace):
                               top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
                               dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
                               dry_allowed_length=args.dry_allowed_length, loop_ngram=args.loop_ngram,
-                              loop_repeats=args.loop_repeats)
+                              loop_repeats=args.loop_repeats, copy_bonus=args.copy_bonus,
+                              copy_min_match=args.copy_min_match)
     return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, generation=config,
                       grounding=grounding_options(args), stop=tuple(args.stop))
 

@@ -27,6 +27,10 @@ class GenerationConfig:
     dry_allowed_length: int = 2
     loop_ngram: int = 4
     loop_repeats: int = 3
+    # Copy bias (runtime/copy_bias.py): logit bonus for a token continuing a span of the passages
+    # that the answer's end repeats (at least copy_min_match tokens); 0 turns it off.
+    copy_bonus: float = 1.0
+    copy_min_match: int = 1
 
     @property
     def greedy(self) -> bool:
@@ -92,7 +96,8 @@ def generate(decoder, prompt_ids: list[int], config: GenerationConfig,
 
     Stops after yielding a token of `config.stop_token_ids`, after `config.max_new_tokens`, when
     the context (`decoder.max_length`) is full, or before a token the repetition guard refuses
-    (then `guard.stopped` is set; pass a guard to read it, else one is made from `config`).
+    (then `guard.stopped` is set; pass a guard to read it, and to give the copy bias its passages,
+    else one is made from `config`).
     Greedy without repeat penalty goes through the speculative path when `config.speculative`
     is set and one is installed: it yields the same ids.
     """

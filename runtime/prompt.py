@@ -40,6 +40,9 @@ SYSTEM_PROMPTS = {
         "Answer: Open valve V12 until water runs from the vent [1]."
     ),
 }
+# Which passages an answer is given (--passage-order): "relevance" the best-scoring ones, often two
+# of one document; "documents" the search's order, each document's best passage before any second one.
+PASSAGE_ORDERS = ("relevance", "documents")
 # Appended to the question with --answer-first: a small model follows an instruction best
 # when it is the last thing it reads.
 ANSWER_FIRST = "Answer in one sentence first, then stop."
@@ -71,11 +74,15 @@ class GroundingOptions:
     stop_at_unknown_citation: bool = True  # the answer ends before citing a source number it was not given
     abstain_below: float = 0.5      # say "I don't know" without generating when no given passage
                                     # (heading included) holds this share of the question's terms
+    answer_prefix: str = ""         # the answer's first words, written for the model (it continues them)
+    passage_order: str = "relevance"  # a key of PASSAGE_ORDERS: which retrieved passages come first
 
     def __post_init__(self):
         if self.system_prompt not in SYSTEM_PROMPTS:
             raise ValueError(f"unknown system prompt {self.system_prompt!r}; "
                              f"choose from {', '.join(SYSTEM_PROMPTS)}")
+        if self.passage_order not in PASSAGE_ORDERS:
+            raise ValueError(f"unknown passage order {self.passage_order!r}; choose from {', '.join(PASSAGE_ORDERS)}")
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n\s*\n")

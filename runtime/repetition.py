@@ -11,15 +11,19 @@ sources is what a grounded answer should do.
 The hard stop ends the answer before a token that would make one n-gram of `loop_ngram`
 tokens occur `loop_repeats` times, so no stopped answer ever holds that many copies.
 
-Every decision depends only on the tokens admitted so far, so the speculative verifier can
-replay it row by row and stay identical to step-by-step decoding.
+The guard also applies the copy bias (runtime/copy_bias.py) when given one: it is the one place
+where logits change with the answer so far. Every decision depends only on the tokens admitted
+so far, so the speculative verifier can replay it row by row and stay identical to step-by-step
+decoding.
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
+
+from runtime.copy_bias import CopyBias
 
 # Penalties grow exponentially with the repeated length; past this exponent the logit is gone
 # anyway, and a larger one would overflow a float on long loops.
@@ -79,7 +83,8 @@ class RepetitionGuard:
     """
 
     def __init__(self, multiplier: float = 0.0, base: float = 1.75, allowed_length: int = 2,
-                 loop_ngram: int = 0, loop_repeats: int = 0):
+                 loop_ngram: int = 0, loop_repeats: int = 0, copy_bias: Optional[CopyBias] = None):
+        self.copy_bias = copy_bias if copy_bias is not None and copy_bias.active else None
         self.multiplier = multiplier
         self.base = base
         self.allowed_length = allowed_length
@@ -90,24 +95,30 @@ class RepetitionGuard:
         self._ngrams: Counter = Counter()
 
     @classmethod
-    def from_config(cls, config) -> "RepetitionGuard":
+    def from_config(cls, config, copy_sources: Sequence[Sequence[int]] = ()) -> "RepetitionGuard":
+        """copy_sources: token ids of the passages the copy bias favours continuing (none: no bias)."""
         return cls(config.dry_multiplier, config.dry_base, config.dry_allowed_length,
-                   config.loop_ngram, config.loop_repeats)
+                   config.loop_ngram, config.loop_repeats,
+                   CopyBias(copy_sources, config.copy_bonus, config.copy_min_match) if copy_sources else None)
 
     @property
     def active(self) -> bool:
-        return self.multiplier > 0.0 or self._stops_loops
+        return self.multiplier > 0.0 or self._stops_loops or self.copy_bias is not None
 
     @property
     def _stops_loops(self) -> bool:
         return self.loop_ngram > 0 and self.loop_repeats > 1
 
     def adjust(self, logits: np.ndarray, pending: Sequence[int] = ()) -> np.ndarray:
-        """`logits` penalised for the answer so far followed by `pending` (not yet admitted)."""
-        if self.multiplier <= 0.0:
+        """`logits` penalised (and copy-biased) for the answer so far followed by `pending` (not yet admitted)."""
+        if self.multiplier <= 0.0 and self.copy_bias is None:
             return logits
         history = self.tokens + [int(t) for t in pending] if pending else self.tokens
-        return apply_penalties(logits, dry_penalties(history, self.multiplier, self.base, self.allowed_length))
+        if self.multiplier > 0.0:
+            logits = apply_penalties(logits, dry_penalties(history, self.multiplier, self.base, self.allowed_length))
+        if self.copy_bias is not None:
+            logits = self.copy_bias.apply(logits, history)
+        return logits
 
     def admit(self, token: int) -> bool:
         """Record `token` as the answer's next one; False (and nothing recorded) if it would loop."""

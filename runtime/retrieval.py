@@ -216,7 +216,9 @@ class Retriever:
             dense = DenseSearch.from_bundle(bundle, settings["dense"]["max_length"], len(chunks), threads)
         return cls(chunks, starts, bm25, dense, settings["fusion"]["dense_weight"])
 
-    def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:
+    def search(self, query: str, k: int = 4, mode: str = "hybrid", by_document: bool = True) -> list[Hit]:
+        """The k best passages; by_document: one document at a time (one_document_at_a_time), else by
+        score alone (an answer is best grounded in the two best passages, often of one document)."""
         if mode not in self.modes:
             raise RetrievalError(f"search mode {mode!r} is not in this index (available: {', '.join(self.modes)})")
         if k < 1:
@@ -240,5 +242,5 @@ class Retriever:
             dense = Candidates(*self.dense.best(vector, depth), lambda ids: self.dense.exact(vector, ids))
             ids, values = fuse(bm25.result() if bm25 is not None else bm25_candidates(), dense, self.dense_weight, depth)
         chosen = one_document_at_a_time(ids, self.document_starts, k)
-        ids, values = ids[chosen], values[chosen]
+        ids, values = (ids[chosen], values[chosen]) if by_document else (ids[:k], values[:k])
         return [Hit(rank=r + 1, score=float(v), chunk=self.chunks[int(i)]) for r, (i, v) in enumerate(zip(ids, values))]

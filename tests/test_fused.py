@@ -237,6 +237,42 @@ def test_speculative_greedy_with_the_repetition_guard_is_identical_to_plain_gree
     assert stats.accepted > 20
 
 
+def _quoting_prompts() -> list[list[int]]:
+    """Random passages, with the answer's likely start quoting them so the bias has spans to extend."""
+    rng = np.random.default_rng(11)
+    prompts = []
+    for _ in range(12):
+        passage = [int(t) for t in rng.integers(0, 49152, 32)]
+        prompts.append(passage + [int(t) for t in rng.integers(0, 49152, 8)] + passage[:5])
+    return prompts
+
+
+def test_speculative_greedy_with_copy_bias_is_identical_to_step_by_step(fused_models):
+    """The tiny random model's output changes with the bias (it quotes its prompt more), and the
+    speculative path, whose drafts come from the same prompt, makes exactly the same choices."""
+    decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
+    stats = SpeculationStats()
+    changed = 0
+    for number, prompt in enumerate(_quoting_prompts()):
+        plain = list(reference_greedy(decoder, int(np.argmax(prefill(decoder, prompt))), 40))
+        config = GenerationConfig(copy_bonus=3.0, copy_min_match=1 + number % 2,
+                                  dry_multiplier=0.8 if number % 3 else 0.0)
+        runs = []
+        for run in (reference_greedy, speculative_greedy):
+            guard = RepetitionGuard.from_config(config, [prompt])
+            first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
+            if run is reference_greedy:
+                runs.append(list(run(decoder, first, 40, guard=guard)))
+            else:
+                runs.append(list(run(decoder, prompt, first, 40, guard=guard, stats=stats)))
+        assert runs[0] == runs[1]
+        changed += runs[0] != plain
+        assert list(generate(decoder, prompt, GenerationConfig(**{**vars(config), "max_new_tokens": 40}),
+                             RepetitionGuard.from_config(config, [prompt]))) == runs[0]
+    assert changed > 3
+    assert stats.accepted > 10  # drafts verified past their first row, where the bias sees pending tokens
+
+
 def test_generate_takes_the_speculative_path_and_stops_at_stop_tokens(fused_models):
     decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
     prompt = _prompts()[1]

@@ -83,11 +83,15 @@ def test_command_line_flags_reach_the_generation_and_grounding_settings():
 
     args = build_parser().parse_args(["ask", "q", "--dry-multiplier", "0.5", "--loop-ngram", "0", "--passages", "1",
                                       "--trim-sentences", "3", "--system-prompt", "brief", "--answer-first",
-                                      "--stop-after-paragraph", "--abstain-below", "0.25"])
+                                      "--stop-after-paragraph", "--abstain-below", "0.25", "--copy-bonus", "1.5",
+                                      "--copy-min-match", "2", "--answer-prefix", "In short,",
+                                      "--passage-order", "documents"])
     options = ask_options(args)
     assert (options.generation.dry_multiplier, options.generation.loop_ngram) == (0.5, 0)
+    assert (options.generation.copy_bonus, options.generation.copy_min_match) == (1.5, 2)
     assert options.grounding == GroundingOptions(passages=1, trim_sentences=3, system_prompt="brief",
-                                                 answer_first=True, stop_after_paragraph=True, abstain_below=0.25)
+                                                 answer_first=True, stop_after_paragraph=True, abstain_below=0.25,
+                                                 answer_prefix="In short,", passage_order="documents")
     assert ask_options(build_parser().parse_args(["ask", "q"])) == AskOptions()  # one source of defaults
 
 
@@ -98,3 +102,34 @@ def test_a_paragraph_ends_at_a_blank_line_after_a_finished_sentence_only():
     assert ends_paragraph("It is primed by opening V12.\n \n")
     assert not ends_paragraph("Here is how to do it:\n\n")
     assert not ends_paragraph("Use venv.\n\n1. Open a terminal.")
+
+
+def test_answer_prefix_opens_the_answer_and_the_model_continues_it(query_assistant):
+    from runtime.assistant import AskOptions
+    from runtime.generation import GenerationConfig, generate
+    from runtime.repetition import RepetitionGuard
+
+    prefix = 'The sources say: "'
+    config = GenerationConfig(max_new_tokens=6, copy_bonus=2.0)
+    grounding = GroundingOptions(passages=1, abstain_below=0.0, stop_after_sentences=0, answer_prefix=prefix)
+    answer = query_assistant.ask(PUMP_QUESTION, AskOptions(generation=config, grounding=grounding)).finish()
+    assert answer.text.startswith(prefix) and answer.stats.new_tokens == 6
+    assert (answer.stats.settings["answer_prefix"], answer.stats.settings["copy_bonus"]) == (prefix, 2.0)
+    assert answer.stats.settings["passage_order"] == "relevance"
+    tokenizer = query_assistant.tokenizer
+    prompt_ids = tokenizer.encode_chat(answer.prompt.messages) + tokenizer.encode(prefix)
+    assert answer.stats.prompt_tokens == len(prompt_ids)
+    # the copy bias favours the passages' own tokens, not the prompt's
+    guard = RepetitionGuard.from_config(config, [tokenizer.encode(hit.chunk.text.strip()) for hit in answer.sources])
+    continued = list(generate(query_assistant.decoder, prompt_ids, config, guard))
+    assert answer.text == prefix + tokenizer.decode(continued)
+
+
+def test_answer_prefix_is_left_out_when_answering_without_passages(query_assistant):
+    from runtime.assistant import AskOptions
+    from runtime.generation import GenerationConfig
+
+    answer = query_assistant.ask(PUMP_QUESTION, AskOptions(
+        use_documents=False, generation=GenerationConfig(max_new_tokens=3),
+        grounding=GroundingOptions(answer_prefix="According to the sources,"))).finish()
+    assert not answer.text.startswith("According to the sources,")

@@ -36,7 +36,8 @@ def build_fused_model(source: str | Path | ModelSource, quantization: str | Quan
         raise BuildError(source.path, str(exc)) from None
     weights = load_llama(source.path)
     try:
-        model = build_graph(weights, plan, lambda step, done, total: progress(STEP, done, total))
+        # One more unit for writing the file (a 3B graph's 2 GB take a while).
+        model = build_graph(weights, plan, lambda step, done, total: progress(STEP, done, total + 1))
     except ValueError as exc:
         raise BuildError(source.path, str(exc)) from None
     if portable:
@@ -45,6 +46,8 @@ def build_fused_model(source: str | Path | ModelSource, quantization: str | Quan
     model_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, model_dir)
     del model
+    steps = 2 + weights.spec.num_layers
+    progress(STEP, steps, steps)
     _write_tokenizer(source, model_dir)
     info = model_info(weights, plan)
     info.graph = FUSED_PORTABLE_GRAPH if portable else GRAPH_NAME

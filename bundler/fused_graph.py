@@ -85,9 +85,15 @@ def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) ->
     g = _Graph(accuracy_level=plan.accuracy_level)
     convert = _Converter(weights, plan)
 
+    # The embedding is one unit: quantizing a 128,256-token table takes as long as a few layers.
+    steps = 1 + spec.num_layers
+    if progress:
+        progress("fused graph", 0, steps)
     cos, sin = spec.rotary_tables()
     cos_name, sin_name = g.const("cos_cache", cos), g.const("sin_cache", sin)
     hidden = _embedding(g, convert, spec)
+    if progress:
+        progress("fused graph", 1, steps)
 
     residual = None
     for layer in range(spec.num_layers):
@@ -124,7 +130,7 @@ def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) ->
         (act,) = g.node("Mul", [act, up])
         hidden = _linear(g, act, convert.fused([prefix + "mlp.down_proj.weight"]))
         if progress:
-            progress("fused graph", layer + 1, spec.num_layers)
+            progress("fused graph", layer + 2, steps)
 
     norm = g.const("final_norm", weights.float("model.norm.weight"))
     final, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [hidden, residual, norm], 4,

@@ -9,7 +9,8 @@ whole of wiki.test.raw tokenized once, cut into non-overlapping windows of --ppl
 window evaluated from an empty cache; "second half" scores the last half of each window's predictions
 as llama-perplexity does, "full window" every prediction in it. Both engines get the same ids, after a
 check that llama.cpp's tokenizer and ours tokenize the text identically. Each engine runs in its own
-process, 2 threads.
+process. Perplexity does not depend on the thread count (the same figures with 1 and 2 threads); on a
+loaded machine `--threads 1` keeps llama.cpp's spinning worker threads from crawling.
 
     python bench/bench_wiki_ppl.py [--windows 0 (all)] [--ppl-context 512] [--gguf FILE]
 """

@@ -5,11 +5,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import onnx
 
 from bundler.errors import BuildError
-from bundler.fused_graph import GRAPH_NAME, QuantizationPlan, build_graph
+from bundler.fused_graph import GRAPH_NAME, ExternalData, QuantizationPlan, build_graph
 from bundler.fused_lowering import lower_for_onnxruntime_119
 from bundler.llama_weights import LlamaWeights, load_llama
 from bundler.model_spec import MAX_ROPE_POSITIONS
@@ -35,17 +36,23 @@ def build_fused_model(source: str | Path | ModelSource, quantization: str | Quan
     except ValueError as exc:
         raise BuildError(source.path, str(exc)) from None
     weights = load_llama(source.path)
+    model_dir = Path(out_dir) / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+
+    def graph_progress(step: str, done: int, total: int) -> None:
+        progress(STEP, done, total + 1)  # one more unit for writing the file (a 3B graph's 2 GB take a while)
+
     try:
-        # One more unit for writing the file (a 3B graph's 2 GB take a while).
-        model = build_graph(weights, plan, lambda step, done, total: progress(STEP, done, total + 1))
+        if portable:
+            # The lowering rewrites initializers, so this graph is held in memory.
+            model = build_graph(weights, plan, graph_progress)
+        else:
+            save_streamed(lambda external: build_graph(weights, plan, graph_progress, external), model_dir)
     except ValueError as exc:
         raise BuildError(source.path, str(exc)) from None
     if portable:
-        model = lower_for_onnxruntime_119(model)
-    model_dir = Path(out_dir) / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, model_dir)
-    del model
+        save_model(lower_for_onnxruntime_119(model), model_dir)
+        del model
     steps = 2 + weights.spec.num_layers
     progress(STEP, steps, steps)
     _write_tokenizer(source, model_dir)
@@ -76,6 +83,18 @@ def save_model(model: onnx.ModelProto, model_dir: Path) -> None:
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".fused-") as tmp:
         onnx.save_model(model, os.path.join(tmp, MODEL_FILE), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+        os.replace(os.path.join(tmp, DATA_FILE), model_dir / DATA_FILE)
+        os.replace(os.path.join(tmp, MODEL_FILE), model_dir / MODEL_FILE)
+
+
+def save_streamed(make: Callable[[ExternalData], onnx.ModelProto], model_dir: Path) -> None:
+    """`make(external)` writes the initializers into the data file as it builds the graph; then the
+    graph is written beside it, and both replace the old pair only when both are complete."""
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".fused-") as tmp:
+        with open(os.path.join(tmp, DATA_FILE), "wb") as data:
+            model = make(ExternalData(data, DATA_FILE))
+        with open(os.path.join(tmp, MODEL_FILE), "wb") as out:
+            out.write(model.SerializeToString())
         os.replace(os.path.join(tmp, DATA_FILE), model_dir / DATA_FILE)
         os.replace(os.path.join(tmp, MODEL_FILE), model_dir / MODEL_FILE)
 

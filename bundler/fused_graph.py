@@ -13,7 +13,7 @@ Outputs: logits [logits_rows, vocab], present.{i}.key/value (the same buffers wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 import onnx
@@ -57,12 +57,36 @@ class QuantizationPlan:
 Linear = Union[NBitsWeight, np.ndarray]  # float weights are [N, K]
 
 
+EXTERNAL_BYTES = 1024  # initializers from this size go to the external data file (as onnx.save_model's threshold)
+EXTERNAL_ALIGN = 4096  # offsets aligned to pages, as onnx's own writer aligns them
+
+
+@dataclass
+class ExternalData:
+    """The open external data file initializers are streamed into, and its name beside model.onnx."""
+
+    file: BinaryIO
+    location: str
+
+    def tensor(self, name: str, value: np.ndarray) -> TensorProto:
+        """Write `value` at the next aligned offset; a TensorProto that points at it."""
+        offset = -(-self.file.tell() // EXTERNAL_ALIGN) * EXTERNAL_ALIGN
+        self.file.write(b"\0" * (offset - self.file.tell()))
+        self.file.write(memoryview(value.reshape(-1)).cast("B"))
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype),
+                             dims=value.shape, data_location=TensorProto.EXTERNAL)
+        for key, text in (("location", self.location), ("offset", str(offset)), ("length", str(value.nbytes))):
+            tensor.external_data.add(key=key, value=text)
+        return tensor
+
+
 @dataclass
 class _Graph:
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
     count: int = 0
     accuracy_level: int = ACCURACY_LEVEL
+    external: Optional[ExternalData] = None
 
     def name(self, stem: str) -> str:
         self.count += 1
@@ -70,7 +94,11 @@ class _Graph:
 
     def const(self, stem: str, value: np.ndarray) -> str:
         name = self.name(stem)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        value = np.ascontiguousarray(value)
+        if self.external is not None and value.nbytes >= EXTERNAL_BYTES:
+            self.initializers.append(self.external.tensor(name, value))
+        else:
+            self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
     def node(self, op: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
@@ -79,10 +107,13 @@ class _Graph:
         return names
 
 
-def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None) -> onnx.ModelProto:
+def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None,
+                external: Optional[ExternalData] = None) -> onnx.ModelProto:
+    """The graph, its initializers in memory, or written to `external` as they are made (then memory
+    holds one layer's weights, not the model's: a 3B Q4_K_M held whole and serialized peaked at 12.7 GB)."""
     plan.check()
     spec = weights.spec
-    g = _Graph(accuracy_level=plan.accuracy_level)
+    g = _Graph(accuracy_level=plan.accuracy_level, external=external)
     convert = _Converter(weights, plan)
 
     # The embedding is one unit: quantizing a 128,256-token table takes as long as a few layers.

@@ -1,27 +1,36 @@
-"""The glibc-2.31 aarch64 build under qemu user emulation: logits, start, RSS, decode (issue 11).
+"""Both aarch64 builds under qemu user emulation: logits, start, RSS, decode (issue 11).
 
-For one model (default: SmolLM2-135M-Instruct Q4_1) and one small docs folder:
-- stages it for linux-aarch64 twice, with the fused-portable graph (the target's default) and with
-  optimum's graph in int4 (the reference; its int8 needs onnxruntime 1.22), and once for
-  linux-x86_64 (the fused graph), through the builder's own caches; packages the two aarch64
-  executables;
-- logits: the runtime's decoder inside the emulated root's Python (the stub's onnxruntime 1.19.2)
-  on the fused-portable folder against this host's decoder on the x86_64 fused folder, one prompt
-  plus one greedy step; max abs difference;
+For one model (default: SmolLM2-135M-Instruct Q4_1) and one small docs folder, per aarch64 runtime
+(bullseye: glibc 2.31, onnxruntime 1.19.2, `linux-aarch64`; bookworm: glibc 2.36, onnxruntime 1.32,
+`raspberry-pi-5`):
+- stages the target's default graph (fused-portable on bullseye, fused on bookworm) and optimum's
+  graph in int4 (the reference, on both: its int8 needs onnxruntime 1.22), through the builder's own
+  caches; packages one executable per runtime and graph;
+- logits: the runtime's decoder inside the emulated root (the stub's Python and onnxruntime) against
+  this host's decoder (the x86_64 stub's onnxruntime) on the same staging folder, one prompt plus one
+  greedy step; max abs difference. Twice: as built (MatMulNBits accuracy level 4, int8 activations,
+  whose kernels differ between releases and CPUs) and with every MatMulNBits at accuracy level 1
+  (float32 activations; a copy of the folder with only that attribute changed): the second shows
+  that both machines compute the same function, the first what a user gets
+  (docs/PACKAGING.md#accuracy-level);
 - start: wall time of `EXE verify --quick` under emulation (trailer, manifest, model session);
 - peak RSS: of an `EXE ask` under emulation (qemu's own memory included), no network (unshare -n);
-- decode tok/s of each graph under the same emulation, and their ratio (a proxy for a board:
-  emulated absolute speed says nothing about one).
+- decode tok/s of each graph under the same emulation (qemu emulating a Cortex-A76, the Pi 5's core),
+  and the ratio of the target's graph to optimum's (a proxy for a board: emulated absolute speed says
+  nothing about one).
 
-Needs root and the emulated bullseye root (made by the first aarch64 build). Minutes per run.
+Needs root and both emulated roots (made by the first build for each). Emulated float32 matmuls are
+slow (softfloat): the accuracy-level-1 logits take minutes. `--runtimes` picks a subset.
 
 Usage: python bench/bench_emulation.py [--model FILE.gguf] [--tokens 16] [--threads 2] [--work DIR]
+                                       [--runtimes bullseye,bookworm]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,13 +48,19 @@ from bundler.stub_chroot import chroot_python_command, rootfs_command, rootfs_pa
 from runtime.bundle import MANIFEST_NAME  # noqa: E402
 from targets import load_target  # noqa: E402
 
-ARM = "linux-aarch64"
+# runtime -> (target, its default graph)
+RUNTIMES = {"bullseye": ("linux-aarch64", "fused-portable"), "bookworm": ("raspberry-pi-5", "fused")}
+# The CPU qemu emulates: the Raspberry Pi 5's core (Armv8.2 with dot products, no SVE/SME; the Jetson
+# Orin Nano's Cortex-A78AE is of the same class and not in qemu 7.2). qemu's default, `max`, offers
+# SVE and SME, which onnxruntime 1.32 then uses and qemu runs ~8x slower than NEON
+# (docs/MEASUREMENTS.md#fused-portable-under-emulation): not a board's speed.
+QEMU_CPU = "cortex-a76"
 DOCS = {"pumps/coolant-pump.md": "# Coolant pump P-7\n\nThe coolant pump P-7 is primed by opening bleed valve V12 "
                                  "for thirty seconds while the pump runs at idle speed.\n"}
 QUESTION = "How is the coolant pump P-7 primed?"
 
-# Run by this host's Python and by the emulated root's: logits of a prompt plus one greedy step
-# (saved), then decode speed over `tokens` greedy steps after a fresh prefill.
+# Run by this host's Python and by the emulated roots': logits of a prompt plus one greedy step
+# (saved), then (tokens > 0) decode speed over `tokens` greedy steps after a fresh prefill.
 PROBE = """
 import json, sys, time
 import numpy as np
@@ -58,15 +73,17 @@ decoder = load_decoder(DirectoryBundle(__import__("pathlib").Path(staging)), thr
 logits = decoder.forward(prompt)
 step = decoder.forward([int(logits[-1].argmax())])
 np.save(out, np.concatenate([logits, step])[-2:])
-decoder.reset()
-started = time.perf_counter()
-last = decoder.forward(prompt, rows=1)[-1]
-prefill = time.perf_counter() - started
-started = time.perf_counter()
-for _ in range(tokens):
-    last = decoder.forward([int(last.argmax())], rows=1)[-1]
-decode = time.perf_counter() - started
-print(json.dumps({"prefill_s": prefill, "decode_tok_s": tokens / decode}))
+figures = {}
+if tokens:
+    decoder.reset()
+    started = time.perf_counter()
+    last = decoder.forward(prompt, rows=1)[-1]
+    figures["prefill_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(tokens):
+        last = decoder.forward([int(last.argmax())], rows=1)[-1]
+    figures["decode_tok_s"] = tokens / (time.perf_counter() - started)
+print(json.dumps(figures))
 """
 PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712,
           8182, 2, 198, 1, 4093, 198, 2683, 314, 260, 1922, 17730, 340, 30, 2]
@@ -85,7 +102,8 @@ def run_measured(command: list[str], timeout: float) -> tuple[subprocess.Complet
 def probe(prefix: list[str], staging: Path, out: Path, tokens: int, threads: int) -> dict:
     command = prefix + ["-c", PROBE, str(REPO_ROOT), str(staging), str(out), str(tokens), str(threads),
                         ",".join(map(str, PROMPT))]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=7200,
+                          env={**os.environ, "QEMU_CPU": QEMU_CPU})
     if done.returncode != 0:
         raise SystemExit(f"probe failed on {staging}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -93,23 +111,55 @@ def probe(prefix: list[str], staging: Path, out: Path, tokens: int, threads: int
 
 def emulated(root: Path, folder: Path, argv: list[str]) -> list[str]:
     """argv inside the emulated root with no network (unshare -n), `folder` mounted."""
-    return ["unshare", "-n", *rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", *argv], binds=(folder,))]
+    return ["unshare", "-n", *rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", f"QEMU_CPU={QEMU_CPU}", *argv],
+                                             binds=(folder,))]
+
+
+def at_accuracy_level(staging: Path, level: int, out: Path) -> Path:
+    """A copy of `staging` (files hard-linked) whose model has every MatMulNBits at accuracy `level`."""
+    import onnx
+
+    if out.is_dir():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(staging, partial, copy_function=os.link)
+    graph = partial / "model" / "model.onnx"
+    model = onnx.load(str(graph), load_external_data=False)
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "MatMulNBits" and attribute.name == "accuracy_level":
+                attribute.i = level
+    graph.unlink()  # a hard link: the original must stay as it is
+    onnx.save(model, str(graph))
+    os.replace(partial, out)
+    return out
+
+
+def max_abs(a: Path, b: Path) -> float:
+    import numpy as np
+
+    return float(np.abs(np.load(a) - np.load(b)).max())
 
 
 def main() -> int:
-    import numpy as np
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="a .gguf file (default: SmolLM2-135M-Instruct Q4_1)")
     parser.add_argument("--tokens", type=int, default=16, help="greedy decode steps timed per graph")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of the decoders")
     parser.add_argument("--work", type=Path, default=None, help="keep staging folders and executables here")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated subset of "
+                                                                        + ", ".join(RUNTIMES))
     args = parser.parse_args()
+    runtimes = args.runtimes.split(",")
+    if not set(runtimes) <= set(RUNTIMES):
+        raise SystemExit(f"--runtimes: choose from {', '.join(RUNTIMES)}")
     model = args.model or default_model_path()
-    arm = load_target(ARM)
-    root = rootfs_path(arm, DEFAULT_CACHE / "stubs")
-    if os.geteuid() != 0 or not root.is_dir():
-        raise SystemExit(f"needs root and the emulated root {root} (made by the first {ARM} build)")
+    stubs = DEFAULT_CACHE / "stubs"
+    for name in runtimes:
+        root = rootfs_path(load_target(RUNTIMES[name][0]), stubs)
+        if os.geteuid() != 0 or not root.is_dir():
+            raise SystemExit(f"needs root and the emulated root {root} (made by the first {RUNTIMES[name][0]} build)")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-emulation-"))
     docs = work / "docs"
     for name, text in DOCS.items():
@@ -117,53 +167,60 @@ def main() -> int:
         (docs / name).write_text(text)
 
     with BenchRecord("emulation", {**vars(args), "model": model.name}) as record:
-        staged = {}
         # optimum's graph in int4: its int8 export uses 8-bit MatMulNBits, which 1.19.2 lacks (the build refuses
         # it); requantized to int4 it fails the quality gate, so the gate is lifted for this speed reference
         # and its perplexity ratio recorded.
-        for label, target, graph, quantization in (("portable", ARM, "fused-portable", None),
-                                                   ("optimum", ARM, "optimum", "int4"),
-                                                   ("x86_64", "linux-x86_64", None, None)):
-            staging = work / f"staging-{label}"
-            if not (staging / "model").is_dir():
-                config = BuildConfig(model=model, docs=docs, output=work / label, target=target, graph=graph,
-                                     quantization=quantization, cache_dir=DEFAULT_CACHE,
-                                     max_ppl_ratio=float("inf") if label == "optimum" else BuildConfig.max_ppl_ratio)
-                stage(config, staging)
-            staged[label] = staging
-            info = json.loads((staging / MANIFEST_NAME).read_text())["model"]
-            record.figures.setdefault("graphs", {})[label] = {
-                "graph": info["graph"], "quantization": info["quantization"],
-                "ppl_ratio": info["quality"]["ratio"]}
-
-        arm_python = chroot_python_command(arm, DEFAULT_CACHE / "stubs", (REPO_ROOT, work))
         figures = {}
-        for label in ("portable", "optimum"):
-            figures[label] = probe(arm_python, staged[label], work / f"logits-{label}.npy", args.tokens, args.threads)
-        probe([sys.executable], staged["x86_64"], work / "logits-x86_64.npy", 1, args.threads)
-        reference = np.load(work / "logits-x86_64.npy")
-        record.figures["max_abs_logit_difference_portable_aarch64_vs_fused_x86_64"] = float(
-            np.abs(np.load(work / "logits-portable.npy") - reference).max())
-        record.figures["max_abs_logit_difference_optimum_aarch64_vs_fused_x86_64"] = float(
-            np.abs(np.load(work / "logits-optimum.npy") - reference).max())
+        for name in runtimes:
+            target_name, default_graph = RUNTIMES[name]
+            target = load_target(target_name)
+            staged = {}
+            for label, graph, quantization in (("default", default_graph, None), ("optimum", "optimum", "int4")):
+                staging = work / f"staging-{name}-{label}"
+                if not (staging / "model").is_dir():
+                    config = BuildConfig(model=model, docs=docs, output=work / label, target=target_name, graph=graph,
+                                         quantization=quantization, cache_dir=DEFAULT_CACHE,
+                                         max_ppl_ratio=float("inf") if label == "optimum" else BuildConfig.max_ppl_ratio)
+                    stage(config, staging)
+                staged[label] = staging
+                info = json.loads((staging / MANIFEST_NAME).read_text())["model"]
+                record.figures.setdefault("graphs", {})[f"{name}-{label}"] = {
+                    "graph": info["graph"], "quantization": info["quantization"],
+                    "ppl_ratio": info["quality"]["ratio"]}
 
-        for label in ("portable", "optimum"):
-            executable = work / f"station-{label}"
-            if not executable.is_file():
-                package(staged[label], arm, executable, DEFAULT_CACHE / "stubs")
-            done, start_s, _ = run_measured(emulated(root, work, [str(executable), "verify", "--quick"]), 900)
-            if done.returncode != 0:
-                raise SystemExit(f"{executable} verify --quick failed: {done.stderr.strip()}")
-            done, ask_s, rss = run_measured(emulated(root, work, [str(executable), "ask", QUESTION,
-                                                                  "--max-tokens", str(args.tokens)]), 1800)
-            if done.returncode != 0:
-                raise SystemExit(f"{executable} ask failed: {done.stderr.strip()}")
-            figures[label].update(start_s=round(start_s, 1), ask_s=round(ask_s, 1), ask_peak_rss_mb=round(rss / 1e6),
-                                  cites_the_file="pumps/coolant-pump.md" in done.stdout.partition("Sources:")[2],
-                                  executable_mb=round(executable.stat().st_size / 1e6, 1))
+            python = chroot_python_command(target, stubs, (REPO_ROOT, work))
+            root = rootfs_path(target, stubs)
+            figures[name] = runtime_figures = {}
+            # logits on the same staging folder, emulated aarch64 against this host, at both accuracy levels
+            level1 = at_accuracy_level(staged["default"], 1, work / f"staging-{name}-default-level1")
+            for level, folder in ((4, staged["default"]), (1, level1)):
+                tokens = args.tokens if level == 4 else 0
+                timing = probe(python, folder, work / f"logits-{name}-{level}.npy", tokens, args.threads)
+                probe([sys.executable], folder, work / f"logits-{name}-{level}-x86_64.npy", 0, args.threads)
+                runtime_figures[f"max_abs_logit_difference_level{level}"] = max_abs(
+                    work / f"logits-{name}-{level}.npy", work / f"logits-{name}-{level}-x86_64.npy")
+                if timing:
+                    runtime_figures["default"] = timing
+            runtime_figures["optimum"] = probe(python, staged["optimum"], work / f"logits-{name}-optimum.npy",
+                                               args.tokens, args.threads)
+            for label in ("default", "optimum"):
+                executable = work / f"station-{name}-{label}"
+                if not executable.is_file():
+                    package(staged[label], target, executable, stubs)
+                done, start_s, _ = run_measured(emulated(root, work, [str(executable), "verify", "--quick"]), 900)
+                if done.returncode != 0:
+                    raise SystemExit(f"{executable} verify --quick failed: {done.stderr.strip()}")
+                done, ask_s, rss = run_measured(emulated(root, work, [str(executable), "ask", QUESTION,
+                                                                      "--max-tokens", str(args.tokens)]), 1800)
+                if done.returncode != 0:
+                    raise SystemExit(f"{executable} ask failed: {done.stderr.strip()}")
+                runtime_figures[label].update(
+                    start_s=round(start_s, 1), ask_s=round(ask_s, 1), ask_peak_rss_mb=round(rss / 1e6),
+                    cites_the_file="pumps/coolant-pump.md" in done.stdout.partition("Sources:")[2],
+                    executable_mb=round(executable.stat().st_size / 1e6, 1))
+            runtime_figures["decode_ratio_default_to_optimum"] = (runtime_figures["default"]["decode_tok_s"]
+                                                                  / runtime_figures["optimum"]["decode_tok_s"])
         record.figures.update(figures)
-        record.figures["decode_ratio_portable_to_optimum"] = (figures["portable"]["decode_tok_s"]
-                                                              / figures["optimum"]["decode_tok_s"])
         print(json.dumps(record.figures, indent=1))
     return 0
 

@@ -104,7 +104,9 @@ def compare(files: dict[str, Path], types: list[str], args) -> dict:
             row[engine] = run_worker([*common, "--engine", engine])
             print(f"# {kind} {engine}: {json.dumps(row[engine])}", file=sys.stderr, flush=True)
         row[LLAMA]["mb"] = files[kind].stat().st_size / 1e6
-        row[OURS]["mb"] = sum(f.stat().st_size for f in model_dir.glob("model.onnx*")) / 1e6
+        # the graph, its weights and the K-quant heads (runtime/kquant_expand.py): not the tokenizer files
+        row[OURS]["mb"] = sum(f.stat().st_size for f in model_dir.iterdir()
+                              if f.name.startswith(("model.onnx", "kquant."))) / 1e6
         results[kind] = row
     return results
 

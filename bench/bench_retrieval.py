@@ -43,7 +43,7 @@ from runtime import layout  # noqa: E402
 from runtime.bundle import Bundle  # noqa: E402
 from bundler.index import DENSE_WEIGHT  # noqa: E402
 from runtime.dense_search import quantize_vectors  # noqa: E402
-from runtime.retrieval import Retriever, fuse, top_k  # noqa: E402
+from runtime.retrieval import FUSION_CANDIDATES, Candidates, Retriever, fuse, top_k  # noqa: E402
 from runtime.text_terms import ANALYZER, terms  # noqa: E402
 
 MODES = ("bm25", "dense", "hybrid")
@@ -104,6 +104,12 @@ def percentiles(samples: tuple[list[float], list[float]]) -> str:
             f"  (CPU time of all threads per query: p50 {np.percentile(cpu, 50):6.2f} ms)")
 
 
+def fuse_arrays(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """fuse() of two scores for every passage, over the same candidates as a search."""
+    depth = max(FUSION_CANDIDATES, k)
+    return fuse(Candidates.of(bm25, depth, positive_only=True), Candidates.of(dense, depth), dense_weight, k)
+
+
 def time_queries(retriever: Retriever, queries: list[str], mode: str, k: int = 10) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds per query. On a shared machine the CPU time shows the work itself."""
     retriever.search(queries[0], k, mode)  # warm caches and the ONNX session
@@ -126,9 +132,10 @@ def time_parts(retriever: Retriever, queries: list[str]) -> str:
         t1 = time.perf_counter()
         bm25 = retriever.bm25.scores(query)
         t2 = time.perf_counter()
-        scores = dense.score_vector(vector)
+        best = dense.best(vector, FUSION_CANDIDATES)
         t3 = time.perf_counter()
-        fuse(bm25, scores, retriever.dense_weight, 10)
+        fuse(Candidates.of(bm25, FUSION_CANDIDATES, positive_only=True),
+             Candidates(*best, lambda ids: dense.exact(vector, ids)), retriever.dense_weight, FUSION_CANDIDATES)
         t4 = time.perf_counter()
         for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             parts[name].append(seconds)
@@ -218,10 +225,10 @@ def quality_table(title: str, retriever: Retriever, queries: dict[str, str], qre
             rankings[f"reciprocal rank fusion (k {constant}) of the document lists (max-passage each)"] = rrf(
                 top_k(doc_bm25, 1000, positive_only=True), top_k(doc_dense, 1000), 100, constant)
         for weight in (0.5, 0.8):
-            rankings[f"weighted z-score (dense {weight}), max-passage"] = document[fuse(bm25, dense, weight, 300)[0]]
+            rankings[f"weighted z-score (dense {weight}), max-passage"] = document[fuse_arrays(bm25, dense, weight, 300)[0]]
         rankings[f"weighted z-score (dense {DENSE_WEIGHT}) of the document lists (max-passage each)"] = \
-            fuse(doc_bm25, doc_dense, DENSE_WEIGHT, 100)[0]
-        rankings[f"weighted z-score (dense {DENSE_WEIGHT}), best passage + 0.1 x second"] = fuse(
+            fuse_arrays(doc_bm25, doc_dense, DENSE_WEIGHT, 100)[0]
+        rankings[f"weighted z-score (dense {DENSE_WEIGHT}), best passage + 0.1 x second"] = fuse_arrays(
             best_plus_second(bm25, document, documents, 0.0, 0.1), best_plus_second(dense, document, documents, -1.0, 0.1),
             DENSE_WEIGHT, 100)[0]
         for label, ranking in rankings.items():

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from bundler.gguf_reader import GgufTensor
+from runtime.kquant_expand import HEADS as K_HEADS, block_fields, pack_nibbles, pack_zero_points, with_minimum
 
 GGUF_BLOCK = 32
 ROWS_PER_CHUNK = 8192
@@ -40,6 +41,8 @@ class NBitsWeight:
     scales: np.ndarray  # float32 [N, K/block]
     zero_points: Optional[np.ndarray] = None  # uint8, packed like MatMulNBits wants; None = default
     remainder: Optional[np.ndarray] = None  # float32 [N, K/block], added per block on top
+    # The K-quant GGUF tensors whose blocks these are, in row order (runtime/kquant_expand.py); else empty.
+    gguf_parts: tuple = ()
 
     def codes(self) -> np.ndarray:
         """The unpacked integer codes q, [N, K/block, block]."""
@@ -68,12 +71,6 @@ class NBitsWeight:
         return values.reshape(self.n, self.k)
 
 
-def pack_nibbles(codes: np.ndarray) -> np.ndarray:
-    """[..., 2m] codes 0..15 -> [..., m] bytes, even index in the low nibble."""
-    codes = codes.astype(np.uint8)
-    return codes[..., 0::2] | (codes[..., 1::2] << 4)
-
-
 def _gguf_blocks(tensor: GgufTensor) -> np.ndarray:
     """[rows, blocks per row, bytes per block] view of a quantized tensor."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -98,18 +95,25 @@ def _high_bits(qh: np.ndarray, count: int) -> np.ndarray:
     return np.unpackbits(qh, axis=-1, bitorder="little")[..., :count]
 
 
-def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K: 12 bytes -> eight 6-bit scales and eight 6-bit minimums per super-block."""
-    d, m, md = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
-    scales = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
-    mins = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
-    return scales.astype(np.float32), mins.astype(np.float32)
-
-
 def _k_low_nibbles(qs: np.ndarray) -> np.ndarray:
     """Q4_K/Q5_K: each 32-byte chunk holds sub-block 2j in its low and 2j+1 in its high nibbles."""
     chunks = qs.reshape(*qs.shape[:-1], 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
     return (chunks & 0x0F).reshape(*qs.shape[:-1], 8, 32)
+
+
+def _k_codes(kind: str, blocks: np.ndarray) -> np.ndarray:
+    """K-quant blocks [rows, super-blocks, bytes] -> packed MatMulNBits codes [rows, blocks, bytes per block]."""
+    rows = blocks.shape[0]
+    if kind == "Q4_K":
+        return _pack_codes(4, _k_low_nibbles(blocks[..., 16:]).reshape(rows, -1, 32))
+    if kind == "Q5_K":
+        high = blocks[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)
+        return _pack_codes(8, (_k_low_nibbles(blocks[..., 48:]) | ((high & 1) << 4)).reshape(rows, -1, 32))
+    low = blocks[..., 0:128].reshape(rows, -1, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
+    low = (low & 0x0F).reshape(rows, -1, 8, 32)
+    high = blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(4, 1)
+    high = (high & 0x03).reshape(rows, -1, 8, 32)
+    return _pack_codes(8, (low | (high << 4)).reshape(rows, -1, 16))
 
 
 def from_gguf(tensor: GgufTensor) -> NBitsWeight:
@@ -132,25 +136,12 @@ def from_gguf(tensor: GgufTensor) -> NBitsWeight:
     if kind == "Q5_1":
         codes = _gguf_nibbles(blocks[..., 8:]) | (_high_bits(blocks[..., 4:8], 32) << 4)
         return _with_minimum(8, GGUF_BLOCK, codes, _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4]))
-    if kind in ("Q4_K", "Q5_K"):
-        d, dmin = _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4])
-        sc, mn = _k_scales(blocks[..., 4:16])
-        scales = (d[..., None] * sc).reshape(rows, -1)
-        minimum = -(dmin[..., None] * mn).reshape(rows, -1)
-        if kind == "Q4_K":
-            codes = _k_low_nibbles(blocks[..., 16:]).reshape(rows, -1, 32)
-            return _with_minimum(4, GGUF_BLOCK, codes, scales, minimum)
-        high = blocks[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)
-        codes = _k_low_nibbles(blocks[..., 48:]) | ((high & 1) << 4)
-        return _with_minimum(8, GGUF_BLOCK, codes.reshape(rows, -1, 32), scales, minimum)
-    if kind == "Q6_K":
-        low = blocks[..., 0:128].reshape(rows, -1, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
-        low = (low & 0x0F).reshape(rows, -1, 8, 32)
-        high = blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(4, 1)
-        high = (high & 0x03).reshape(rows, -1, 8, 32)
-        codes = (low | (high << 4)).reshape(rows, -1, 16)
-        scales = (_f16(blocks[..., 208:210])[..., None] * blocks[..., 192:208].view(np.int8)).reshape(rows, -1)
-        return _with_zero(8, 16, codes, scales.astype(np.float32), 32)
+    if kind in K_HEADS:
+        # Per-block tensors from the blocks' heads as the runtime computes them (runtime/kquant_expand.py).
+        fields = block_fields(kind, blocks[..., slice(*K_HEADS[kind])])
+        return NBitsWeight(fields.bits, fields.block, rows, cols, _k_codes(kind, blocks), fields.scales,
+                           zero_points=pack_zero_points(fields.zeros, fields.bits), remainder=fields.remainder,
+                           gguf_parts=(tensor,))
     raise ValueError(f"{tensor.name}: {kind} has no MatMulNBits form")
 
 
@@ -163,26 +154,14 @@ def _with_zero(bits: int, block: int, codes: np.ndarray, scales: np.ndarray, zer
     rows = codes.shape[0]
     zeros = np.full(scales.shape, zero, dtype=np.uint8)
     return NBitsWeight(bits, block, rows, codes.shape[1] * block, _pack_codes(bits, codes), scales,
-                       zero_points=_pack_zero_points(zeros, bits))
+                       zero_points=pack_zero_points(zeros, bits))
 
 
 def _with_minimum(bits: int, block: int, codes: np.ndarray, scales: np.ndarray, minimum: np.ndarray) -> NBitsWeight:
     """w = scale * q + minimum: integer zero point plus the exact float remainder per block."""
-    rows = codes.shape[0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        zero = np.where(scales > 0, np.rint(-minimum / scales), 0.0)
-    zero = np.clip(zero, 0, (1 << bits) - 1)
-    remainder = (minimum + zero * scales).astype(np.float32)
-    return NBitsWeight(bits, block, rows, codes.shape[1] * block, _pack_codes(bits, codes), scales,
-                       zero_points=_pack_zero_points(zero.astype(np.uint8), bits), remainder=remainder)
-
-
-def _pack_zero_points(zero: np.ndarray, bits: int) -> np.ndarray:
-    if bits == 8:
-        return np.ascontiguousarray(zero.astype(np.uint8))
-    if zero.shape[1] % 2:
-        zero = np.concatenate([zero, np.zeros((zero.shape[0], 1), np.uint8)], axis=1)
-    return pack_nibbles(zero)
+    fields = with_minimum(bits, scales, minimum)
+    return NBitsWeight(bits, block, codes.shape[0], codes.shape[1] * block, _pack_codes(bits, codes), scales,
+                       zero_points=pack_zero_points(fields.zeros, bits), remainder=fields.remainder)
 
 
 def quantize_float(weight: np.ndarray, bits: int, block: int, method: str = "rtn") -> NBitsWeight:
@@ -214,7 +193,7 @@ def quantize_float(weight: np.ndarray, bits: int, block: int, method: str = "rtn
     zero = zero.astype(np.uint8).reshape(n, k // block)
     packed = codes if bits == 8 else pack_nibbles(codes)
     return NBitsWeight(bits, block, n, k, np.ascontiguousarray(packed),
-                       scale.reshape(n, k // block), zero_points=_pack_zero_points(zero, bits))
+                       scale.reshape(n, k // block), zero_points=pack_zero_points(zero, bits))
 
 
 def quantize_symmetric8(weight: np.ndarray, block: int) -> NBitsWeight:

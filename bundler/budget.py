@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from bundler.errors import BuildError
+from runtime.kquant_expand import expansion_bytes
 from runtime.manifest import Manifest
 from runtime.memory import MB, MemoryEstimate, context_tokens, estimate_memory, kv_bytes_per_token
 from targets import TargetProfile
@@ -37,7 +38,7 @@ class BudgetReport:
 def estimate(staging: Path, manifest: Manifest, target: TargetProfile, context: Optional[int] = None) -> BudgetReport:
     """context: the build's --ctx, which can only lower min(model, profile)."""
     context = context_tokens(manifest.model, target.context, context)
-    memory = estimate_memory(manifest.model, _folder_bytes(staging / "model"), _folder_bytes(staging / "index"),
+    memory = estimate_memory(manifest.model, _model_bytes(staging / "model"), _folder_bytes(staging / "index"),
                              context)
     return BudgetReport(memory=memory, budget=target.ram_budget_bytes)
 
@@ -70,6 +71,11 @@ def _refusal(report: BudgetReport, manifest: Manifest, target: TargetProfile) ->
         options.append(f"--ctx {context} (a context of at most {context} tokens)")
     would_fit = "; would fit: " + " or ".join(options) if options else "; nothing smaller fits: choose a smaller model"
     return need + would_fit
+
+
+def _model_bytes(folder: Path) -> int:
+    """The model as loaded: a compact K-quant graph's computed tensors count, not their heads (runtime/kquant_expand.py)."""
+    return _folder_bytes(folder) + expansion_bytes(folder)
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import BinaryIO, Optional, Union
 
+import json
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -24,10 +26,15 @@ from bundler.gguf_reader import BLOCK_TYPES, GgufTensor
 from bundler.llama_weights import LlamaWeights
 from bundler.model_spec import ModelSpec
 from runtime.decoder import FUSED_GRAPH
+from runtime.kquant_expand import DERIVED_PLACEHOLDER, FORMAT as KQUANT_FORMAT, HEADS, SUPER_BLOCK
 
 GRAPH_NAME = FUSED_GRAPH
 QUANTIZATIONS = ("gguf-exact", "int4", "int8", "fp32")
 MS = "com.microsoft"
+# A compact graph (build_graph(compact=True)) carries its K-quant block heads to bundler.fused_export.save_model
+# as initializers named KQUANT_STASH + number, described by the metadata entry KQUANT_METADATA.
+KQUANT_STASH = "kquant_blocks/"
+KQUANT_METADATA = "edgebundle.kquant"
 # MatMulNBits accuracy level 4: int8 activations, MLAS's fast kernels on x86 and ARM.
 ACCURACY_LEVEL = 4
 
@@ -86,6 +93,9 @@ class _Graph:
     initializers: list = field(default_factory=list)
     count: int = 0
     accuracy_level: int = ACCURACY_LEVEL
+    compact: bool = False
+    kquant: dict = field(default_factory=dict)  # GGUF names of a weight's parts -> recipe entry (runtime/kquant_expand.py)
+    stash: list = field(default_factory=list)  # (GgufTensor part, stash name) in recipe order
     external: Optional[ExternalData] = None
 
     def name(self, stem: str) -> str:
@@ -101,19 +111,46 @@ class _Graph:
             self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
+    def weight_const(self, weight: "NBitsWeight", part: str, layout: str, stem: str, value: np.ndarray) -> str:
+        """A per-block initializer of `weight`: for a K-quant weight of a compact graph, one the runtime
+        computes from the GGUF block heads (a placeholder at DERIVED_PLACEHOLDER plus a recipe output)."""
+        if not (self.compact and weight.gguf_parts):
+            return self.const(stem, value)
+        name = self.name(stem)
+        placeholder = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype),
+                                  dims=value.shape, data_location=TensorProto.EXTERNAL)
+        # the offset in the runtime's file is set by bundler.fused_export.save_model
+        for key, text in (("location", DERIVED_PLACEHOLDER.decode()), ("offset", "0"), ("length", str(value.nbytes))):
+            entry = placeholder.external_data.add()
+            entry.key, entry.value = key, text
+        self.initializers.append(placeholder)
+        key = tuple(tensor.name for tensor in weight.gguf_parts)
+        if key not in self.kquant:
+            parts = []
+            for tensor in weight.gguf_parts:
+                stash = f"{KQUANT_STASH}{len(self.stash)}"
+                self.stash.append((tensor, stash))
+                parts.append({"stash": stash, "rows": tensor.shape[0], "cols": tensor.shape[1]})
+            self.kquant[key] = {"type": weight.gguf_parts[0].type, "parts": parts, "outputs": []}
+        self.kquant[key]["outputs"].append({"name": name, "field": part, "layout": layout})
+        return name
+
     def node(self, op: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
         names = [self.name(op) for _ in range(outputs)] if isinstance(outputs, int) else outputs
         self.nodes.append(helper.make_node(op, inputs, names, name=self.name(op + "_node"), domain=domain, **attrs))
         return names
 
 
-def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None,
+def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None, compact: bool = False,
                 external: Optional[ExternalData] = None) -> onnx.ModelProto:
-    """The graph, its initializers in memory, or written to `external` as they are made (then memory
-    holds one layer's weights, not the model's: a 3B Q4_K_M held whole and serialized peaked at 12.7 GB)."""
+    """`compact`: the per-block tensors of K-quant weights are left to the runtime, which computes
+    them at session start from the GGUF's block heads (runtime/kquant_expand.py); only
+    bundler.fused_export writes such a graph, and bundler.fused_lowering takes only full ones.
+    `external`: initializers are written to it as they are made (then memory holds one layer's weights,
+    not the model's: a 3B Q4_K_M held whole and serialized peaked at 12.7 GB); else held in memory."""
     plan.check()
     spec = weights.spec
-    g = _Graph(accuracy_level=plan.accuracy_level, external=external)
+    g = _Graph(accuracy_level=plan.accuracy_level, compact=compact, external=external)
     convert = _Converter(weights, plan)
 
     # The embedding is one unit: quantizing a 128,256-token table takes as long as a few layers.
@@ -226,8 +263,10 @@ def _concat_nbits(parts: list[NBitsWeight]) -> NBitsWeight:
     def cat(attr):
         values = [getattr(p, attr) for p in parts]
         return None if values[0] is None else np.concatenate(values, axis=0)
+    same_type = all(p.gguf_parts for p in parts) and len({q.type for p in parts for q in p.gguf_parts}) == 1
     return NBitsWeight(first.bits, first.block, sum(p.n for p in parts), first.k, cat("packed"),
-                       cat("scales"), zero_points=cat("zero_points"), remainder=cat("remainder"))
+                       cat("scales"), zero_points=cat("zero_points"), remainder=cat("remainder"),
+                       gguf_parts=tuple(q for p in parts for q in p.gguf_parts) if same_type else ())
 
 
 def _linear(g: _Graph, x: str, parts: list[Linear]) -> str:
@@ -242,9 +281,10 @@ def _one_linear(g: _Graph, x: str, weight: Linear, packed: str = "", output: str
     outputs = [output] if output else 1
     if isinstance(weight, np.ndarray):
         return g.node("MatMul", [x, g.const("w", weight.T.astype(np.float32))], outputs)[0]
-    inputs = [x, packed or g.const("w_q", weight.packed), g.const("w_scale", weight.scales.reshape(-1))]
+    inputs = [x, packed or g.const("w_q", weight.packed),
+              g.weight_const(weight, "scales", "matmul", "w_scale", weight.scales.reshape(-1))]
     if weight.zero_points is not None:
-        inputs.append(g.const("w_zero", weight.zero_points.reshape(-1)))
+        inputs.append(g.weight_const(weight, "zeros", "matmul", "w_zero", weight.zero_points.reshape(-1)))
     (y,) = g.node("MatMulNBits", inputs, 1 if weight.remainder is not None else outputs, domain=MS,
                   K=weight.k, N=weight.n, bits=weight.bits, block_size=weight.block, accuracy_level=g.accuracy_level)
     if weight.remainder is None:
@@ -254,7 +294,8 @@ def _one_linear(g: _Graph, x: str, weight: Linear, packed: str = "", output: str
     shape = g.const("block_shape", np.array([-1, blocks, weight.block], dtype=np.int64))
     (xb,) = g.node("Reshape", [x, shape])
     (sums,) = g.node("ReduceSum", [xb, g.const("last_axis", np.array([-1], dtype=np.int64))], keepdims=0)
-    return g.node("Gemm", [sums, g.const("w_rem", weight.remainder.T.copy()), y], outputs)[0]
+    remainder = g.weight_const(weight, "remainder", "matmul", "w_rem", weight.remainder.T.copy())
+    return g.node("Gemm", [sums, remainder, y], outputs)[0]
 
 
 def _embedding_weight(convert: _Converter) -> Linear:
@@ -283,16 +324,19 @@ def _embedding(g: _Graph, convert: _Converter, spec: ModelSpec) -> str:
         # One [vocab, blocks, bytes per block] initializer serves this and the tied lm_head's MatMulNBits.
         blocks = weight.k // weight.block
         convert.embedding_name = g.const("embed_q", weight.packed)
-        inputs = [convert.embedding_name, "input_ids", g.const("embed_scale", weight.scales.reshape(weight.n, blocks, 1))]
+        inputs = [convert.embedding_name, "input_ids",
+                  g.weight_const(weight, "scales", "gather", "embed_scale", weight.scales.reshape(weight.n, blocks, 1))]
         if weight.zero_points is not None:
             # Along the quantized axis there is one block per row of the last axis: one zero point
             # byte each (the low nibble for 4 bits).
-            inputs.append(g.const("embed_zero", weight.zeros().astype(np.uint8).reshape(weight.n, blocks, 1)))
+            zeros = weight.zeros().astype(np.uint8).reshape(weight.n, blocks, 1)
+            inputs.append(g.weight_const(weight, "zeros", "gather", "embed_zero", zeros))
         (rows,) = g.node("GatherBlockQuantized", inputs, domain=MS, gather_axis=0, quantize_axis=2,
                          block_size=weight.block, bits=weight.bits)
         if weight.remainder is not None:
             # [1, S, blocks, block] + the gathered per-block remainders broadcast over each block.
-            (rem,) = g.node("Gather", [g.const("embed_rem", weight.remainder), "input_ids"], axis=0)
+            remainder = g.weight_const(weight, "remainder", "gather", "embed_rem", weight.remainder)
+            (rem,) = g.node("Gather", [remainder, "input_ids"], axis=0)
             (rem,) = g.node("Unsqueeze", [rem, g.const("last_axis", np.array([-1], dtype=np.int64))])
             (rows,) = g.node("Add", [rows, rem])
     return g.node("Reshape", [rows, shape])[0]
@@ -331,11 +375,22 @@ def _model(g: _Graph, spec: ModelSpec) -> onnx.ModelProto:
         for part in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{part}", TensorProto.FLOAT, kv))
             outputs.append(helper.make_tensor_value_info(f"present.{layer}.{part}", TensorProto.FLOAT, kv))
-    graph = helper.make_graph(g.nodes, GRAPH_NAME, inputs, outputs, g.initializers)
+    stash = [numpy_helper.from_array(_heads(t), name) for t, name in g.stash]
+    graph = helper.make_graph(g.nodes, GRAPH_NAME, inputs, outputs, g.initializers + stash)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
                               producer_name="edgebundle")
     model.ir_version = 10
+    if g.kquant:
+        recipe = {"format": KQUANT_FORMAT, "weights": list(g.kquant.values())}
+        helper.set_model_props(model, {KQUANT_METADATA: json.dumps(recipe)})
     return model
+
+
+def _heads(tensor: GgufTensor) -> np.ndarray:
+    """The non-code bytes of each block of a K-quant tensor (runtime.kquant_expand.HEADS), flat."""
+    rows, cols = tensor.shape
+    blocks = np.ascontiguousarray(tensor.blocks).reshape(rows, cols // SUPER_BLOCK, -1)
+    return np.ascontiguousarray(blocks[..., slice(*HEADS[tensor.type])]).reshape(-1)
 
 
 def effective_weights(weights: LlamaWeights, plan: QuantizationPlan) -> LlamaWeights:

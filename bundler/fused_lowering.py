@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from bundler.fused_graph import KQUANT_METADATA
+
 MS = "com.microsoft"
 
 
@@ -134,6 +136,8 @@ def _is_matmul8(node: onnx.NodeProto) -> bool:
 
 def lower_for_onnxruntime_119(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrite `model` (initializers in memory) in place so that onnxruntime 1.19 runs it; returns it."""
+    if any(p.key == KQUANT_METADATA for p in model.metadata_props):
+        raise ValueError("a compact graph's K-quant tensors are not in memory: lower the full graph (compact=False)")
     rewriter = _Rewriter(model)
     lowered = []
     for node in model.graph.node:

@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto
 
 from bundler.errors import BuildError
+from runtime.kquant_expand import DERIVED_PLACEHOLDER
 from runtime.payload import SELF_PLACEHOLDER
 
 
@@ -102,4 +103,9 @@ def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
                 if attribute.HasField("g"):
                     graphs.append(attribute.g)
                 graphs.extend(attribute.graphs)
-        yield from (t for t in tensors if t.data_location == TensorProto.EXTERNAL)
+        # the K-quant tensors the runtime computes have no bytes anywhere (runtime/kquant_expand.py)
+        yield from (t for t in tensors if t.data_location == TensorProto.EXTERNAL and not _derived(t))
+
+
+def _derived(tensor: TensorProto) -> bool:
+    return _external(tensor).get("location") == DERIVED_PLACEHOLDER.decode()

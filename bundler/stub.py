@@ -21,6 +21,7 @@ from bundler.fs import replace_folder
 from bundler.errors import BuildError
 from bundler.leftovers import temp_prefix
 from bundler.progress import ProgressCallback, no_progress
+from bundler.stub_gate import COMPILE_FLAGS, GATE_SOURCE, REAL_LIBRARY, bootloader_functions, compile_gate
 from bundler.stub_recipe import (ENTRY_SCRIPT, EXCLUDED_MODULES, HIDDEN_IMPORTS, REPRODUCIBLE_ENV, RUNTIME_DISTRIBUTIONS,
                                  SPEC_TEMPLATE, STUB_NAME, prepare_sources, runtime_source_digest, write_spec)
 from runtime.signature import PIN_FILE, pin_slot
@@ -43,7 +44,8 @@ def stub_key(target: TargetProfile, locked: dict[str, str]) -> str:
         "deps": locked,
         "recipe": [ENTRY_SCRIPT, SPEC_TEMPLATE, list(EXCLUDED_MODULES), HIDDEN_IMPORTS, REPRODUCIBLE_ENV, PIN_FILE,
                    pin_slot(None).hex()],
-        "target": [target.os, target.arch, target.python if target.stub_builder != "host" else "",
+        "gate": [GATE_SOURCE.read_text(), REAL_LIBRARY, list(COMPILE_FLAGS), bootloader_functions()],
+        "target": [target.os, target.arch, target.glibc_floor, target.python if target.stub_builder != "host" else "",
                    target.onnxruntime if target.stub_builder != "host" else "",
                    target.stub_builder, target.debian_suite],
     }
@@ -72,7 +74,7 @@ def build_stub(target: TargetProfile, cache_dir: Path, progress: ProgressCallbac
     with tempfile.TemporaryDirectory(prefix=temp_prefix("stub"), dir=cache_dir) as tmp:
         work = Path(tmp)
         if target.stub_builder == "host":
-            built = _build_on_host(work)
+            built = _build_on_host(target, work)
         else:
             from bundler.stub_chroot import build_in_chroot
 
@@ -89,8 +91,9 @@ def build_stub(target: TargetProfile, cache_dir: Path, progress: ProgressCallbac
     return cached
 
 
-def _build_on_host(work: Path) -> Path:
+def _build_on_host(target: TargetProfile, work: Path) -> Path:
     prepare_sources(work)
+    compile_gate(target, work)
     command = [sys.executable, "-m", "PyInstaller", *write_spec(work, work)]
     result = subprocess.run(command, cwd=work, capture_output=True, text=True, env={**os.environ, **REPRODUCIBLE_ENV})
     if result.returncode != 0:

@@ -18,6 +18,7 @@ from pathlib import Path
 from bundler.errors import BuildError
 from bundler.fs import atomic_folder
 from bundler.progress import ProgressCallback
+from bundler.stub_gate import compile_gate
 from bundler.stub_recipe import REPRODUCIBLE_ENV, STUB_NAME, prepare_sources, write_spec
 from targets import TargetProfile
 
@@ -35,7 +36,7 @@ CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 # the bullseye and bookworm roots share them; onnxruntime comes from the target profile.
 CHROOT_PINS = (
     "numpy==1.26.4", "tokenizers==0.22.2", "jinja2==3.1.6", "MarkupSafe==3.0.2", "PyNaCl==1.5.0",
-    "cffi==1.17.1", "pycparser==2.22", "PyStemmer==3.1.0", "pyinstaller==6.22.3",
+    "cffi==1.17.1", "pycparser==2.22", "PyStemmer==3.1.0", "simsimd==6.5.16", "pyinstaller==6.22.3",
     "pyinstaller-hooks-contrib==2026.9", "altgraph==0.17.4", "packaging==24.2", "setuptools==75.8.0",
     "importlib-metadata==8.6.1", "zipp==3.21.0",
 )
@@ -73,6 +74,7 @@ def build_in_chroot(target: TargetProfile, work: Path, cache_dir: Path, progress
     with tempfile.TemporaryDirectory(prefix="stub-", dir=root / "build") as tmp:
         inside = Path("/build") / Path(tmp).name
         prepare_sources(Path(tmp))
+        compile_gate(target, Path(tmp))
         args = write_spec(Path(tmp), inside)
         environment = [f"{name}={value}" for name, value in REPRODUCIBLE_ENV.items()]
         _run(rootfs_command(root, ["env", *environment, python, "-m", "PyInstaller", *args]),

@@ -10,6 +10,7 @@ import posixpath
 import shutil
 from pathlib import Path
 
+from bundler.stub_gate import GATE_NAME, REAL_LIBRARY
 from runtime.signature import PIN_FILE, pin_slot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,8 @@ RUNTIME_DIR = REPO_ROOT / "runtime"
 STUB_NAME = "edgebundle-runtime"
 
 # What the runtime imports, and what it needs at run time (pinned for emulated builds by the target).
-RUNTIME_DISTRIBUTIONS = ("onnxruntime", "numpy", "tokenizers", "jinja2", "MarkupSafe", "PyNaCl", "cffi", "PyStemmer")
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "numpy", "tokenizers", "jinja2", "MarkupSafe", "PyNaCl", "cffi", "PyStemmer",
+                         "simsimd")
 
 # Modules PyInstaller's analysis might reach that the runtime never uses: builder-only libraries,
 # GUI toolkits, the parts of onnxruntime for training, quantization and model tooling, and
@@ -72,13 +74,22 @@ def stripped(binaries, folder):
         kept.append((dest, src, kind))
     return kept
 
+def gated(binaries, gate, real_name):
+    # the glibc gate takes libpython's name, the real libpython lies beside it (bundler/stub_gate.py)
+    python = [entry for entry in binaries if os.path.basename(entry[0]).startswith("libpython")]
+    if len(python) != 1:
+        raise SystemExit("expected one libpython among the binaries, found %r" % (python,))
+    dest, src, kind = python[0]
+    rest = [entry for entry in binaries if entry is not python[0]]
+    return rest + [(dest, gate, kind), (os.path.join(os.path.dirname(dest), real_name), src, kind)]
+
 # numpy's licence texts (its own and those of the libraries its wheel vendors) ship with its binaries;
 # PyInstaller collected them only as a side effect of numpy modules the runtime never loads.
 from PyInstaller.utils.hooks import copy_metadata
 a = Analysis([{entry!r}], pathex=[{src!r}],
              datas=[({web!r}, "runtime/web"), ({pin!r}, {pin_folder!r})] + copy_metadata("numpy"),
              hiddenimports={modules!r}, excludes={excludes!r})
-a.binaries = stripped(a.binaries, {stripped_dir!r})
+a.binaries = gated(stripped(a.binaries, {stripped_dir!r}), {gate!r}, {real_library!r})
 pyz = PYZ(a.pure)
 exe = EXE(pyz, a.scripts, a.binaries, a.datas, [], name={name!r}, strip=False, upx=False, console=True,
           cdict={{kind: False for kind in ("EXTENSION", "DATA", "BINARY", "EXECUTABLE", "PYSOURCE", "PYMODULE")}})
@@ -86,8 +97,9 @@ exe = EXE(pyz, a.scripts, a.binaries, a.datas, [], name={name!r}, strip=False, u
 
 
 def write_spec(work: Path, build_dir: Path) -> list[str]:
-    """Write the spec for sources prepared in `work`; returns PyInstaller's arguments, with paths as
-    the building Python sees them (`build_dir` is `work` itself, or its path inside an emulated root)."""
+    """Write the spec for sources prepared in `work` (with the glibc gate compiled there); returns PyInstaller's
+    arguments, with paths as the building Python sees them (`build_dir` is `work` itself, or its path inside an
+    emulated root)."""
     modules = sorted("runtime." + p.stem for p in (work / "src" / "runtime").glob("*.py") if p.stem != "__main__")
     modules += HIDDEN_IMPORTS
     # an empty pinned-key slot, stored uncompressed so that a signature-requiring build can fill it in
@@ -96,7 +108,8 @@ def write_spec(work: Path, build_dir: Path) -> list[str]:
     (work / "stub.spec").write_text(SPEC_TEMPLATE.format(
         entry=str(build_dir / "entry.py"), src=str(build_dir / "src"), web=str(build_dir / "src" / "runtime" / "web"),
         pin=str(build_dir / pin_name), pin_folder=pin_folder, modules=modules, excludes=list(EXCLUDED_MODULES),
-        name=STUB_NAME, stripped_dir=str(build_dir / "stripped"),
+        name=STUB_NAME, stripped_dir=str(build_dir / "stripped"), gate=str(build_dir / GATE_NAME),
+        real_library=REAL_LIBRARY,
     ))
     return ["--noconfirm", "--clean", "--log-level=WARN", f"--distpath={build_dir / 'dist'}",
             f"--workpath={build_dir / 'build'}", str(build_dir / "stub.spec")]

@@ -21,6 +21,7 @@ from runtime import layout
 from runtime.entry_hashes import EntryHashes, EntryMismatch
 from runtime.errors import UserError
 from runtime.manifest import Entry, Manifest, ModelInfo, TargetInfo
+from runtime.kquant_expand import DERIVED_PLACEHOLDER
 from runtime.payload import ALIGNMENT, SELF_PLACEHOLDER, PayloadFormatError, PayloadLayout, padded_location, read_layout
 from runtime.payload_coverage import CoverageError, check_uncovered_bytes
 from runtime.signature import SignatureError, check_signature_by
@@ -83,8 +84,8 @@ class Bundle(abc.ABC):
         """See docs/ARCHITECTURE.md."""
 
     @abc.abstractmethod
-    def onnx_session(self, name: str, options: ort.SessionOptions) -> ort.InferenceSession:
-        """See docs/ARCHITECTURE.md."""
+    def onnx_session(self, name: str, options: ort.SessionOptions, derived: Path | None = None) -> ort.InferenceSession:
+        """See docs/ARCHITECTURE.md; `derived`: the file runtime.kquant_expand.derived_tensors wrote."""
 
     @abc.abstractmethod
     def verify(self) -> None:
@@ -144,8 +145,18 @@ class DirectoryBundle(Bundle):
     def array(self, name: str) -> np.ndarray:
         return np.load(self._file(name), mmap_mode="r", allow_pickle=False)
 
-    def onnx_session(self, name: str, options: ort.SessionOptions) -> ort.InferenceSession:
-        return ort.InferenceSession(str(self._file(name)), sess_options=options, providers=["CPUExecutionProvider"])
+    def onnx_session(self, name: str, options: ort.SessionOptions, derived: Path | None = None) -> ort.InferenceSession:
+        path = self._file(name)
+        if derived is None:
+            return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        # the derived file lies in the model's folder (the weights' locations are relative to it)
+        _set_config_entry(options, _FOLDER_OPTION, str(path.parent))
+        try:
+            location = padded_location(os.path.relpath(derived, path.parent))
+        except PayloadFormatError as exc:
+            raise BundleError(str(exc)) from None
+        return ort.InferenceSession(path.read_bytes().replace(DERIVED_PLACEHOLDER, location), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
 
     def verify(self) -> None:
         for name in self.names():
@@ -247,24 +258,33 @@ class FileBundle(Bundle):
         flat = np.frombuffer(self._map, dtype=dtype, count=count, offset=entry.offset + header_size)
         return flat.reshape(shape, order="F" if fortran else "C")
 
-    def onnx_session(self, name: str, options: ort.SessionOptions) -> ort.InferenceSession:
+    def onnx_session(self, name: str, options: ort.SessionOptions, derived: Path | None = None) -> ort.InferenceSession:
         # The stored model names its weights by SELF_PLACEHOLDER at absolute offsets; pointing
         # that at this very file (whatever it is called now) lets onnxruntime mmap them in place.
         proto = bytes(self.read(name))
         external = SELF_PLACEHOLDER in proto
         try:
             if _ORT_HAS_FOLDER_OPTION:
-                # newer onnxruntime refuses absolute locations but resolves them in a given folder
-                _set_config_entry(options, _FOLDER_OPTION, str(self.path.resolve().parent))
-                location = padded_location(self.path.name)
+                # newer onnxruntime refuses absolute locations but resolves them in a given folder: the
+                # file's own, or its root when the derived file (in the temporary folder) must be reached too
+                own = self.path.resolve()
+                folder = Path(own.anchor) if derived is not None else own.parent
+                _set_config_entry(options, _FOLDER_OPTION, str(folder))
+                location = padded_location(os.path.relpath(own, folder))
+                derived_location = padded_location(os.path.relpath(derived.resolve(), folder)) if derived else b""
             else:
                 # older ones resolve a location from bytes against the working folder, absolute paths allowed
                 location = padded_location(str(self.path.resolve()))
+                derived_location = padded_location(str(derived.resolve())) if derived else b""
         except PayloadFormatError as exc:
             raise BundleError(str(exc)) from None
-        session = ort.InferenceSession(
-            proto.replace(SELF_PLACEHOLDER, location), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        except ValueError:  # Windows: no relative path between two drives
+            raise BundleError(f"{self.path}: the temporary folder {derived.parent} is on another drive "
+                              "(set TMP to a folder on the bundle's drive)") from None
+        proto = proto.replace(SELF_PLACEHOLDER, location)
+        if derived is not None:
+            proto = proto.replace(DERIVED_PLACEHOLDER, derived_location)
+        session = ort.InferenceSession(proto, sess_options=options, providers=["CPUExecutionProvider"])
         if external:
             # the weights may lie in any entry; they were hashed while the session was made
             self._checked(None)

@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
+from runtime import kquant_expand
+from runtime.bundle import DirectoryBundle
 from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 
 
@@ -51,14 +53,17 @@ class FusedDecoder(Decoder):
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
         info = bundle.model
-        session = bundle.onnx_session(MODEL_ONNX, session_options(threads))
+        options = session_options(threads)
+        with kquant_expand.derived_tensors(bundle) as derived:
+            session = bundle.onnx_session(MODEL_ONNX, options, derived)
         return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 
     @classmethod
     def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
-        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), sess_options=session_options(threads),
-                                       providers=["CPUExecutionProvider"])
+        folder = DirectoryBundle(Path(model_dir))
+        with kquant_expand.derived_tensors(folder, prefix="") as derived:
+            session = folder.onnx_session("model.onnx", session_options(threads), derived)
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape
         return cls(session, len(keys), kv_heads, head_dim, max_length)

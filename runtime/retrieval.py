@@ -6,8 +6,9 @@ decoded only for the hits returned.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from runtime.text_terms import ANALYZER
 # Weighted fusion normalises each method's scores over this many of its best candidates; a search
 # orders at least this many passages by document (one_document_at_a_time).
 FUSION_CANDIDATES = 100
+# top_k of a long score array first finds a floor among every this-many-th score (1M BM25 scores:
+# 1.2 ms instead of 5.4 for the positive ones' argpartition)
+SAMPLE_STRIDE = 16
 
 
 class RetrievalError(UserError):
@@ -119,8 +123,17 @@ class ChunkStore:
 
 def top_k(scores: np.ndarray, k: int, positive_only: bool = False) -> np.ndarray:
     """Indices of the k highest scores, best first (ties by lower index)."""
-    chosen = np.flatnonzero(scores > 0) if positive_only else None
-    values = scores[chosen] if positive_only else scores
+    chosen = None
+    if len(scores) >= SAMPLE_STRIDE * k * 4:
+        # every SAMPLE_STRIDE-th score's k-th best is at most the k-th best of all: only the scores
+        # at or above it can be chosen (about SAMPLE_STRIDE x k of them)
+        sample = scores[::SAMPLE_STRIDE]
+        floor = sample[np.argpartition(sample, len(sample) - k)[len(sample) - k]]
+        if floor > 0 or not positive_only:
+            chosen = np.flatnonzero(scores >= floor)
+    if chosen is None and positive_only:
+        chosen = np.flatnonzero(scores > 0)
+    values = scores if chosen is None else scores[chosen]
     n = len(values)
     part = np.argpartition(values, n - k)[n - k :] if n > k else np.arange(n)
     best = part[np.lexsort((part, -values[part]))]
@@ -141,21 +154,33 @@ def one_document_at_a_time(ids: np.ndarray, starts: np.ndarray, k: int) -> np.nd
     return np.lexsort((np.arange(len(ids)), place))[:k]
 
 
-def fuse(bm25: np.ndarray, dense: np.ndarray, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class Candidates:
+    """One method's best passages, best first, with their scores, and its score of any passage."""
+    ids: np.ndarray
+    values: np.ndarray
+    score_of: Callable[[np.ndarray], np.ndarray]
+
+    @classmethod
+    def of(cls, scores: np.ndarray, depth: int, positive_only: bool = False) -> "Candidates":
+        """The best `depth` of a score for every passage."""
+        ids = top_k(scores, depth, positive_only)
+        return cls(ids, scores[ids], scores.__getitem__)
+
+
+def fuse(bm25: Candidates, dense: Candidates, dense_weight: float, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted sum of z-normalised scores over the union of both methods' best candidates.
 
     Normalising over each method's own top candidates (not the whole collection, where BM25 is
     mostly zeros) puts the two score scales on a comparable footing.
     """
-    depth = max(FUSION_CANDIDATES, k)
-    tops = (top_k(bm25, depth, positive_only=True), top_k(dense, depth))
-    pool = np.union1d(*tops)
+    pool = np.union1d(bm25.ids, dense.ids)
     fused = np.zeros(len(pool), dtype=np.float64)
-    for scores, top, weight in ((bm25, tops[0], 1.0 - dense_weight), (dense, tops[1], dense_weight)):
-        head = scores[top[:FUSION_CANDIDATES]].astype(np.float64)
+    for method, weight in ((bm25, 1.0 - dense_weight), (dense, dense_weight)):
+        head = method.values[:FUSION_CANDIDATES].astype(np.float64)
         spread = head.std() if len(head) else 0.0
         if spread > 0:
-            fused += weight * (scores[pool] - head.mean()) / spread
+            fused += weight * (method.score_of(pool) - head.mean()) / spread
     best = top_k(fused, min(k, len(pool)))
     return pool[best], fused[best]
 
@@ -169,8 +194,12 @@ class Retriever:
         self.dense = dense
         self.dense_weight = dense_weight
         self.modes = [m for m, ok in (("bm25", bm25), ("dense", dense)) if ok is not None]
+        # a hybrid query scores BM25 on its own thread while the query is embedded and scanned
+        self.background = None
         if bm25 is not None and dense is not None:
             self.modes.append("hybrid")
+            if dense.parts > 1:
+                self.background = ThreadPoolExecutor(1)
 
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None) -> "Retriever":
@@ -201,11 +230,15 @@ class Retriever:
             ids = top_k(scores, depth, positive_only=True)
             values = scores[ids]
         elif mode == "dense":
-            scores = self.dense.scores(query)
-            ids = top_k(scores, depth)
-            values = scores[ids]
+            ids, values = self.dense.best(self.dense.encoder.encode([query])[0], depth)
         else:
-            ids, values = fuse(self.bm25.scores(query), self.dense.scores(query), self.dense_weight, depth)
+            def bm25_candidates() -> Candidates:
+                return Candidates.of(self.bm25.scores(query), depth, positive_only=True)
+
+            bm25 = self.background.submit(bm25_candidates) if self.background is not None else None
+            vector = self.dense.encoder.encode([query])[0]
+            dense = Candidates(*self.dense.best(vector, depth), lambda ids: self.dense.exact(vector, ids))
+            ids, values = fuse(bm25.result() if bm25 is not None else bm25_candidates(), dense, self.dense_weight, depth)
         chosen = one_document_at_a_time(ids, self.document_starts, k)
         ids, values = ids[chosen], values[chosen]
         return [Hit(rank=r + 1, score=float(v), chunk=self.chunks[int(i)]) for r, (i, v) in enumerate(zip(ids, values))]

@@ -17,6 +17,10 @@ import pytest
 # Before any test module imports onnxruntime itself: importing the product turns its telemetry off.
 import runtime  # noqa: F401
 
+# aarch64 programs run through qemu-user as a Cortex-A76 (the Pi 5's core): qemu's default `max` CPU
+# offers SVE/SME, which onnxruntime 1.32 picks and qemu runs ~8x slower (docs/PACKAGING.md#accuracy-level).
+os.environ.setdefault("QEMU_CPU", "cortex-a76")
+
 # Modules imported by another fixture module come first, so pytest rewrites their asserts.
 pytest_plugins = [
     "tests.fixtures_model",

@@ -1,11 +1,16 @@
 """Weights read back out of an exported ONNX graph, for comparison with their source."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from bundler.block_quant import NBitsWeight
+from runtime import kquant_expand
 
 
 def graph_weights(model: onnx.ModelProto) -> tuple[list[np.ndarray], np.ndarray]:
@@ -37,3 +42,20 @@ def graph_weights(model: onnx.ModelProto) -> tuple[list[np.ndarray], np.ndarray]
     if added is not None:
         table = table + values[added.input[0]][:, :, None]
     return found, table.reshape(table.shape[0], -1)
+
+
+def load_model_folder(folder: Path) -> onnx.ModelProto:
+    """model.onnx with every initializer in memory: the K-quant ones as the runtime computes them
+    from kquant.json and kquant.npy (runtime/kquant_expand.py), the rest from the external data."""
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    derived = {}
+    if (folder / kquant_expand.RECIPE_FILE).is_file():
+        recipe = json.loads((folder / kquant_expand.RECIPE_FILE).read_text())
+        derived = kquant_expand.expand(recipe, np.load(folder / kquant_expand.DATA_FILE))
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name in derived:
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(derived.pop(tensor.name), tensor.name))
+        elif uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(folder))
+    assert not derived, f"recipe names tensors the graph lacks: {sorted(derived)}"
+    return model

@@ -18,7 +18,7 @@ from bundler.gguf_reader import BLOCK_TYPES, FLOAT_TYPES, GgufTensor, read_gguf
 from bundler.llama_weights import load_llama
 from bundler.torch_reference import reference_logits
 from runtime.fused_decoder import FusedDecoder
-from tests.onnx_weights import graph_weights
+from tests.onnx_weights import graph_weights, load_model_folder
 from tests.gguf_files import TYPED_SHAPE, random_tensor_bytes, write_typed_gguf
 
 # llama.cpp's Q4_K_M recipe in miniature: mixed layouts inside one fused q/k/v and gate/up.
@@ -55,7 +55,7 @@ def typed_model(tmp_path_factory):
             folder.mkdir()
             # Float32 activations: a wiring mistake then shows as more than float rounding.
             plan = QuantizationPlan("gguf-exact", accuracy_level=0)
-            save_model(build_graph(load_llama(path), plan), folder)
+            save_model(build_graph(load_llama(path), plan, compact=True), folder)
             built[label] = (path, folder)
         return built[label]
 
@@ -69,8 +69,7 @@ CASES = [(t, {"": t}) for t in ALL_TYPES] + [("Q4_K_M", Q4_K_M)]
 def test_every_llama_3_2_gguf_type_is_carried_exactly_and_runs(typed_model, label, types):
     path, folder = typed_model(label, types)
     weights = load_llama(path)
-    model = onnx.load(str(folder / "model.onnx"))
-    found, table = graph_weights(model)
+    found, table = graph_weights(load_model_folder(folder))
 
     def expect(name: str) -> np.ndarray:
         return weights.float(name)

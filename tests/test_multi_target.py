@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,7 @@ def test_raspberry_pi_5_bundle_answers_under_emulation_in_a_bookworm_root(multi_
     target = load_target("raspberry-pi-5")
     root = rootfs_path(target, STUB_CACHE)
     assert "bookworm" in (root / ".edgebundle-base").read_text()
-    command = rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", str(exe), "ask",
+    command = rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", f"QEMU_CPU={os.environ['QEMU_CPU']}", str(exe), "ask",
                                     "How is the coolant pump P-7 primed?", "--max-tokens", "4"], binds=(exe.parent,))
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr

@@ -380,7 +380,7 @@ def test_aarch64_bundle_answers_under_emulation_citing_the_right_file(aarch64_bu
     root = rootfs_path(load_target("linux-aarch64"), STUB_CACHE)
     folder = aarch64_bundle.parent
     # unshare -n: no network at all, as on an air-gapped board
-    command = ["unshare", "-n", *rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", str(aarch64_bundle), "ask",
+    command = ["unshare", "-n", *rootfs_command(root, ["/usr/bin/env", "-i", "HOME=/tmp", f"QEMU_CPU={os.environ['QEMU_CPU']}", str(aarch64_bundle), "ask",
                                                        "How is the coolant pump P-7 primed?", "--max-tokens", "4"],
                                                 binds=(folder,))]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -1,0 +1,98 @@
+"""The dense search's int8 scan only chooses which chunks to score exactly: its hits and scores are
+those of scoring every chunk, and the mapped vectors are read, not copied into the process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import simsimd
+
+from runtime.dense_search import SCORE_BLOCK_ROWS, DenseSearch, int8_terms, quantize_vectors
+from runtime.retrieval import top_k
+
+
+def _near_ties(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors in tight clusters around a few directions, so many chunks score within int8
+    rounding of each other, and a query near one of those directions."""
+    centres = rng.standard_normal((8, 384)).astype(np.float32)
+    vectors = centres[rng.integers(0, len(centres), rows)] + 0.02 * rng.standard_normal((rows, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = centres[3] + 0.3 * rng.standard_normal(384).astype(np.float32)
+    return vectors, query / np.linalg.norm(query)
+
+
+def _mapped(folder: Path, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    quantized, scales = quantize_vectors(vectors)
+    np.save(folder / "vectors.npy", quantized)
+    np.save(folder / "scales.npy", scales)
+    return np.load(folder / "vectors.npy", mmap_mode="r"), np.load(folder / "scales.npy", mmap_mode="r")
+
+
+def test_search_returns_exactly_the_best_chunks_of_scoring_every_chunk_where_the_int8_scan_alone_would_not(tmp_path):
+    rng = np.random.default_rng(11)
+    vectors, query = _near_ties(rng, 7 * SCORE_BLOCK_ROWS + 131)
+    mapped, scales = _mapped(tmp_path, vectors)
+    step = np.abs(query).max() / 127
+    scanned = np.empty((1, len(mapped)), dtype=np.float32)
+    simsimd.cdist(np.round(query / step).astype(np.int8)[None], mapped, metric="dot", out=scanned)
+    for threads in (1, 2, 3):
+        search = DenseSearch(None, mapped, scales, threads)
+        every = search.score_vector(query)
+        for depth in (1, 10, 100, 1000):
+            expected = top_k(every, depth)
+            # the int8 scan's own order is not the exact one: the exact scores decide
+            assert not np.array_equal(top_k(scanned[0] * scales, depth), expected) or depth == 1
+            ids, values = search.best(query, depth)
+            assert np.array_equal(ids, expected), (threads, depth)
+            assert np.array_equal(values, every[expected])
+        picked = rng.choice(len(mapped), 300, replace=False)
+        assert np.array_equal(search.exact(query, picked), every[picked])
+
+
+def test_query_splits_into_two_int8_terms_and_a_remainder_within_half_the_second_step():
+    query = np.random.default_rng(14).standard_normal(384).astype(np.float32)
+    query[7] = 40.0  # one large component: most others round to zero in the first term
+    (rounded, step), (rest, rest_step), left = int8_terms(query)
+    assert rounded.dtype == rest.dtype == np.int8 and step == 40.0 / 127
+    assert np.abs(query - rounded * np.float32(step)).max() <= step / 2 * (1 + 1e-6)
+    assert np.abs(left).max() <= rest_step / 2 * (1 + 1e-3) and rest_step < step / 200
+    rebuilt = rounded * np.float64(step) + rest * np.float64(rest_step) + left
+    assert np.abs(rebuilt - query).max() < 1e-6
+
+
+def test_search_of_fewer_chunks_than_asked_returns_them_all_best_first(tmp_path):
+    vectors, query = _near_ties(np.random.default_rng(12), 40)
+    mapped, scales = _mapped(tmp_path, vectors)
+    search = DenseSearch(None, mapped, scales, 2)
+    ids, values = search.best(query, 100)
+    assert sorted(ids) == list(range(40))
+    assert np.array_equal(ids, top_k(search.score_vector(query), 40)) and np.all(np.diff(values) <= 0)
+
+
+def _memory_mb() -> dict[str, float]:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {name: int(fields[name].split()[0]) / 1024 for name in ("VmHWM", "VmRSS", "RssAnon")}
+
+
+def test_searching_mapped_vectors_does_not_copy_them_into_the_process(tmp_path):
+    rows = 300_000  # 110 MB of int8 vectors
+    quantized = np.lib.format.open_memmap(tmp_path / "vectors.npy", mode="w+", dtype=np.int8, shape=(rows, 384))
+    rng = np.random.default_rng(13)
+    for first in range(0, rows, 50_000):
+        quantized[first : first + 50_000] = rng.integers(-127, 128, size=(50_000, 384), dtype=np.int8)
+    quantized.flush()
+    del quantized
+    np.save(tmp_path / "scales.npy", np.full(rows, 1 / 127 / np.sqrt(384), dtype=np.float32))
+    search = DenseSearch(None, np.load(tmp_path / "vectors.npy", mmap_mode="r"), np.load(tmp_path / "scales.npy", mmap_mode="r"), 2)
+    query = rng.standard_normal(384).astype(np.float32)
+    search.best(query, 100)  # thread stacks, first allocations, the mapped rows paged in
+    Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from now
+    before = _memory_mb()
+    for _ in range(3):
+        ids, _ = search.best(query / np.linalg.norm(query), 100)
+        query = rng.standard_normal(384).astype(np.float32)
+    after = _memory_mb()
+    assert len(ids) == 100
+    # a few float32 values per chunk (about 5 MB here) while a query runs, never a copy of the 110 MB
+    # of rows (nor the 460 MB they would take as float32)
+    assert after["VmHWM"] - before["VmRSS"] < 30 and after["RssAnon"] - before["RssAnon"] < 30

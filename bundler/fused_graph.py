@@ -65,7 +65,7 @@ Linear = Union[NBitsWeight, np.ndarray]  # float weights are [N, K]
 
 
 EXTERNAL_BYTES = 1024  # initializers from this size go to the external data file (as onnx.save_model's threshold)
-EXTERNAL_ALIGN = 4096  # offsets aligned to pages, as onnx's own writer aligns them
+EXTERNAL_ALIGN = 4096  # each tensor starts on its own page: a reader that maps the file can map it alone
 
 
 @dataclass

@@ -52,5 +52,6 @@ bench: setup
 	$(PY) bench/bench_station_corpus.py
 	$(PY) bench/bench_update.py
 	$(PY) bench/bench_llama32.py --shape 1b --types Q4_K_M,Q6_K,Q8_0
+	$(PY) bench/bench_wiki_ppl.py --windows 64 --threads 1
 	# aarch64 under qemu: needs root, debootstrap and qemu-user-static (make system-packages)
 	$(PY) bench/bench_emulation.py

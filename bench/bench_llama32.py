@@ -4,10 +4,10 @@ For each GGUF made by llama.cpp's own quantizer (bench/llama32_models.py): file 
 4,096-token context, prefill of 1,500 tokens, plain greedy decode, and a 520-token prompt plus 128 new
 tokens end to end; ratios to llama.cpp measured in the same run, each engine in its own process.
 `--builds` also measures `build.py` itself under /usr/bin/time -v (wall time, peak RSS, executable
-size) on the Q4_K_M GGUF and the Hugging Face folder; `--wiki-ppl` the perplexity ratio of the default
-135M model's Q4_K_M file against llama.cpp on WikiText-2.
+size) on the Q4_K_M GGUF and the Hugging Face folder. The default model's Q4_K_M perplexity against
+llama.cpp is bench/bench_wiki_ppl.py.
 
-    python bench/bench_llama32.py [--shape 1b] [--types Q4_K_M,Q6_K,Q8_0] [--builds] [--wiki-ppl]
+    python bench/bench_llama32.py [--shape 1b] [--types Q4_K_M,Q6_K,Q8_0] [--builds]
 
 Random weights draft nothing useful, so speculation is measured on the default model (bench_fused.py).
 """
@@ -155,44 +155,17 @@ def measure_build(model: Path, label: str) -> dict:
                 "executable_mb": round(out.stat().st_size / 1e6, 1), "load_average": os.getloadavg()[0]}
 
 
-# ---- the default model's perplexity against llama.cpp ---------------------------------------
-
-def wiki_ppl(args) -> dict:
-    from bundler.model_source import default_model_path
-
-    source = default_model_path()
-    folder = llama32_models.CACHE / "smollm2-135m"
-    folder.mkdir(parents=True, exist_ok=True)
-    gguf = folder / "SmolLM2-135M-Instruct-Q4_K_M.gguf"
-    if not gguf.is_file():
-        # The package ships Q4_1: requantized by llama.cpp as a user would (`--allow-requantize`).
-        llama32_models.quantize(source, gguf, "Q4_K_M")
-    model_dir = build_ours(gguf)
-    common = ["--gguf", str(gguf), "--data", str(args.data), "--tokenizer", str(model_dir), "--threads",
-              str(args.threads), "--ppl-context", str(args.ppl_context), "--ppl-windows", str(args.ppl_windows)]
-    base = bench_fused.run_worker(["--worker", "ppl", "--variant", LLAMA, *common])
-    ours = bench_fused.run_worker(["--worker", "ppl", "--variant", "gguf-exact", "--model-dir", str(model_dir),
-                                   *common])
-    ratio = ours["wiki_ppl"] / base["wiki_ppl"]
-    print(f"SmolLM2-135M Q4_K_M WikiText-2 perplexity ({args.ppl_windows}x{args.ppl_context}): llama.cpp "
-          f"{base['wiki_ppl']:.3f}, ours {ours['wiki_ppl']:.3f}, ratio {ratio:.4f} (≤1.01)")
-    return {"llama.cpp": base, "ours": ours, "ratio": ratio}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(llama32_models.SHAPES), default="1b")
     parser.add_argument("--types", default="Q4_K_M,Q6_K,Q8_0", help="GGUF types to compare ('' for none)")
     parser.add_argument("--builds", action="store_true", help="also measure build.py on Q4_K_M and the HF folder")
-    parser.add_argument("--wiki-ppl", action="store_true", help="also the 135M model's Q4_K_M perplexity ratio")
     parser.add_argument("--data", type=Path, default=bench_fused.DEFAULT_DATA)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--context", type=int, default=4096)
     parser.add_argument("--prefill", type=int, default=1500)
     parser.add_argument("--prompt", type=int, default=520)
     parser.add_argument("--new", type=int, default=128)
-    parser.add_argument("--ppl-context", type=int, default=512)
-    parser.add_argument("--ppl-windows", type=int, default=4)
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--engine", choices=[LLAMA, OURS])
     parser.add_argument("--gguf")
@@ -216,8 +189,6 @@ def main() -> None:
             for build in record.figures["builds"]:
                 print(f"build {build['model']}: {build['wall_s']:.0f} s, peak RSS {build['peak_rss_mb']} MB, "
                       f"executable {build['executable_mb']} MB")
-        if args.wiki_ppl:
-            record.figures["wiki_ppl_135m_q4_k_m"] = wiki_ppl(args)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 
 from bundler.errors import BuildError
-from bundler.fused_graph import GRAPH_NAME, KQUANT_METADATA, KQUANT_STASH, QuantizationPlan, build_graph
+from bundler.fused_graph import GRAPH_NAME, KQUANT_METADATA, KQUANT_STASH, ExternalData, QuantizationPlan, build_graph
 from bundler.fused_lowering import lower_for_onnxruntime_119
 from bundler.llama_weights import LlamaWeights, load_llama
 from bundler.model_spec import MAX_ROPE_POSITIONS
@@ -37,17 +38,27 @@ def build_fused_model(source: str | Path | ModelSource, quantization: str | Quan
     except ValueError as exc:
         raise BuildError(source.path, str(exc)) from None
     weights = load_llama(source.path)
+    model_dir = Path(out_dir) / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+
+    def graph_progress(step: str, done: int, total: int) -> None:
+        progress(STEP, done, total + 1)  # one more unit for writing the file (a 3B graph's 2 GB take a while)
+
     try:
-        # onnxruntime 1.19 targets get the full tensors: the lowering splits the 8-bit codes it reads.
-        model = build_graph(weights, plan, lambda step, done, total: progress(STEP, done, total), compact=not portable)
+        if portable:
+            # onnxruntime 1.19 targets get the full tensors, held in memory: the lowering splits the
+            # 8-bit codes it reads.
+            model = build_graph(weights, plan, graph_progress)
+        else:
+            save_streamed(lambda external: build_graph(weights, plan, graph_progress, compact=True, external=external),
+                          model_dir)
     except ValueError as exc:
         raise BuildError(source.path, str(exc)) from None
     if portable:
-        model = lower_for_onnxruntime_119(model)
-    model_dir = Path(out_dir) / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, model_dir)
-    del model
+        save_model(lower_for_onnxruntime_119(model), model_dir)
+        del model
+    steps = 2 + weights.spec.num_layers
+    progress(STEP, steps, steps)
     _write_tokenizer(source, model_dir)
     info = model_info(weights, plan)
     info.graph = FUSED_PORTABLE_GRAPH if portable else GRAPH_NAME
@@ -81,13 +92,31 @@ def save_model(model: onnx.ModelProto, model_dir: Path) -> None:
         kquant = _split_kquant(model, Path(tmp))
         onnx.save_model(model, os.path.join(tmp, MODEL_FILE), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
-        for name in (KQUANT_RECIPE_FILE, KQUANT_DATA_FILE):
-            if kquant:
-                os.replace(os.path.join(tmp, name), model_dir / name)
-            else:
-                (model_dir / name).unlink(missing_ok=True)
-        os.replace(os.path.join(tmp, DATA_FILE), model_dir / DATA_FILE)
-        os.replace(os.path.join(tmp, MODEL_FILE), model_dir / MODEL_FILE)
+        _put_in_place(Path(tmp), model_dir, kquant)
+
+
+def save_streamed(make: Callable[[ExternalData], onnx.ModelProto], model_dir: Path) -> None:
+    """As save_model, for a graph whose initializers `make(external)` writes into the data file as it
+    builds the graph (memory never holds them all)."""
+    model_dir = Path(model_dir)
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".fused-") as tmp:
+        with open(os.path.join(tmp, DATA_FILE), "wb") as data:
+            model = make(ExternalData(data, DATA_FILE))
+        kquant = _split_kquant(model, Path(tmp))
+        with open(os.path.join(tmp, MODEL_FILE), "wb") as out:
+            out.write(model.SerializeToString())
+        _put_in_place(Path(tmp), model_dir, kquant)
+
+
+def _put_in_place(tmp: Path, model_dir: Path, kquant: bool) -> None:
+    """Replace the folder's model files with the finished ones in `tmp` (the K-quant files only for a compact graph)."""
+    for name in (KQUANT_RECIPE_FILE, KQUANT_DATA_FILE):
+        if kquant:
+            os.replace(tmp / name, model_dir / name)
+        else:
+            (model_dir / name).unlink(missing_ok=True)
+    os.replace(tmp / DATA_FILE, model_dir / DATA_FILE)
+    os.replace(tmp / MODEL_FILE, model_dir / MODEL_FILE)
 
 
 def _split_kquant(model: onnx.ModelProto, folder: Path) -> bool:

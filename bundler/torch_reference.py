@@ -38,7 +38,7 @@ def reference_logits(weights: LlamaWeights, ids: list[int],
 
     spec = weights.spec
     config = _config(weights)
-    embedding = torch.from_numpy(weights.float("model.embed_tokens.weight"))
+    embedding = torch.from_numpy(_writable(weights.float("model.embed_tokens.weight")))
     positions = torch.arange(len(ids))
     # The spec's rope (including GGUF rope_freqs factors), laid out as transformers' rotary embedding.
     angles = positions[:, None].float() * torch.from_numpy(spec.inverse_frequencies())[None, :]
@@ -58,7 +58,14 @@ def reference_logits(weights: LlamaWeights, ids: list[int],
             del block, state
             layer_done(layer + 1)
         norm = LlamaRMSNorm(spec.hidden_size, eps=spec.rms_eps)
-        norm.weight.copy_(torch.from_numpy(weights.float("model.norm.weight")))
+        norm.weight.copy_(torch.from_numpy(_writable(weights.float("model.norm.weight"))))
         hidden = norm(hidden)[0]
-        head = torch.from_numpy(weights.float("lm_head.weight")) if weights.has("lm_head.weight") else embedding
+        head = (torch.from_numpy(_writable(weights.float("lm_head.weight"))) if weights.has("lm_head.weight")
+                else embedding)
         return (hidden @ head.T).numpy()
+
+
+def _writable(values: np.ndarray) -> np.ndarray:
+    """`values`, copied only when read-only (a GGUF's float32 tensors are views of the mapped file):
+    torch warns on every build about tensors made from read-only arrays."""
+    return values if values.flags.writeable else np.array(values)

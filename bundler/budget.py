@@ -12,8 +12,10 @@ from typing import Optional
 
 from bundler.errors import BuildError
 from runtime.kquant_expand import expansion_bytes
+from runtime.layout import DENSE_MODEL
 from runtime.manifest import Manifest
-from runtime.memory import MB, WEIGHTS_RESIDENT_FACTOR, MemoryEstimate, context_tokens, estimate_memory
+from runtime.memory import (MB, WEIGHTS_RESIDENT_FACTOR, MemoryEstimate, context_tokens, estimate_memory,
+                            index_resident_bytes)
 from targets import TargetProfile
 
 # Stored bytes per parameter for each weight format (block scales included), from the exported models.
@@ -38,8 +40,7 @@ class BudgetReport:
 def estimate(staging: Path, manifest: Manifest, target: TargetProfile, context: Optional[int] = None) -> BudgetReport:
     """context: the build's --ctx, which can only lower min(model, profile)."""
     context = context_tokens(manifest.model, target.context, context)
-    memory = estimate_memory(manifest.model, _model_bytes(staging / "model"), _folder_bytes(staging / "index"),
-                             context)
+    memory = estimate_memory(manifest.model, _model_bytes(staging / "model"), _index_bytes(staging), context)
     return BudgetReport(memory=memory, budget=target.ram_budget_bytes)
 
 
@@ -78,6 +79,12 @@ def _refusal(report: BudgetReport, manifest: Manifest, target: TargetProfile) ->
 def _model_bytes(folder: Path) -> int:
     """The model as loaded: a compact K-quant graph's computed tensors count, not their heads (runtime/kquant_expand.py)."""
     return _folder_bytes(folder) + expansion_bytes(folder)
+
+
+def _index_bytes(staging: Path) -> int:
+    dense_model = staging / DENSE_MODEL
+    return index_resident_bytes(_folder_bytes(staging / "index"),
+                                dense_model.stat().st_size if dense_model.is_file() else 0)
 
 
 def _folder_bytes(folder: Path) -> int:

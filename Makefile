@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUESTION ?= How do I create a virtual environment?
 
-.PHONY: setup system-packages demo test test-fast bench
+.PHONY: setup system-packages build-packages demo test test-fast bench
 
 # Python packages: the builder, the runtime and the tests, pinned in pyproject.toml.
 $(VENV)/.installed: pyproject.toml
@@ -23,7 +23,11 @@ setup: $(VENV)/.installed
 system-packages:
 	bash .ci/system-packages
 
-demo: setup
+# Debian packages a host build needs: binutils (PyInstaller's objcopy) and gcc (the stub's glibc gate).
+build-packages:
+	@dpkg -s binutils gcc >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils gcc)
+
+demo: setup build-packages
 	$(PY) build.py --ask "$(QUESTION)"
 
 test: setup system-packages

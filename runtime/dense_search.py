@@ -22,6 +22,8 @@ SCORE_BLOCK_ROWS = 512
 # Relative error allowed for the float32 rounding of scores and bounds (2^-24 a step, generously):
 # part of the margin that keeps the int8 prefilter of DenseSearch.best exact.
 FLOAT_DOT_ERROR = 1e-4
+# The int8 scan ranks its lower bounds first on every this-many-th row (DenseSearch._bound_rows).
+SAMPLE_STRIDE = 16
 
 
 def encoder_session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -139,6 +141,8 @@ class DenseSearch:
         self.encoder = encoder
         self.vectors = vectors
         self.scales = scales
+        # bounds every row's margin in the scan's first comparison (one pass over the scales, once)
+        self.largest_scale = float(np.max(scales)) if len(scales) else 0.0
         blocks = -(-len(vectors) // SCORE_BLOCK_ROWS)
         self.parts = max(1, min(threads or os.cpu_count() or 1, blocks))
         self.pool = ThreadPoolExecutor(self.parts) if self.parts > 1 else None
@@ -210,8 +214,8 @@ class DenseSearch:
         run = self.pool.map if self.pool is not None else map
         scanned = list(run(lambda part: self._bound_rows(rounded, step, margin, depth, *part), parts))
         # every part's depth-th best lower bound is at most the collection's depth-th best score
-        floor = max(kth for _, kth in scanned)
-        candidates = np.concatenate([np.flatnonzero(upper >= floor) + a for (a, _), (upper, _) in zip(parts, scanned)])
+        floor = max(kth for _, _, kth in scanned)
+        candidates = np.concatenate([ids[upper >= floor] for ids, upper, _ in scanned])
         dots = np.empty((2, len(candidates)), dtype=np.float32)
         simsimd.cdist(np.stack([rounded, rest]), np.asarray(self.vectors[candidates]), metric="dot", out=dots)
         scales = self.scales[candidates]
@@ -224,20 +228,36 @@ class DenseSearch:
         order = np.lexsort((candidates, -values))[:depth]
         return candidates[order], values[order]
 
-    def _bound_rows(self, rounded: np.ndarray, step: float, margin: float, depth: int, start: int, stop: int) -> tuple[np.ndarray, float]:
-        """Upper bounds of the exact scores of rows [start, stop) and the depth-th best lower bound
-        (-inf when there are no more rows than depth)."""
-        dots = np.empty((1, stop - start), dtype=np.float32)  # int32 sums, |sum| < 2^24: exact in float32
-        simsimd.cdist(rounded[None], self.vectors[start:stop], metric="dot", out=dots)
-        scales, approx = self.scales[start:stop], dots[0]
-        slack = np.multiply(scales, np.float32(step))
-        approx *= slack
-        np.multiply(scales, np.float32(margin), out=slack)
+    def _bound_rows(self, rounded: np.ndarray, step: float, margin: float, depth: int, start: int,
+                    stop: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Of rows [start, stop): the ids of those that can be among the best `depth`, their upper
+        bounds, and the depth-th best lower bound of the rows (-inf when there are no more rows
+        than depth). A row left out has an upper bound below that lower bound.
+
+        The per-row work is the scan, one product and one comparison: the lower bounds are first
+        ranked on every SAMPLE_STRIDE-th row, whose depth-th best is at most the rows' own, and only
+        the rows whose bound can reach it get their bounds computed and ranked (a few thousand of
+        1M random vectors against 1M ranked: 30% of the CPU of a search at 1M chunks beside the scan).
+        """
+        scores = np.empty((1, stop - start), dtype=np.float32)  # int32 sums, |sum| < 2^24: exact in float32
+        simsimd.cdist(rounded[None], self.vectors[start:stop], metric="dot", out=scores)
+        scales, scaled = self.scales[start:stop], scores[0]
+        scaled *= scales  # the int8 dot times the row's scale: the score is about step times that
         count = stop - start
+        if count >= SAMPLE_STRIDE * depth * 4:
+            sample = scaled[::SAMPLE_STRIDE] * np.float32(step) - scales[::SAMPLE_STRIDE] * np.float32(margin)
+            sampled_kth = float(np.partition(sample, len(sample) - depth)[len(sample) - depth])
+            # upper >= sampled_kth needs scaled >= (sampled_kth - margin x scale) / step; the largest
+            # scale, and 1e-5 of the terms' size, keep float rounding from leaving out a row that could reach
+            threshold = (sampled_kth - margin * self.largest_scale) / step
+            threshold -= 1e-5 * (abs(sampled_kth) + margin * self.largest_scale) / step
+            ids = np.flatnonzero(scaled >= threshold)
+        else:
+            ids = np.arange(count)
+        approx = scaled[ids] * np.float32(step)
+        slack = scales[ids] * np.float32(margin)
         kth = -np.inf
         if count > depth:
             lower = approx - slack
-            lower.partition(count - depth)
-            kth = float(lower[count - depth])
-        approx += slack  # in place: few arrays of a float per chunk, whichever thread frees them
-        return approx, kth
+            kth = float(np.partition(lower, len(ids) - depth)[len(ids) - depth])
+        return ids + start, approx + slack, kth

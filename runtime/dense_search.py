@@ -141,8 +141,9 @@ class DenseSearch:
         self.encoder = encoder
         self.vectors = vectors
         self.scales = scales
-        # bounds every row's margin in the scan's first comparison (one pass over the scales, once)
+        # bound every row's margin in the scan's comparisons (one pass over the scales, once)
         self.largest_scale = float(np.max(scales)) if len(scales) else 0.0
+        self.smallest_scale = float(np.min(scales)) if len(scales) else 0.0
         blocks = -(-len(vectors) // SCORE_BLOCK_ROWS)
         self.parts = max(1, min(threads or os.cpu_count() or 1, blocks))
         self.pool = ThreadPoolExecutor(self.parts) if self.parts > 1 else None
@@ -230,34 +231,37 @@ class DenseSearch:
 
     def _bound_rows(self, rounded: np.ndarray, step: float, margin: float, depth: int, start: int,
                     stop: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """Of rows [start, stop): the ids of those that can be among the best `depth`, their upper
-        bounds, and the depth-th best lower bound of the rows (-inf when there are no more rows
-        than depth). A row left out has an upper bound below that lower bound.
+        """Of rows [start, stop): the ids of those whose upper bound reaches the depth-th best lower
+        bound of the rows, their upper bounds, and that lower bound (-inf when there are no more
+        rows than depth).
 
-        The per-row work is the scan, one product and one comparison: the lower bounds are first
-        ranked on every SAMPLE_STRIDE-th row, whose depth-th best is at most the rows' own, and only
-        the rows whose bound can reach it get their bounds computed and ranked (a few thousand of
-        1M random vectors against 1M ranked: 30% of the CPU of a search at 1M chunks beside the scan).
+        Beside the scan, a row costs one product and two comparisons: the depth-th best lower bound
+        is first taken over every SAMPLE_STRIDE-th row (at most the rows' own), then over the rows
+        whose bound can reach that, which gives the rows' own; only the rows within a margin of it
+        get their bounds computed (ranking all 1M lower bounds took 30% of the CPU of a search at 1M
+        chunks beside the scan). The largest and smallest scale bound every row's margin.
         """
         scores = np.empty((1, stop - start), dtype=np.float32)  # int32 sums, |sum| < 2^24: exact in float32
         simsimd.cdist(rounded[None], self.vectors[start:stop], metric="dot", out=scores)
         scales, scaled = self.scales[start:stop], scores[0]
-        scaled *= scales  # the int8 dot times the row's scale: the score is about step times that
+        scaled *= scales  # the int8 dot times the row's scale; a row's bounds: step x that +- margin x scale
         count = stop - start
+        if count <= depth:
+            return np.arange(start, stop), scaled * np.float32(step) + scales * np.float32(margin), -np.inf
+
+        def reaching(value: float, spread: float) -> np.ndarray:
+            """The rows with step x scaled >= value - spread, and a few more: 1e-5 of the terms' size
+            keeps float rounding from leaving one out."""
+            return np.flatnonzero(scaled >= (value - spread - 1e-5 * (abs(value) + abs(spread))) / step)
+
+        def kth_lower(rows: np.ndarray | slice) -> float:
+            lower = scaled[rows] * np.float32(step) - scales[rows] * np.float32(margin)
+            return float(np.partition(lower, len(lower) - depth)[len(lower) - depth])
+
         if count >= SAMPLE_STRIDE * depth * 4:
-            sample = scaled[::SAMPLE_STRIDE] * np.float32(step) - scales[::SAMPLE_STRIDE] * np.float32(margin)
-            sampled_kth = float(np.partition(sample, len(sample) - depth)[len(sample) - depth])
-            # upper >= sampled_kth needs scaled >= (sampled_kth - margin x scale) / step; the largest
-            # scale, and 1e-5 of the terms' size, keep float rounding from leaving out a row that could reach
-            threshold = (sampled_kth - margin * self.largest_scale) / step
-            threshold -= 1e-5 * (abs(sampled_kth) + margin * self.largest_scale) / step
-            ids = np.flatnonzero(scaled >= threshold)
+            # a row with lower bound >= the sample's is among these, and depth rows at least are
+            kth = kth_lower(reaching(kth_lower(slice(None, None, SAMPLE_STRIDE)), -margin * self.smallest_scale))
         else:
-            ids = np.arange(count)
-        approx = scaled[ids] * np.float32(step)
-        slack = scales[ids] * np.float32(margin)
-        kth = -np.inf
-        if count > depth:
-            lower = approx - slack
-            kth = float(np.partition(lower, len(ids) - depth)[len(ids) - depth])
-        return ids + start, approx + slack, kth
+            kth = kth_lower(slice(None))
+        ids = reaching(kth, margin * self.largest_scale)
+        return ids + start, scaled[ids] * np.float32(step) + scales[ids] * np.float32(margin), kth

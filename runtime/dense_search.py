@@ -250,9 +250,10 @@ class DenseSearch:
             return np.arange(start, stop), scaled * np.float32(step) + scales * np.float32(margin), -np.inf
 
         def reaching(value: float, spread: float) -> np.ndarray:
-            """The rows with step x scaled >= value - spread, and a few more: 1e-5 of the terms' size
-            keeps float rounding from leaving one out."""
-            return np.flatnonzero(scaled >= (value - spread - 1e-5 * (abs(value) + abs(spread))) / step)
+            """The rows with step x scaled >= value - spread, and a few more: 1e-5 of the largest
+            terms a bound adds keeps float rounding from leaving one out."""
+            rounding = 1e-5 * (abs(value) + margin * self.largest_scale)
+            return np.flatnonzero(scaled >= (value - spread - rounding) / step)
 
         def kth_lower(rows: np.ndarray | slice) -> float:
             lower = scaled[rows] * np.float32(step) - scales[rows] * np.float32(margin)

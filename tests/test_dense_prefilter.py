@@ -49,6 +49,55 @@ def test_search_returns_exactly_the_best_chunks_of_scoring_every_chunk_where_the
         assert np.array_equal(search.exact(query, picked), every[picked])
 
 
+def test_search_of_a_large_collection_whose_rows_differ_in_scale_returns_exactly_the_best_chunks(tmp_path):
+    """Enough rows that the scan ranks its bounds on a sample of them first (20,000 rows, depth up
+    to 300), and rows whose int8 scales, and so margins, differ several-fold: a first comparison
+    that assumed a typical row's margin, or none, would lose rows of the exact top."""
+    rng = np.random.default_rng(15)
+    vectors, query = _near_ties(rng, 20_000)
+    peaky = rng.choice(len(vectors), len(vectors) // 10, replace=False)
+    vectors[peaky, rng.integers(0, 384, len(peaky))] += 3 * np.abs(vectors[peaky]).max(axis=1)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    mapped, scales = _mapped(tmp_path, vectors)
+    assert scales.max() > 2.5 * np.median(scales)
+    for threads in (1, 2):
+        search = DenseSearch(None, mapped, scales, threads)
+        every = search.score_vector(query)
+        for depth in (10, 100, 300):
+            expected = top_k(every, depth)
+            ids, values = search.best(query, depth)
+            assert np.array_equal(ids, expected), (threads, depth)
+            assert np.array_equal(values, every[expected])
+
+
+def test_rows_the_int8_scan_underrates_by_most_of_its_margin_are_still_found_beside_sampled_rows(tmp_path):
+    """The query's first int8 term keeps only its one large coordinate, so the scan sees nothing of
+    the rest. Ten decoys, all on rows the scan samples first, score high on that coordinate and
+    against the rest; three rows score lower on it and along the rest: exactly better, but their
+    scan value is below every decoy's lower bound, though within their own margin. The filler rows'
+    scales are a sixth of theirs: a first comparison with a typical row's margin, or none, loses them."""
+    rng = np.random.default_rng(16)
+    query = np.clip(rng.standard_normal(384), -2.5, 2.5).astype(np.float32)
+    query[7] = 1000.0  # every other coordinate rounds to zero in the first term
+    rows = np.zeros((2000, 384), dtype=np.float32)
+    rows[:, :] = rng.integers(-20, 21, size=rows.shape)  # filler rows, far below
+    rows[:, 7] = 0
+    decoys, better = np.arange(10) * 16, np.array([1, 2, 3])
+    rows[decoys] = -127 * np.sign(query)
+    rows[better] = 127 * np.sign(query)
+    for j, row in enumerate(decoys):  # distinct exact scores, one scan value: no ties to break
+        rows[row, 8 : 8 + j] = 0
+    rows[decoys, 7] = 127
+    rows[better, 7] = [60, 59, 58]
+    mapped, scales = _mapped(tmp_path, rows / 127)
+    search = DenseSearch(None, mapped, scales, 1)
+    every = search.score_vector(query)
+    expected = top_k(every, 10)
+    assert set(better) <= set(expected)
+    ids, values = search.best(query, 10)
+    assert np.array_equal(ids, expected) and np.array_equal(values, every[expected])
+
+
 def test_query_splits_into_two_int8_terms_and_a_remainder_within_half_the_second_step():
     query = np.random.default_rng(14).standard_normal(384).astype(np.float32)
     query[7] = 40.0  # one large component: most others round to zero in the first term

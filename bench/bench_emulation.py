@@ -15,7 +15,8 @@ For one model (default: SmolLM2-135M-Instruct Q4_1) and one small docs folder, p
   (docs/PACKAGING.md#accuracy-level);
 - start: wall time of `EXE verify --quick` under emulation (trailer, manifest, model session);
 - peak RSS: of an `EXE ask` under emulation (qemu's own memory included), no network (unshare -n);
-- decode tok/s of each graph under the same emulation (qemu emulating a Cortex-A76, the Pi 5's core),
+- decode tok/s of each graph under the same emulation (qemu emulating a Cortex-A76, the Pi 5's core), both
+  decoders in one process with their steps alternated, so that both see the same load,
   and the ratio of the target's graph to optimum's (a proxy for a board: emulated absolute speed says
   nothing about one).
 
@@ -59,30 +60,48 @@ DOCS = {"pumps/coolant-pump.md": "# Coolant pump P-7\n\nThe coolant pump P-7 is 
                                  "for thirty seconds while the pump runs at idle speed.\n"}
 QUESTION = "How is the coolant pump P-7 primed?"
 
-# Run by this host's Python and by the emulated roots': logits of a prompt plus one greedy step
-# (saved), then (tokens > 0) decode speed over `tokens` greedy steps after a fresh prefill.
+# Run by this host's Python and by the emulated roots': logits of a prompt plus one greedy step (saved).
 PROBE = """
-import json, sys, time
+import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from runtime.bundle import DirectoryBundle
 from runtime.decoder import load_decoder
-staging, out, tokens, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-prompt = [int(t) for t in sys.argv[6].split(",")]
+staging, out, threads = sys.argv[2], sys.argv[3], int(sys.argv[4])
+prompt = [int(t) for t in sys.argv[5].split(",")]
 decoder = load_decoder(DirectoryBundle(__import__("pathlib").Path(staging)), threads=threads, max_length=256)
 logits = decoder.forward(prompt)
 step = decoder.forward([int(logits[-1].argmax())])
 np.save(out, np.concatenate([logits, step])[-2:])
-figures = {}
-if tokens:
-    decoder.reset()
+"""
+# Run by an emulated root's Python: decode speed of both graphs in one process, their greedy steps
+# alternated (default, optimum, then optimum, default, ...), so both see the same load; timed apart,
+# the two graphs' ratio moved from 0.74 to 1.2 with the 2-core host's load
+# (docs/MEASUREMENTS.md#fused-portable-under-emulation).
+SPEED_PROBE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from runtime.bundle import DirectoryBundle
+from runtime.decoder import load_decoder
+folders = dict(zip(("default", "optimum"), sys.argv[2:4]))
+tokens, threads = int(sys.argv[4]), int(sys.argv[5])
+prompt = [int(t) for t in sys.argv[6].split(",")]
+figures, last, steps = {}, {}, {}
+decoders = {label: load_decoder(DirectoryBundle(Path(folder)), threads=threads, max_length=256)
+            for label, folder in folders.items()}
+for label, decoder in decoders.items():
     started = time.perf_counter()
-    last = decoder.forward(prompt, rows=1)[-1]
-    figures["prefill_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(tokens):
-        last = decoder.forward([int(last.argmax())], rows=1)[-1]
-    figures["decode_tok_s"] = tokens / (time.perf_counter() - started)
+    last[label] = decoder.forward(prompt, rows=1)[-1]
+    figures[label] = {"prefill_s": time.perf_counter() - started}
+    steps[label] = 0.0
+for step in range(tokens):
+    for label in (("default", "optimum") if step % 2 == 0 else ("optimum", "default")):
+        started = time.perf_counter()
+        last[label] = decoders[label].forward([int(last[label].argmax())], rows=1)[-1]
+        steps[label] += time.perf_counter() - started
+for label in decoders:
+    figures[label]["decode_tok_s"] = tokens / steps[label]
 print(json.dumps(figures))
 """
 PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712,
@@ -99,14 +118,25 @@ def run_measured(command: list[str], timeout: float) -> tuple[subprocess.Complet
         return done, wall, int(rss.read().split()[-1]) * 1024
 
 
-def probe(prefix: list[str], staging: Path, out: Path, tokens: int, threads: int) -> dict:
-    command = prefix + ["-c", PROBE, str(REPO_ROOT), str(staging), str(out), str(tokens), str(threads),
-                        ",".join(map(str, PROMPT))]
+def probe(prefix: list[str], staging: Path, out: Path, threads: int) -> None:
+    """Logits of the prompt plus one greedy step, saved to `out`."""
+    run_probe(prefix + ["-c", PROBE, str(REPO_ROOT), str(staging), str(out), str(threads),
+                        ",".join(map(str, PROMPT))], staging)
+
+
+def speed_probe(prefix: list[str], default: Path, optimum: Path, tokens: int, threads: int) -> dict:
+    """{"default": {prefill_s, decode_tok_s}, "optimum": {...}}, both decoders in one process."""
+    output = run_probe(prefix + ["-c", SPEED_PROBE, str(REPO_ROOT), str(default), str(optimum), str(tokens),
+                                 str(threads), ",".join(map(str, PROMPT))], default)
+    return json.loads(output.strip().splitlines()[-1])  # onnxruntime may warn first (e.g. on qemu's CPU vendor)
+
+
+def run_probe(command: list[str], staging: Path) -> str:
     done = subprocess.run(command, capture_output=True, text=True, timeout=7200,
                           env={**os.environ, "QEMU_CPU": QEMU_CPU})
     if done.returncode != 0:
         raise SystemExit(f"probe failed on {staging}: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout
 
 
 def emulated(root: Path, folder: Path, argv: list[str]) -> list[str]:
@@ -194,15 +224,11 @@ def main() -> int:
             # logits on the same staging folder, emulated aarch64 against this host, at both accuracy levels
             level1 = at_accuracy_level(staged["default"], 1, work / f"staging-{name}-default-level1")
             for level, folder in ((4, staged["default"]), (1, level1)):
-                tokens = args.tokens if level == 4 else 0
-                timing = probe(python, folder, work / f"logits-{name}-{level}.npy", tokens, args.threads)
-                probe([sys.executable], folder, work / f"logits-{name}-{level}-x86_64.npy", 0, args.threads)
+                probe(python, folder, work / f"logits-{name}-{level}.npy", args.threads)
+                probe([sys.executable], folder, work / f"logits-{name}-{level}-x86_64.npy", args.threads)
                 runtime_figures[f"max_abs_logit_difference_level{level}"] = max_abs(
                     work / f"logits-{name}-{level}.npy", work / f"logits-{name}-{level}-x86_64.npy")
-                if timing:
-                    runtime_figures["default"] = timing
-            runtime_figures["optimum"] = probe(python, staged["optimum"], work / f"logits-{name}-optimum.npy",
-                                               args.tokens, args.threads)
+            runtime_figures.update(speed_probe(python, staged["default"], staged["optimum"], args.tokens, args.threads))
             for label in ("default", "optimum"):
                 executable = work / f"station-{name}-{label}"
                 if not executable.is_file():

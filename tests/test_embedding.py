@@ -96,3 +96,27 @@ def test_the_query_side_embeds_a_text_exactly_as_the_index_build_did(shared_embe
     built = _pool(shared_embedder).encode_each(SENTENCES)
     for text, vector in zip(SENTENCES, built):
         assert np.array_equal(query_side.encode([text])[0], vector)
+
+
+def test_the_exported_embedder_holds_no_float_word_table(shared_embedder):
+    """Every bundle carries the embedder: the 30,522 x 384 word table is int8 rows (+ a scale each),
+    not 47 MB of float32."""
+    import onnx
+
+    model = onnx.load(str(shared_embedder.model))
+    floats = [init for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT]
+    assert max(int(np.prod(init.dims)) for init in floats) < 30522 * 384 // 10
+    assert any(init.data_type == onnx.TensorProto.INT8 and list(init.dims) == [30522, 384] for init in model.graph.initializer)
+    assert shared_embedder.model.stat().st_size < 40_000_000
+
+
+def test_the_quantized_products_read_uint8_weights(shared_embedder):
+    """uint8 x uint8 kernels are exact on every CPU; the uint8 x int8 kernel of x86 CPUs without VNNI
+    saturates (the same text got another vector on an AVX2 station than on the VNNI builder)."""
+    import onnx
+
+    model = onnx.load(str(shared_embedder.model))
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    weights = [node.input[1] for node in model.graph.node if node.op_type in ("MatMulInteger", "QAttention")]
+    assert len(weights) == 18  # per layer: QKV (QAttention), attention output, feed-forward input
+    assert all(types[name] == onnx.TensorProto.UINT8 for name in weights)

@@ -118,6 +118,14 @@ class ChatTokenizer:
         """
         return max(len(entry) for entry in self._plain.get_vocab(with_added_tokens=True))
 
+    @functools.cached_property
+    def number_token_ids(self) -> frozenset:
+        """Ids of the tokens that spell only digits (with or without a leading space), for the
+        repetition guard's counting stop (runtime/repetition.py)."""
+        vocab = self._plain.get_vocab(with_added_tokens=False)
+        return frozenset(i for entry, i in vocab.items() if entry.lstrip("\u0120\u2581 ").isdigit()
+                         and entry.lstrip("\u0120\u2581 ").isascii())
+
     def token_id(self, token: str) -> Optional[int]:
         return self._special.token_to_id(token)
 

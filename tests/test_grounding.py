@@ -84,11 +84,15 @@ def test_command_line_flags_reach_the_generation_and_grounding_settings():
     args = build_parser().parse_args(["ask", "q", "--dry-multiplier", "0.5", "--loop-ngram", "0", "--passages", "1",
                                       "--trim-sentences", "3", "--system-prompt", "brief", "--answer-first",
                                       "--stop-after-paragraph", "--abstain-below", "0.25", "--copy-bonus", "1.5",
-                                      "--copy-min-match", "2", "--answer-prefix", "In short,",
+                                      "--copy-min-match", "2", "--copy-focus", "2", "--copy-focus-bonus", "3",
+                                      "--loop-number-repeats", "5",
+                                      "--answer-prefix", "In short,",
                                       "--passage-order", "documents"])
     options = ask_options(args)
     assert (options.generation.dry_multiplier, options.generation.loop_ngram) == (0.5, 0)
     assert (options.generation.copy_bonus, options.generation.copy_min_match) == (1.5, 2)
+    assert (options.generation.copy_focus, options.generation.copy_focus_bonus) == (2, 3.0)
+    assert options.generation.loop_number_repeats == 5
     assert options.grounding == GroundingOptions(passages=1, trim_sentences=3, system_prompt="brief",
                                                  answer_first=True, stop_after_paragraph=True, abstain_below=0.25,
                                                  answer_prefix="In short,", passage_order="documents")

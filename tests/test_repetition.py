@@ -79,3 +79,33 @@ def test_hard_stop_is_off_when_the_ngram_is_zero():
     guard = RepetitionGuard(loop_ngram=0, loop_repeats=3)
     assert all(guard.admit(t) for t in [1, 2] * 10)
     assert not guard.active
+
+
+
+def admitted(guard: RepetitionGuard, tokens: list[int]) -> list[int]:
+    kept = []
+    for token in tokens:
+        if not guard.admit(token):
+            break
+        kept.append(token)
+    return kept
+
+
+def test_counting_stop_ends_a_list_that_counts_on_with_no_repeated_ngram():
+    numbers = frozenset(range(10, 20))       # "0".."9"
+    comma, space = 1, 2
+    counting = [t for n in range(1, 10) for t in (10 + n, comma, space)]  # "1, 2, 3, … 9, "
+    plain = RepetitionGuard(loop_ngram=4, loop_repeats=3)
+    assert admitted(plain, counting) == counting and not plain.stopped  # no 4-gram occurs three times
+    guard = RepetitionGuard(loop_ngram=4, loop_repeats=3, number_tokens=numbers, number_repeats=4)
+    kept = admitted(guard, counting)
+    assert guard.stopped
+    # "1, 2, 3, 4, ": the next number would make "NUMBER , ␣ NUMBER" occur a fourth time
+    assert kept == counting[:12] and kept[-3:] == [14, comma, space]
+
+
+def test_counting_stop_looks_only_at_ngrams_holding_a_number():
+    guard = RepetitionGuard(loop_ngram=2, loop_repeats=0, number_tokens=frozenset({9}), number_repeats=2)
+    assert admitted(guard, [1, 2, 1, 2, 1, 2]) == [1, 2, 1, 2, 1, 2] and not guard.stopped
+    assert admitted(guard, [9, 1, 9, 1]) == [9, 1, 9]   # "NUMBER 1" a second time
+    assert guard.stopped

@@ -109,3 +109,14 @@ def test_counting_stop_looks_only_at_ngrams_holding_a_number():
     assert admitted(guard, [1, 2, 1, 2, 1, 2]) == [1, 2, 1, 2, 1, 2] and not guard.stopped
     assert admitted(guard, [9, 1, 9, 1]) == [9, 1, 9]   # "NUMBER 1" a second time
     assert guard.stopped
+
+
+def test_number_tokens_are_the_vocabulary_entries_that_spell_only_digits():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from runtime.tokenizer import ChatTokenizer
+
+    vocab = {"[UNK]": 0, "1": 1, "\u012023": 2, "\u2581907": 3, "x1": 4, "1.5": 5, "\u0120": 6, "\u00b2": 7}
+    tokenizer = ChatTokenizer(Tokenizer(WordLevel(vocab, unk_token="[UNK]")).to_str(), {})
+    assert tokenizer.number_token_ids == frozenset({1, 2, 3})   # "1", " 23", "▁907"; not "x1", "1.5", " ", "²"

@@ -129,6 +129,9 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "round3-focus1-b4": ({**ROUND3_GENERATION, "copy_focus": 1, "copy_focus_bonus": 4.0}, ROUND2_GROUNDING),
     "round3-focus2-b2": ({**ROUND3_GENERATION, "copy_focus": 2, "copy_focus_bonus": 2.0}, ROUND2_GROUNDING),
     "round3-focus2-b4": ({**ROUND3_GENERATION, "copy_focus": 2, "copy_focus_bonus": 4.0}, ROUND2_GROUNDING),
+    # The defaults chosen by the fourth round: round3 with extract-then-copy and the counting stop.
+    "round4": ({**ROUND3_GENERATION, "copy_focus": 1, "copy_focus_bonus": 4.0, "loop_number_repeats": 12},
+               ROUND2_GROUNDING),
     "default": ({}, {}),
 }
 

@@ -35,8 +35,8 @@ class GenerationConfig:
     copy_min_match: int = 1
     # Focus (extract, then copy; runtime/answer_focus.py): the copy_focus sentences of the passages
     # sharing the most question terms get copy_focus_bonus more, to start and to continue; 0 turns it off.
-    copy_focus: int = 0
-    copy_focus_bonus: float = 0.0
+    copy_focus: int = 1
+    copy_focus_bonus: float = 4.0
 
     @property
     def greedy(self) -> bool:

@@ -14,7 +14,8 @@ tokens occur `loop_repeats` times, so no stopped answer ever holds that many cop
 Counting ("[1, 2, 3, … 50," as a made-up example's output) repeats no n-gram, and DRY even
 favours it (each next number is the one continuation not seen yet), so it runs to the token
 limit. For the counting stop every number token is the same token: the answer ends before an
-n-gram holding a number would occur `number_repeats` times with the numbers folded.
+n-gram holding a number and something else would occur `number_repeats` times with the numbers
+folded (an n-gram of digits alone is part of one long number, not of a list).
 
 The guard also applies the copy bias (runtime/copy_bias.py) when given one: it is the one place
 where logits change with the answer so far. Every decision depends only on the tokens admitted
@@ -146,7 +147,9 @@ class RepetitionGuard:
         if (self._stops_loops or self._stops_counting) and len(self.tokens) >= self.loop_ngram - 1:
             gram = tuple(self.tokens[len(self.tokens) - self.loop_ngram + 1:]) + (token,)
             folded = None
-            if self._stops_counting and any(t in self.number_tokens for t in gram):
+            numbers = sum(t in self.number_tokens for t in gram)
+            # a list holds numbers and separators; a long number alone (a hash quoted) is no list
+            if self._stops_counting and 0 < numbers < len(gram):
                 folded = tuple(NUMBER if t in self.number_tokens else t for t in gram)
             if (self._stops_loops and self._ngrams[gram] + 1 >= self.loop_repeats) or \
                     (folded is not None and self._folded[folded] + 1 >= self.number_repeats):

@@ -104,6 +104,12 @@ def test_counting_stop_ends_a_list_that_counts_on_with_no_repeated_ngram():
     assert kept == counting[:12] and kept[-3:] == [14, comma, space]
 
 
+def test_counting_stop_leaves_a_long_number_alone():
+    guard = RepetitionGuard(loop_ngram=4, loop_repeats=3, number_tokens=frozenset(range(10, 20)), number_repeats=3)
+    digits = [11, 14, 12, 13, 13, 11, 19, 16, 10, 17, 15, 18, 11, 12]  # a hash value quoted digit by digit
+    assert admitted(guard, digits) == digits and not guard.stopped
+
+
 def test_counting_stop_looks_only_at_ngrams_holding_a_number():
     guard = RepetitionGuard(loop_ngram=2, loop_repeats=0, number_tokens=frozenset({9}), number_repeats=2)
     assert admitted(guard, [1, 2, 1, 2, 1, 2]) == [1, 2, 1, 2, 1, 2] and not guard.stopped

@@ -276,17 +276,18 @@ def test_speculative_greedy_with_copy_bias_is_identical_to_step_by_step(fused_mo
 
 
 def test_speculative_greedy_with_the_counting_stop_is_identical_to_step_by_step(fused_models):
-    """The tokens the tiny model writes most are taken as "numbers": folded, its output repeats
-    n-grams at once, so the counting stop fires, and it fires at the same token on both paths."""
+    """Every even token id is taken as a "number" and the copy bias makes the tiny model quote its
+    random passage: folded, the quote's n-grams of numbers and other tokens come back, so the
+    counting stop fires, at the same token on both paths."""
     decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
+    numbers = frozenset(range(0, 49152, 2))
+    config = GenerationConfig(loop_ngram=4, loop_repeats=0, loop_number_repeats=2, dry_multiplier=0.0,
+                              copy_bonus=3.0, copy_focus_bonus=0.0)
     stopped = 0
-    for prompt in _prompts()[:6]:
-        plain = list(reference_greedy(decoder, int(np.argmax(prefill(decoder, prompt))), 60))
-        numbers = frozenset(plain[:6])
-        config = GenerationConfig(loop_ngram=4, loop_repeats=0, loop_number_repeats=3, dry_multiplier=0.0)
+    for prompt in _quoting_prompts():
         runs = []
         for run in (reference_greedy, speculative_greedy):
-            guard = RepetitionGuard.from_config(config, number_tokens=numbers)
+            guard = RepetitionGuard.from_config(config, [prompt], number_tokens=numbers)
             first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
             if run is reference_greedy:
                 runs.append(list(run(decoder, first, 60, guard=guard)))
@@ -294,8 +295,7 @@ def test_speculative_greedy_with_the_counting_stop_is_identical_to_step_by_step(
             else:
                 runs.append(list(run(decoder, prompt, first, 60, guard=guard)))
         assert runs[0] == runs[1]
-        assert runs[0] == plain[:len(runs[0])]  # a stop only cuts the text short
-    assert stopped > 2
+    assert stopped > 0
 
 
 def test_generate_takes_the_speculative_path_and_stops_at_stop_tokens(fused_models):

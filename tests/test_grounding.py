@@ -109,6 +109,7 @@ def test_a_paragraph_ends_at_a_blank_line_after_a_finished_sentence_only():
 
 
 def test_answer_prefix_opens_the_answer_and_the_model_continues_it(query_assistant):
+    from runtime.answer_focus import focus_sentences
     from runtime.assistant import AskOptions
     from runtime.generation import GenerationConfig, generate
     from runtime.repetition import RepetitionGuard
@@ -123,8 +124,11 @@ def test_answer_prefix_opens_the_answer_and_the_model_continues_it(query_assista
     tokenizer = query_assistant.tokenizer
     prompt_ids = tokenizer.encode_chat(answer.prompt.messages) + tokenizer.encode(prefix)
     assert answer.stats.prompt_tokens == len(prompt_ids)
-    # the copy bias favours the passages' own tokens, not the prompt's
-    guard = RepetitionGuard.from_config(config, [tokenizer.encode(hit.chunk.text.strip()) for hit in answer.sources])
+    # the copy bias favours the passages' own tokens, not the prompt's, and the focus sentence most
+    focus = [tokenizer.encode(s) for s in focus_sentences(PUMP_QUESTION, answer.sources, config.copy_focus)]
+    assert focus
+    guard = RepetitionGuard.from_config(config, [tokenizer.encode(hit.chunk.text.strip()) for hit in answer.sources],
+                                        focus, tokenizer.number_token_ids)
     continued = list(generate(query_assistant.decoder, prompt_ids, config, guard))
     assert answer.text == prefix + tokenizer.decode(continued)
 

@@ -46,12 +46,12 @@ DEFAULT_BUNDLE = ROOT / "dist" / "python-docs"
 DEFAULT_OUT = ROOT / "bench" / "results" / "answers.json"
 
 # What `ask` did before the repetition guard and grounding options existed.
-TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0, "copy_bonus": 0.0}
+TODAY_GENERATION = {"dry_multiplier": 0.0, "loop_ngram": 0, "copy_bonus": 0.0, "copy_focus": 0, "copy_focus_bonus": 0.0}
 TODAY_GROUNDING = {"passages": 4, "trim_sentences": 0, "system_prompt": "cite", "answer_first": False,
                    "stop_after_paragraph": False, "stop_after_sentences": 0, "stop_at_unknown_citation": False,
                    "abstain_below": 0.0, "answer_prefix": "", "passage_order": "relevance"}
 # The repetition guard's defaults, without what came after it.
-GUARD_GENERATION = {"copy_bonus": 0.0}
+GUARD_GENERATION = {"copy_bonus": 0.0, "copy_focus": 0, "copy_focus_bonus": 0.0, "loop_number_repeats": 0}
 # The defaults chosen by the first round of measurements (docs/QUERY_APP.md), before the second.
 ROUND1_GROUNDING = {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", "abstain_below": 0.5}
 
@@ -59,6 +59,7 @@ ROUND1_GROUNDING = {**TODAY_GROUNDING, "passages": 2, "system_prompt": "brief", 
 ROUND2_GROUNDING = {**ROUND1_GROUNDING, "stop_at_unknown_citation": True, "stop_after_sentences": 3,
                     "answer_prefix": ""}
 ROUND2_GENERATION = GUARD_GENERATION
+ROUND3_GENERATION = {**GUARD_GENERATION, "copy_bonus": 1.0, "copy_min_match": 1}
 
 # name -> (GenerationConfig changes, GroundingOptions changes); "default" is the current defaults.
 # Every other configuration is spelled out in full from today's, so the table stays meaningful
@@ -97,28 +98,40 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "round1-citestop-sentences3": (GUARD_GENERATION, {**ROUND1_GROUNDING, "stop_at_unknown_citation": True,
                                         "stop_after_sentences": 3}),
     "round2": (ROUND2_GENERATION, ROUND2_GROUNDING),
-    "round2-copy0.5": ({"copy_bonus": 0.5}, ROUND2_GROUNDING),
-    "round2-copy1": ({"copy_bonus": 1.0}, ROUND2_GROUNDING),
-    "round2-copy2": ({"copy_bonus": 2.0}, ROUND2_GROUNDING),
-    "round2-copy3": ({"copy_bonus": 3.0}, ROUND2_GROUNDING),
-    "round2-copy2-match2": ({"copy_bonus": 2.0, "copy_min_match": 2}, ROUND2_GROUNDING),
+    "round2-copy0.5": ({**GUARD_GENERATION, "copy_bonus": 0.5}, ROUND2_GROUNDING),
+    "round2-copy1": ({**GUARD_GENERATION, "copy_bonus": 1.0}, ROUND2_GROUNDING),
+    "round2-copy2": ({**GUARD_GENERATION, "copy_bonus": 2.0}, ROUND2_GROUNDING),
+    "round2-copy3": ({**GUARD_GENERATION, "copy_bonus": 3.0}, ROUND2_GROUNDING),
+    "round2-copy2-match2": ({**GUARD_GENERATION, "copy_bonus": 2.0, "copy_min_match": 2}, ROUND2_GROUNDING),
     "round2-prefix-according": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "answer_prefix": "According to the sources,"}),
     "round2-prefix-quote": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
     "round2-extract": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
-    "round2-copy1-prefix-quote": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
-    "round2-copy2-prefix-quote": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
-    "round2-copy1-prefix-according": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING,
+    "round2-copy1-prefix-quote": ({**GUARD_GENERATION, "copy_bonus": 1.0}, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
+    "round2-copy2-prefix-quote": ({**GUARD_GENERATION, "copy_bonus": 2.0}, {**ROUND2_GROUNDING, "answer_prefix": 'The sources say: "'}),
+    "round2-copy1-prefix-according": ({**GUARD_GENERATION, "copy_bonus": 1.0}, {**ROUND2_GROUNDING,
                                                             "answer_prefix": "According to the sources,"}),
-    "round2-copy2-prefix-according": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING,
+    "round2-copy2-prefix-according": ({**GUARD_GENERATION, "copy_bonus": 2.0}, {**ROUND2_GROUNDING,
                                                             "answer_prefix": "According to the sources,"}),
-    "round2-copy1-extract": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
-    "round2-copy2-extract": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
-    "round2-copy1-p1": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "passages": 1}),
-    "round2-copy2-p1": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "passages": 1}),
+    "round2-copy1-extract": ({**GUARD_GENERATION, "copy_bonus": 1.0}, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
+    "round2-copy2-extract": ({**GUARD_GENERATION, "copy_bonus": 2.0}, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
+    "round2-copy1-p1": ({**GUARD_GENERATION, "copy_bonus": 1.0}, {**ROUND2_GROUNDING, "passages": 1}),
+    "round2-copy2-p1": ({**GUARD_GENERATION, "copy_bonus": 2.0}, {**ROUND2_GROUNDING, "passages": 1}),
     # the search's order since retrieval went one document at a time (runtime.retrieval.one_document_at_a_time)
     "round2-documents": (ROUND2_GENERATION, {**ROUND2_GROUNDING, "passage_order": "documents"}),
-    "round2-documents-copy1": ({"copy_bonus": 1.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
-    "round2-documents-copy2": ({"copy_bonus": 2.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
+    "round2-documents-copy1": ({**GUARD_GENERATION, "copy_bonus": 1.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
+    "round2-documents-copy2": ({**GUARD_GENERATION, "copy_bonus": 2.0}, {**ROUND2_GROUNDING, "passage_order": "documents"}),
+    # The defaults chosen by the third round: round2 with the copy bias over the passages.
+    "round3": (ROUND3_GENERATION, ROUND2_GROUNDING),
+    "round3-match2": ({**ROUND3_GENERATION, "copy_min_match": 2}, ROUND2_GROUNDING),
+    "round3-p1": (ROUND3_GENERATION, {**ROUND2_GROUNDING, "passages": 1}),
+    "round3-extract": (ROUND3_GENERATION, {**ROUND2_GROUNDING, "system_prompt": "extract"}),
+    "round3-focus1-b2": ({**ROUND3_GENERATION, "copy_focus": 1, "copy_focus_bonus": 2.0}, ROUND2_GROUNDING),
+    "round3-focus1-b4": ({**ROUND3_GENERATION, "copy_focus": 1, "copy_focus_bonus": 4.0}, ROUND2_GROUNDING),
+    "round3-focus2-b2": ({**ROUND3_GENERATION, "copy_focus": 2, "copy_focus_bonus": 2.0}, ROUND2_GROUNDING),
+    "round3-focus2-b4": ({**ROUND3_GENERATION, "copy_focus": 2, "copy_focus_bonus": 4.0}, ROUND2_GROUNDING),
+    # The defaults chosen by the fourth round: round3 with extract-then-copy and the counting stop.
+    "round4": ({**ROUND3_GENERATION, "copy_focus": 1, "copy_focus_bonus": 4.0, "loop_number_repeats": 12},
+               ROUND2_GROUNDING),
     "default": ({}, {}),
 }
 
@@ -166,8 +179,23 @@ def cites_gold(cited: list[dict], item: dict) -> bool:
     return any(c["path"] == item["doc"] and contains_gold(c["text"], item["answers"]) for c in cited)
 
 
-def load_questions(path: Path, limit: int | None) -> list[dict]:
+# The held-out questions: the other half of an evenly spaced 60 (`--limit 60 --shard 2/2`), the
+# confirmation set of the second and third rounds; no setting is chosen by looking at them.
+HELD_OUT_SPACING = 60
+SPLITS = ("all", "tuning", "held-out")
+
+
+def held_out_positions(total: int) -> set[int]:
+    step = total / HELD_OUT_SPACING
+    return {int(i * step) for i in range(1, HELD_OUT_SPACING, 2)}
+
+
+def load_questions(path: Path, limit: int | None, split: str = "all") -> list[dict]:
+    """The questions of `split` ("tuning": all but the held-out ones), `limit` of them evenly spaced."""
     items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if split != "all":
+        held = held_out_positions(len(items))
+        items = [item for n, item in enumerate(items) if (n in held) == (split == "held-out")]
     if limit and limit < len(items):
         # evenly spaced, so a quick look still mixes files and unanswerable questions
         step = len(items) / limit
@@ -242,7 +270,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle executable or staging folder")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--limit", type=int, default=None, help="score this many questions, evenly spaced")
+    parser.add_argument("--split", choices=SPLITS, default="all",
+                        help="which questions: all, the tuning part or the held-out part (the 30 of "
+                             "`--limit 60 --shard 2/2`, never used to choose a setting)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score this many questions of the split, evenly spaced")
     parser.add_argument("--shard", default="1/1", metavar="I/N",
                         help="score only every N-th of the chosen questions, starting at the I-th (to spread a "
                              "run over processes; merge the JSON files' answers)")
@@ -263,7 +295,7 @@ def main() -> int:
     if not args.bundle.exists():
         parser.error(f"{args.bundle}: no such bundle (build it with `python build.py`)")
     shard, shards = (int(x) for x in args.shard.split("/"))
-    items = load_questions(args.data, args.limit)[shard - 1::shards]
+    items = load_questions(args.data, args.limit, args.split)[shard - 1::shards]
     assistant = Assistant.from_bundle(Bundle.open(args.bundle), threads=args.threads)
     started, loads = time.time(), [os.getloadavg()[0]]
     results = {}
@@ -276,7 +308,8 @@ def main() -> int:
         "seconds": round(time.time() - started, 1),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average": {"start": loads[0], "max": max(loads), "end": loads[-1]}},
-        "settings": {"bundle": str(args.bundle), "data": str(args.data), "limit": args.limit, "shard": args.shard,
+        "settings": {"bundle": str(args.bundle), "data": str(args.data), "split": args.split, "limit": args.limit,
+                     "shard": args.shard,
                      "threads": args.threads, "max_tokens": args.max_tokens},
         "configs": results,
     }

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
+from runtime.answer_focus import focus_sentences
 from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
@@ -189,7 +190,9 @@ class Assistant:
         answer._deltas = stream_text(self.decoder, self.tokenizer, prompt_ids, config, answer.stats, started,
                                      StopStringFilter(stops), grounding.stop_after_paragraph,
                                      grounding.stop_after_sentences, prefix,
-                                     [self.tokenizer.encode(hit.chunk.text.strip()) for hit in prompt.sources])
+                                     [self.tokenizer.encode(hit.chunk.text.strip()) for hit in prompt.sources],
+                                     [self.tokenizer.encode(sentence) for sentence in
+                                      focus_sentences(question, prompt.sources, config.copy_focus)])
         return answer
 
     def _abstain(self, retrieval_s: float, config: GenerationConfig, grounding: GroundingOptions,
@@ -206,16 +209,18 @@ class Assistant:
 def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int], config: GenerationConfig,
                 stats, started: float, stops: Optional[StopStringFilter] = None,
                 stop_after_paragraph: bool = False, stop_after_sentences: int = 0,
-                prefix: str = "", copy_sources: Sequence[Sequence[int]] = ()) -> Iterator[str]:
+                prefix: str = "", copy_sources: Sequence[Sequence[int]] = (),
+                focus_sources: Sequence[Sequence[int]] = ()) -> Iterator[str]:
     """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
     summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
     stream's first token, from `started`), finish_reason, loop_stopped and total_s.
     prefix: the answer's opening, already at the end of `prompt_ids`; it comes first in the text.
-    copy_sources: token ids of the passages, for the copy bias (config.copy_bonus)."""
+    copy_sources: token ids of the passages, for the copy bias (config.copy_bonus); focus_sources: of
+    the sentences it favours more (config.copy_focus_bonus)."""
     stops = stops or StopStringFilter(())
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
-    guard = RepetitionGuard.from_config(config, copy_sources)
+    guard = RepetitionGuard.from_config(config, copy_sources, focus_sources, tokenizer.number_token_ids)
     shown, produced, sentences = prefix, 0, 0
     try:
         if prefix:

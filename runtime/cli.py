@@ -146,12 +146,23 @@ def add_repetition_arguments(group) -> None:
                             f"0 turns it off (default {defaults.loop_ngram})")
     group.add_argument("--loop-repeats", type=int, default=defaults.loop_repeats,
                        help=f"see --loop-ngram (default {defaults.loop_repeats})")
+    group.add_argument("--loop-number-repeats", type=non_negative_int, default=defaults.loop_number_repeats,
+                       metavar="N", help="counting stop: with every number counted as the same token, stop before "
+                                         "a run of --loop-ngram tokens holding one occurs N times (\"1, 2, 3, …\"); "
+                                         f"0 turns it off (default {defaults.loop_number_repeats})")
     group.add_argument("--copy-bonus", type=non_negative_float, default=defaults.copy_bonus,
                        help="logit bonus for a token that continues a span of the passages the answer is "
                             f"quoting; 0 turns it off (default {defaults.copy_bonus})")
     group.add_argument("--copy-min-match", type=positive_int, default=defaults.copy_min_match, metavar="N",
                        help="the answer's end must repeat at least N tokens of the passages for the bonus "
                             f"(default {defaults.copy_min_match})")
+    group.add_argument("--copy-focus", type=non_negative_int, default=defaults.copy_focus, metavar="N",
+                       help="extract, then copy: the N sentences of the passages sharing the most words with the "
+                            f"question get --copy-focus-bonus more to open and continue the answer (default "
+                            f"{defaults.copy_focus})")
+    group.add_argument("--copy-focus-bonus", type=non_negative_float, default=defaults.copy_focus_bonus,
+                       help="logit bonus for a token that starts or continues a --copy-focus sentence, on top of "
+                            f"--copy-bonus; 0 turns the focus off (default {defaults.copy_focus_bonus})")
 
 
 def add_grounding_arguments(group) -> None:
@@ -248,8 +259,10 @@ def ask_options(args: argparse.Namespace):
                               top_p=args.top_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
                               dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
                               dry_allowed_length=args.dry_allowed_length, loop_ngram=args.loop_ngram,
-                              loop_repeats=args.loop_repeats, copy_bonus=args.copy_bonus,
-                              copy_min_match=args.copy_min_match)
+                              loop_repeats=args.loop_repeats, loop_number_repeats=args.loop_number_repeats,
+                              copy_bonus=args.copy_bonus,
+                              copy_min_match=args.copy_min_match, copy_focus=args.copy_focus,
+                              copy_focus_bonus=args.copy_focus_bonus)
     return AskOptions(k=args.k, mode=args.mode, use_documents=not args.no_docs, generation=config,
                       grounding=grounding_options(args), stop=tuple(args.stop))
 

@@ -27,10 +27,16 @@ class GenerationConfig:
     dry_allowed_length: int = 2
     loop_ngram: int = 4
     loop_repeats: int = 3
+    # Counting stop: numbers folded into one token, an n-gram holding one may occur this often; 0 off.
+    loop_number_repeats: int = 12
     # Copy bias (runtime/copy_bias.py): logit bonus for a token continuing a span of the passages
     # that the answer's end repeats (at least copy_min_match tokens); 0 turns it off.
     copy_bonus: float = 1.0
     copy_min_match: int = 1
+    # Focus (extract, then copy; runtime/answer_focus.py): the copy_focus sentences of the passages
+    # sharing the most question terms get copy_focus_bonus more, to start and to continue; 0 turns it off.
+    copy_focus: int = 1
+    copy_focus_bonus: float = 4.0
 
     @property
     def greedy(self) -> bool:

@@ -11,6 +11,12 @@ sources is what a grounded answer should do.
 The hard stop ends the answer before a token that would make one n-gram of `loop_ngram`
 tokens occur `loop_repeats` times, so no stopped answer ever holds that many copies.
 
+Counting ("[1, 2, 3, … 50," as a made-up example's output) repeats no n-gram, and DRY even
+favours it (each next number is the one continuation not seen yet), so it runs to the token
+limit. For the counting stop every number token is the same token: the answer ends before an
+n-gram holding a number and something else would occur `number_repeats` times with the numbers
+folded (an n-gram of digits alone is part of one long number, not of a list).
+
 The guard also applies the copy bias (runtime/copy_bias.py) when given one: it is the one place
 where logits change with the answer so far. Every decision depends only on the tokens admitted
 so far, so the speculative verifier can replay it row by row and stay identical to step-by-step
@@ -25,6 +31,8 @@ import numpy as np
 
 from runtime.copy_bias import CopyBias
 
+# What every number token counts as for the counting stop (no token id is negative).
+NUMBER = -1
 # Penalties grow exponentially with the repeated length; past this exponent the logit is gone
 # anyway, and a larger one would overflow a float on long loops.
 MAX_PENALTY_EXPONENT = 40
@@ -83,31 +91,44 @@ class RepetitionGuard:
     """
 
     def __init__(self, multiplier: float = 0.0, base: float = 1.75, allowed_length: int = 2,
-                 loop_ngram: int = 0, loop_repeats: int = 0, copy_bias: Optional[CopyBias] = None):
+                 loop_ngram: int = 0, loop_repeats: int = 0, copy_bias: Optional[CopyBias] = None,
+                 number_tokens: frozenset = frozenset(), number_repeats: int = 0):
         self.copy_bias = copy_bias if copy_bias is not None and copy_bias.active else None
         self.multiplier = multiplier
         self.base = base
         self.allowed_length = allowed_length
         self.loop_ngram = loop_ngram
         self.loop_repeats = loop_repeats
+        self.number_tokens = number_tokens
+        self.number_repeats = number_repeats
         self.tokens: list[int] = []
         self.stopped = False
         self._ngrams: Counter = Counter()
+        self._folded: Counter = Counter()    # n-grams holding a number, numbers folded into NUMBER
 
     @classmethod
-    def from_config(cls, config, copy_sources: Sequence[Sequence[int]] = ()) -> "RepetitionGuard":
-        """copy_sources: token ids of the passages the copy bias favours continuing (none: no bias)."""
+    def from_config(cls, config, copy_sources: Sequence[Sequence[int]] = (),
+                    focus_sources: Sequence[Sequence[int]] = (),
+                    number_tokens: frozenset = frozenset()) -> "RepetitionGuard":
+        """copy_sources: token ids of the passages the copy bias favours continuing (none: no bias);
+        focus_sources: token ids of the sentences it favours more (config.copy_focus_bonus);
+        number_tokens: the tokenizer's digit tokens, for the counting stop (config.loop_number_repeats)."""
+        bias = CopyBias(copy_sources, config.copy_bonus, config.copy_min_match, focus_sources,
+                        config.copy_focus_bonus) if copy_sources else None
         return cls(config.dry_multiplier, config.dry_base, config.dry_allowed_length,
-                   config.loop_ngram, config.loop_repeats,
-                   CopyBias(copy_sources, config.copy_bonus, config.copy_min_match) if copy_sources else None)
+                   config.loop_ngram, config.loop_repeats, bias, number_tokens, config.loop_number_repeats)
 
     @property
     def active(self) -> bool:
-        return self.multiplier > 0.0 or self._stops_loops or self.copy_bias is not None
+        return self.multiplier > 0.0 or self._stops_loops or self._stops_counting or self.copy_bias is not None
 
     @property
     def _stops_loops(self) -> bool:
         return self.loop_ngram > 0 and self.loop_repeats > 1
+
+    @property
+    def _stops_counting(self) -> bool:
+        return self.loop_ngram > 0 and self.number_repeats > 1 and bool(self.number_tokens)
 
     def adjust(self, logits: np.ndarray, pending: Sequence[int] = ()) -> np.ndarray:
         """`logits` penalised (and copy-biased) for the answer so far followed by `pending` (not yet admitted)."""
@@ -123,11 +144,19 @@ class RepetitionGuard:
     def admit(self, token: int) -> bool:
         """Record `token` as the answer's next one; False (and nothing recorded) if it would loop."""
         token = int(token)
-        if self._stops_loops and len(self.tokens) >= self.loop_ngram - 1:
+        if (self._stops_loops or self._stops_counting) and len(self.tokens) >= self.loop_ngram - 1:
             gram = tuple(self.tokens[len(self.tokens) - self.loop_ngram + 1:]) + (token,)
-            if self._ngrams[gram] + 1 >= self.loop_repeats:
+            folded = None
+            numbers = sum(t in self.number_tokens for t in gram)
+            # a list holds numbers and separators; a long number alone (a hash quoted) is no list
+            if self._stops_counting and 0 < numbers < len(gram):
+                folded = tuple(NUMBER if t in self.number_tokens else t for t in gram)
+            if (self._stops_loops and self._ngrams[gram] + 1 >= self.loop_repeats) or \
+                    (folded is not None and self._folded[folded] + 1 >= self.number_repeats):
                 self.stopped = True
                 return False
             self._ngrams[gram] += 1
+            if folded is not None:
+                self._folded[folded] += 1
         self.tokens.append(token)
         return True

@@ -49,6 +49,12 @@ def compile_chat_template(template: str) -> jinja2.Template:
     return env.from_string(template)
 
 
+# A vocabulary entry spelling a number: ASCII digits, after the space marker of byte-level BPE
+# ("Ġ") or SentencePiece ("▁") if any.
+_NUMBER_ENTRY = re.compile("[\u0120\u2581 ]?[0-9]+")
+_DIGITS = frozenset("0123456789")
+
+
 def _token_text(value) -> Optional[str]:
     """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
     if isinstance(value, dict):
@@ -116,7 +122,19 @@ class ChatTokenizer:
         (byte-level entries use one character per byte), so a text of n characters needs at least
         n / max_token_chars tokens: longer texts are known not to fit without tokenizing them.
         """
-        return max(len(entry) for entry in self._plain.get_vocab(with_added_tokens=True))
+        return max(len(entry) for entry in self._vocabulary)
+
+    @functools.cached_property
+    def _vocabulary(self) -> dict:
+        """entry -> id; read once (a Python dict of the whole vocabulary is costly to build)."""
+        return self._plain.get_vocab(with_added_tokens=True)
+
+    @functools.cached_property
+    def number_token_ids(self) -> frozenset:
+        """Ids of the tokens that spell only digits (with or without a leading space), for the
+        repetition guard's counting stop (runtime/repetition.py)."""
+        return frozenset(i for entry, i in self._vocabulary.items()
+                         if entry[-1:] in _DIGITS and _NUMBER_ENTRY.fullmatch(entry))
 
     def token_id(self, token: str) -> Optional[int]:
         return self._special.token_to_id(token)

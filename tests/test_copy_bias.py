@@ -67,3 +67,28 @@ def test_the_config_gives_the_guard_its_copy_bias_from_the_prompt():
     assert guard.copy_bias is not None and guard.copy_bias.continuations([13, 14]) == {15}
     assert RepetitionGuard.from_config(GenerationConfig(copy_bonus=0.0), [SOURCE]).copy_bias is None
     assert RepetitionGuard.from_config(GenerationConfig(copy_bonus=1.0)).copy_bias is None  # no passages
+
+
+def test_focus_sentences_get_their_bonus_on_top_to_open_and_to_continue_the_answer():
+    focus = [12, 13, 14, 15]  # "pump is primed by"
+    bias = CopyBias([SOURCE], bonus=1.0, focus=[focus], focus_bonus=3.0)
+    opening = bias.apply(np.zeros(30, dtype=np.float32), [])
+    assert opening[12] == 3.0 and opening.sum() == 3.0       # an empty answer: only the focus's first token
+    biased = bias.apply(np.zeros(30, dtype=np.float32), [13, 14])
+    assert biased[15] == 4.0 and biased.sum() == 4.0         # passage bonus + focus bonus
+    elsewhere = bias.apply(np.zeros(30, dtype=np.float32), [16, 17])
+    assert elsewhere[10] == 1.0 and elsewhere.sum() == 1.0   # a span of the passage outside the focus
+
+
+def test_focus_without_a_focus_bonus_changes_nothing():
+    bias = CopyBias([SOURCE], bonus=1.0, focus=[[12, 13]], focus_bonus=0.0)
+    logits = np.zeros(30, dtype=np.float32)
+    assert bias.apply(logits, []) is logits
+    assert bias.focus_continuations([12]) == set()
+
+
+def test_the_config_gives_the_guard_its_focus_sentences():
+    config = GenerationConfig(copy_bonus=1.0, copy_focus=1, copy_focus_bonus=2.0)
+    guard = RepetitionGuard.from_config(config, [SOURCE], [[12, 13]])
+    assert guard.copy_bias.focus_continuations([]) == {12}
+    assert guard.copy_bias.focus_continuations([12]) == {13}

@@ -256,10 +256,12 @@ def test_speculative_greedy_with_copy_bias_is_identical_to_step_by_step(fused_mo
     for number, prompt in enumerate(_quoting_prompts()):
         plain = list(reference_greedy(decoder, int(np.argmax(prefill(decoder, prompt))), 40))
         config = GenerationConfig(copy_bonus=3.0, copy_min_match=1 + number % 2,
-                                  dry_multiplier=0.8 if number % 3 else 0.0)
+                                  dry_multiplier=0.8 if number % 3 else 0.0,
+                                  copy_focus=1, copy_focus_bonus=2.0 if number % 2 else 0.0)
+        focus = [prompt[8:20]]  # a "sentence" of the passage that the answer is pushed to open with
         runs = []
         for run in (reference_greedy, speculative_greedy):
-            guard = RepetitionGuard.from_config(config, [prompt])
+            guard = RepetitionGuard.from_config(config, [prompt], focus)
             first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
             if run is reference_greedy:
                 runs.append(list(run(decoder, first, 40, guard=guard)))
@@ -268,9 +270,32 @@ def test_speculative_greedy_with_copy_bias_is_identical_to_step_by_step(fused_mo
         assert runs[0] == runs[1]
         changed += runs[0] != plain
         assert list(generate(decoder, prompt, GenerationConfig(**{**vars(config), "max_new_tokens": 40}),
-                             RepetitionGuard.from_config(config, [prompt]))) == runs[0]
+                             RepetitionGuard.from_config(config, [prompt], focus))) == runs[0]
     assert changed > 3
     assert stats.accepted > 10  # drafts verified past their first row, where the bias sees pending tokens
+
+
+def test_speculative_greedy_with_the_counting_stop_is_identical_to_step_by_step(fused_models):
+    """Every even token id is taken as a "number" and the copy bias makes the tiny model quote its
+    random passage: folded, the quote's n-grams of numbers and other tokens come back, so the
+    counting stop fires, at the same token on both paths."""
+    decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
+    numbers = frozenset(range(0, 49152, 2))
+    config = GenerationConfig(loop_ngram=4, loop_repeats=0, loop_number_repeats=2, dry_multiplier=0.0,
+                              copy_bonus=3.0, copy_focus_bonus=0.0)
+    stopped = 0
+    for prompt in _quoting_prompts():
+        runs = []
+        for run in (reference_greedy, speculative_greedy):
+            guard = RepetitionGuard.from_config(config, [prompt], number_tokens=numbers)
+            first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
+            if run is reference_greedy:
+                runs.append(list(run(decoder, first, 60, guard=guard)))
+                stopped += guard.stopped
+            else:
+                runs.append(list(run(decoder, prompt, first, 60, guard=guard)))
+        assert runs[0] == runs[1]
+    assert stopped > 0
 
 
 def test_generate_takes_the_speculative_path_and_stops_at_stop_tokens(fused_models):

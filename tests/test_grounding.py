@@ -84,11 +84,15 @@ def test_command_line_flags_reach_the_generation_and_grounding_settings():
     args = build_parser().parse_args(["ask", "q", "--dry-multiplier", "0.5", "--loop-ngram", "0", "--passages", "1",
                                       "--trim-sentences", "3", "--system-prompt", "brief", "--answer-first",
                                       "--stop-after-paragraph", "--abstain-below", "0.25", "--copy-bonus", "1.5",
-                                      "--copy-min-match", "2", "--answer-prefix", "In short,",
+                                      "--copy-min-match", "2", "--copy-focus", "2", "--copy-focus-bonus", "3",
+                                      "--loop-number-repeats", "5",
+                                      "--answer-prefix", "In short,",
                                       "--passage-order", "documents"])
     options = ask_options(args)
     assert (options.generation.dry_multiplier, options.generation.loop_ngram) == (0.5, 0)
     assert (options.generation.copy_bonus, options.generation.copy_min_match) == (1.5, 2)
+    assert (options.generation.copy_focus, options.generation.copy_focus_bonus) == (2, 3.0)
+    assert options.generation.loop_number_repeats == 5
     assert options.grounding == GroundingOptions(passages=1, trim_sentences=3, system_prompt="brief",
                                                  answer_first=True, stop_after_paragraph=True, abstain_below=0.25,
                                                  answer_prefix="In short,", passage_order="documents")
@@ -105,6 +109,7 @@ def test_a_paragraph_ends_at_a_blank_line_after_a_finished_sentence_only():
 
 
 def test_answer_prefix_opens_the_answer_and_the_model_continues_it(query_assistant):
+    from runtime.answer_focus import focus_sentences
     from runtime.assistant import AskOptions
     from runtime.generation import GenerationConfig, generate
     from runtime.repetition import RepetitionGuard
@@ -119,8 +124,11 @@ def test_answer_prefix_opens_the_answer_and_the_model_continues_it(query_assista
     tokenizer = query_assistant.tokenizer
     prompt_ids = tokenizer.encode_chat(answer.prompt.messages) + tokenizer.encode(prefix)
     assert answer.stats.prompt_tokens == len(prompt_ids)
-    # the copy bias favours the passages' own tokens, not the prompt's
-    guard = RepetitionGuard.from_config(config, [tokenizer.encode(hit.chunk.text.strip()) for hit in answer.sources])
+    # the copy bias favours the passages' own tokens, not the prompt's, and the focus sentence most
+    focus = [tokenizer.encode(s) for s in focus_sentences(PUMP_QUESTION, answer.sources, config.copy_focus)]
+    assert focus
+    guard = RepetitionGuard.from_config(config, [tokenizer.encode(hit.chunk.text.strip()) for hit in answer.sources],
+                                        focus, tokenizer.number_token_ids)
     continued = list(generate(query_assistant.decoder, prompt_ids, config, guard))
     assert answer.text == prefix + tokenizer.decode(continued)
 

@@ -79,3 +79,50 @@ def test_hard_stop_is_off_when_the_ngram_is_zero():
     guard = RepetitionGuard(loop_ngram=0, loop_repeats=3)
     assert all(guard.admit(t) for t in [1, 2] * 10)
     assert not guard.active
+
+
+
+def admitted(guard: RepetitionGuard, tokens: list[int]) -> list[int]:
+    kept = []
+    for token in tokens:
+        if not guard.admit(token):
+            break
+        kept.append(token)
+    return kept
+
+
+def test_counting_stop_ends_a_list_that_counts_on_with_no_repeated_ngram():
+    numbers = frozenset(range(10, 20))       # "0".."9"
+    comma, space = 1, 2
+    counting = [t for n in range(1, 10) for t in (10 + n, comma, space)]  # "1, 2, 3, … 9, "
+    plain = RepetitionGuard(loop_ngram=4, loop_repeats=3)
+    assert admitted(plain, counting) == counting and not plain.stopped  # no 4-gram occurs three times
+    guard = RepetitionGuard(loop_ngram=4, loop_repeats=3, number_tokens=numbers, number_repeats=4)
+    kept = admitted(guard, counting)
+    assert guard.stopped
+    # "1, 2, 3, 4, ": the next number would make "NUMBER , ␣ NUMBER" occur a fourth time
+    assert kept == counting[:12] and kept[-3:] == [14, comma, space]
+
+
+def test_counting_stop_leaves_a_long_number_alone():
+    guard = RepetitionGuard(loop_ngram=4, loop_repeats=3, number_tokens=frozenset(range(10, 20)), number_repeats=3)
+    digits = [11, 14, 12, 13, 13, 11, 19, 16, 10, 17, 15, 18, 11, 12]  # a hash value quoted digit by digit
+    assert admitted(guard, digits) == digits and not guard.stopped
+
+
+def test_counting_stop_looks_only_at_ngrams_holding_a_number():
+    guard = RepetitionGuard(loop_ngram=2, loop_repeats=0, number_tokens=frozenset({9}), number_repeats=2)
+    assert admitted(guard, [1, 2, 1, 2, 1, 2]) == [1, 2, 1, 2, 1, 2] and not guard.stopped
+    assert admitted(guard, [9, 1, 9, 1]) == [9, 1, 9]   # "NUMBER 1" a second time
+    assert guard.stopped
+
+
+def test_number_tokens_are_the_vocabulary_entries_that_spell_only_digits():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from runtime.tokenizer import ChatTokenizer
+
+    vocab = {"[UNK]": 0, "1": 1, "\u012023": 2, "\u2581907": 3, "x1": 4, "1.5": 5, "\u0120": 6, "\u00b2": 7}
+    tokenizer = ChatTokenizer(Tokenizer(WordLevel(vocab, unk_token="[UNK]")).to_str(), {})
+    assert tokenizer.number_token_ids == frozenset({1, 2, 3})   # "1", " 23", "▁907"; not "x1", "1.5", " ", "²"

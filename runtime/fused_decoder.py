@@ -16,7 +16,7 @@ from runtime import kquant_expand
 from runtime.bundle import DirectoryBundle
 from runtime.decoder import MODEL_ONNX, Decoder, context_limit
 from runtime.memory import PREFILL_CHUNK
-from runtime.page_release import release_file_pages
+from runtime.page_release import paging_out, release_file_pages
 
 # KV cache element types a fused graph may declare: float32 as built; float16 where
 # bench/probe_kv_precision.py rewrites it (docs/MEASUREMENTS.md#kv-cache-precision)
@@ -34,6 +34,10 @@ def session_options(threads: Optional[int]) -> ort.SessionOptions:
     # up with them, sleeping ones pay a wake-up each time.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     return options
+
+
+def _weight_files(source: Path, derived: Optional[Path]) -> list[Path]:
+    return [source] if derived is None else [source, derived]
 
 
 def _release_weight_pages(source: Path, derived: Optional[Path]) -> None:
@@ -76,7 +80,8 @@ class FusedDecoder(Decoder):
         info = bundle.model
         options = session_options(threads)
         with kquant_expand.derived_tensors(bundle) as derived:
-            session = bundle.onnx_session(MODEL_ONNX, options, derived)
+            with paging_out(*_weight_files(bundle.path, derived)):
+                session = bundle.onnx_session(MODEL_ONNX, options, derived)
             _release_weight_pages(bundle.path, derived)
         return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 
@@ -85,7 +90,8 @@ class FusedDecoder(Decoder):
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
         folder = DirectoryBundle(Path(model_dir))
         with kquant_expand.derived_tensors(folder, prefix="") as derived:
-            session = folder.onnx_session("model.onnx", session_options(threads), derived)
+            with paging_out(*_weight_files(folder.path, derived)):
+                session = folder.onnx_session("model.onnx", session_options(threads), derived)
             _release_weight_pages(folder.path, derived)
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape

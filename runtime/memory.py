@@ -28,9 +28,10 @@ KV_BYTES_PER_VALUE = 4
 RUNTIME_OVERHEAD_BYTES = 240 * MB
 # onnxruntime repacks the MatMulNBits and Gemm weights into its own layout at session start (block sums
 # beside the scales) and the runtime then drops the file pages it read (runtime/page_release.py): resident
-# weights measured 1.04-1.08x the stored bytes (1B Q4_K_M, Q8_0, Q6_K). Session start itself peaks at
-# 1.38-1.50x while packed copies and file pages coexist, before any KV cache or activation exists: the
-# sum below covers it (docs/MEASUREMENTS.md#runtime-memory).
+# weights measured 1.04-1.08x the stored bytes (1B Q4_K_M, Q8_0, Q6_K). Session start itself peaked at
+# 1.38-1.50x while packed copies and file pages coexisted (1B Q4_K_M: 1,964 MB, now 1,525 MB with the
+# pages paged out during the start), before any KV cache or activation exists: the sum below covers it
+# (docs/MEASUREMENTS.md#runtime-memory).
 WEIGHTS_RESIDENT_FACTOR = 1.1
 # The query embedder keeps its initializers inside index/dense/model.onnx: onnxruntime parses the file and
 # copies the tensors out of it, so its session peaks at ~1.75x the file (121 MB for the 69 MB smoothed

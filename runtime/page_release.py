@@ -6,21 +6,32 @@ packed copies, until the session ends; the tied embedding's codes, read whole to
 stay mapped for the lookup, which needs only a few rows per token. madvise(MADV_DONTNEED) on
 those mappings unmaps the pages; whatever is still read (the lookup's rows, unpacked tensors) comes
 back from the page cache on the next access, with the same bytes (docs/MEASUREMENTS.md#runtime-memory).
-Only mappings nothing has written to are touched, so no private copy of a page is ever lost. Call it
-once a session exists, never while one is being made: a mapping unmapped and its addresses reused between
-reading smaps and madvise would lose live memory (tried from a second thread during session start: heap
-corruption).
+Only mappings nothing has written to are touched, so no private copy of a page is ever lost. Call
+release_file_pages once a session exists, never while one is being made: a mapping unmapped and its
+addresses reused between reading smaps and madvise would lose live memory (tried from a second thread
+during session start: heap corruption).
+
+While a session is being made, `paging_out` does the safe half from a second thread: MADV_PAGEOUT only
+asks the kernel to reclaim pages, never discards data (a clean file page is read again when next
+touched; an anonymous page, should the addresses have been reused, is swapped or, without swap, left
+alone), so a stale range costs at most a re-read. The pages onnxruntime has already packed or keeps
+only as a reference (MatMulNBits' scales and zero points on x86, the tied embedding's codes) then
+leave the resident set during the start, not after it (docs/MEASUREMENTS.md#runtime-memory).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import contextlib
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
 MADV_DONTNEED = 4
+MADV_PAGEOUT = 21  # Linux 5.4+; older kernels answer EINVAL and nothing happens
+PAGEOUT_INTERVAL_S = 0.25
 SMAPS = Path("/proc/self/smaps")
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$")
 
@@ -39,20 +50,63 @@ def _mappings(paths: set[str]) -> Iterator[tuple[int, int, int]]:
                 current = None
 
 
+def _paths(targets) -> set[str]:
+    paths = set()
+    for target in targets:
+        target = Path(target).resolve()
+        paths |= {str(p) for p in target.rglob("*") if p.is_file()} if target.is_dir() else {str(target)}
+    return paths
+
+
+def _madvise():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc.madvise
+
+
+def _advise(paths: set[str], advice: int) -> int:
+    madvise = _madvise()
+    covered = 0
+    for start, end, anonymous in list(_mappings(paths)):
+        if anonymous != 0:  # a page copied on write lives only here: dropping it would lose it
+            continue
+        if madvise(start, end - start, advice) == 0:
+            covered += end - start
+    return covered
+
+
+def _supported() -> bool:
+    return sys.platform.startswith("linux") and SMAPS.exists()
+
+
 def release_file_pages(target: Path) -> int:
     """Unmap the resident pages of `target` (a file, or every file under a folder) that this process
     maps without having modified them; bytes of address space covered. 0 where Linux's smaps and
     madvise are not available."""
-    if not sys.platform.startswith("linux") or not SMAPS.exists():
+    if not _supported():
         return 0
-    target = Path(target).resolve()
-    paths = {str(p) for p in target.rglob("*") if p.is_file()} if target.is_dir() else {str(target)}
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = 0
-    for start, end, anonymous in list(_mappings(paths)):
-        if anonymous != 0:  # a page copied on write lives only here: dropping it would lose it
-            continue
-        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
-            released += end - start
-    return released
+    return _advise(_paths([target]), MADV_DONTNEED)
+
+
+@contextlib.contextmanager
+def paging_out(*targets: Path) -> Iterator[None]:
+    """While the body runs (a session being made), a thread asks the kernel every PAGEOUT_INTERVAL_S
+    to reclaim this process's resident pages of `targets` (files, or every file under folders; files
+    made inside the body are seen too). Never loses data (see the module's docstring)."""
+    if not _supported():
+        yield
+        return
+    done = threading.Event()
+
+    def page_out() -> None:
+        while not done.wait(PAGEOUT_INTERVAL_S):
+            with contextlib.suppress(OSError, ValueError):  # a file removed while listed
+                _advise(_paths(targets), MADV_PAGEOUT)
+
+    thread = threading.Thread(target=page_out, name="edgebundle-pageout", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -11,7 +11,7 @@ import pytest
 from bundler.fused_graph import QuantizationPlan
 from runtime.fused_decoder import PREFILL_CHUNK, FusedDecoder
 from runtime.generation import prefill
-from runtime.page_release import release_file_pages
+from runtime.page_release import PAGEOUT_INTERVAL_S, paging_out, release_file_pages
 from tests.test_fused import PROMPT, fused_models  # noqa: F401  (the session fixture)
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
@@ -43,6 +43,40 @@ def test_released_file_pages_leave_the_resident_set_and_read_back_the_same(tmp_p
     assert release_file_pages(tmp_path) >= 8 << 20
     assert resident_kb(path.resolve()) == 0
     assert np.array_equal(view, data)  # faulted back in from the file
+    del view
+    mapped.close()
+
+
+def on_tmpfs(path) -> bool:
+    """Pages of a tmpfs file are memory, not a file on disk: without swap the kernel cannot page them out."""
+    best, kind = "", ""
+    with open("/proc/self/mounts") as handle:
+        for line in handle:
+            mount, fs = line.split()[1:3]
+            if str(path).startswith(mount) and len(mount) > len(best):
+                best, kind = mount, fs
+    return kind == "tmpfs"
+
+
+@linux_only
+def test_pages_read_while_a_session_is_made_are_paged_out_and_read_back_the_same(tmp_path):
+    import time
+
+    if on_tmpfs(tmp_path.resolve()):
+        pytest.skip("the temporary folder is a tmpfs")
+    data = np.random.default_rng(1).integers(0, 256, 8 << 20, dtype=np.uint8)
+    path = tmp_path / "weights.bin"
+    data.tofile(path)
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(mapped, dtype=np.uint8)
+    with paging_out(tmp_path):
+        assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # read, as a session packs it
+        deadline = time.monotonic() + 40 * PAGEOUT_INTERVAL_S
+        while resident_kb(path.resolve()) > 1024 and time.monotonic() < deadline:
+            time.sleep(PAGEOUT_INTERVAL_S)
+        assert resident_kb(path.resolve()) <= 1024
+    assert np.array_equal(view, data)
     del view
     mapped.close()
 

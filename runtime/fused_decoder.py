@@ -36,16 +36,16 @@ def session_options(threads: Optional[int]) -> ort.SessionOptions:
     return options
 
 
-def _weight_files(source: Path, derived: Optional[Path]) -> list[Path]:
-    return [source] if derived is None else [source, derived]
-
-
-def _release_weight_pages(source: Path, derived: Optional[Path]) -> None:
-    """The pages of the bundle (or model folder) and of the K-quant tensors computed for this session,
-    while the latter's temporary file still has a name (runtime/page_release.py)."""
-    release_file_pages(source)
-    if derived is not None:
-        release_file_pages(derived)
+def _open_session(bundle, name: str, options: ort.SessionOptions, **derive) -> ort.InferenceSession:
+    """The session of `name`, its weight pages paged out while it is made and released once it exists:
+    those of the bundle (or model folder) and of the K-quant tensors computed for it, while the
+    latter's temporary file still has a name (runtime/page_release.py). `derive`: kquant_expand.derived_tensors's options."""
+    with kquant_expand.derived_tensors(bundle, **derive) as derived:
+        weights = [bundle.path] if derived is None else [bundle.path, derived]
+        with paging_out(*weights):
+            session = bundle.onnx_session(name, options, derived)
+        release_file_pages(*weights)
+    return session
 
 
 class FusedDecoder(Decoder):
@@ -78,21 +78,14 @@ class FusedDecoder(Decoder):
     @classmethod
     def from_bundle(cls, bundle, threads: int | None = None, max_length: int | None = None) -> "FusedDecoder":
         info = bundle.model
-        options = session_options(threads)
-        with kquant_expand.derived_tensors(bundle) as derived:
-            with paging_out(*_weight_files(bundle.path, derived)):
-                session = bundle.onnx_session(MODEL_ONNX, options, derived)
-            _release_weight_pages(bundle.path, derived)
+        session = _open_session(bundle, MODEL_ONNX, session_options(threads))
         return cls(session, info.num_layers, info.num_kv_heads, info.head_dim, context_limit(bundle, max_length))
 
     @classmethod
     def from_model_dir(cls, model_dir, threads: int | None = None, max_length: int = 2048) -> "FusedDecoder":
         """Open `model_dir/model.onnx` directly, reading the cache shape from the graph."""
         folder = DirectoryBundle(Path(model_dir))
-        with kquant_expand.derived_tensors(folder, prefix="") as derived:
-            with paging_out(*_weight_files(folder.path, derived)):
-                session = folder.onnx_session("model.onnx", session_options(threads), derived)
-            _release_weight_pages(folder.path, derived)
+        session = _open_session(folder, "model.onnx", session_options(threads), prefix="")
         keys = [i for i in session.get_inputs() if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         _, kv_heads, _, head_dim = keys[0].shape
         return cls(session, len(keys), kv_heads, head_dim, max_length)

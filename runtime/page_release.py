@@ -79,13 +79,13 @@ def _supported() -> bool:
     return sys.platform.startswith("linux") and SMAPS.exists()
 
 
-def release_file_pages(target: Path) -> int:
-    """Unmap the resident pages of `target` (a file, or every file under a folder) that this process
+def release_file_pages(*targets: Path) -> int:
+    """Unmap the resident pages of `targets` (files, or every file under folders) that this process
     maps without having modified them; bytes of address space covered. 0 where Linux's smaps and
     madvise are not available."""
     if not _supported():
         return 0
-    return _advise(_paths([target]), MADV_DONTNEED)
+    return _advise(_paths(targets), MADV_DONTNEED)
 
 
 @contextlib.contextmanager

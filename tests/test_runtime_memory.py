@@ -30,21 +30,25 @@ def resident_kb(path) -> int:
     return total
 
 
-@linux_only
-def test_released_file_pages_leave_the_resident_set_and_read_back_the_same(tmp_path):
-    data = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8)
-    path = tmp_path / "weights.bin"
+def mapped_random_file(folder, seed: int):
+    """8 MB of random bytes written to `folder`/weights.bin and mapped read-only (unmapped with the view):
+    (path, bytes, mapped view)."""
+    data = np.random.default_rng(seed).integers(0, 256, 8 << 20, dtype=np.uint8)
+    path = folder / "weights.bin"
     data.tofile(path)
     with open(path, "rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    view = np.frombuffer(mapped, dtype=np.uint8)
+    return path, data, np.frombuffer(mapped, dtype=np.uint8)
+
+
+@linux_only
+def test_released_file_pages_leave_the_resident_set_and_read_back_the_same(tmp_path):
+    path, data, view = mapped_random_file(tmp_path, 0)
     assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page touched
     assert resident_kb(path.resolve()) >= 8 * 1024
     assert release_file_pages(tmp_path) >= 8 << 20
     assert resident_kb(path.resolve()) == 0
     assert np.array_equal(view, data)  # faulted back in from the file
-    del view
-    mapped.close()
 
 
 def on_tmpfs(path) -> bool:
@@ -64,12 +68,7 @@ def test_pages_read_while_a_session_is_made_are_paged_out_and_read_back_the_same
 
     if on_tmpfs(tmp_path.resolve()):
         pytest.skip("the temporary folder is a tmpfs")
-    data = np.random.default_rng(1).integers(0, 256, 8 << 20, dtype=np.uint8)
-    path = tmp_path / "weights.bin"
-    data.tofile(path)
-    with open(path, "rb") as handle:
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    view = np.frombuffer(mapped, dtype=np.uint8)
+    path, data, view = mapped_random_file(tmp_path, 1)
     with paging_out(tmp_path):
         assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # read, as a session packs it
         deadline = time.monotonic() + 40 * PAGEOUT_INTERVAL_S
@@ -77,8 +76,6 @@ def test_pages_read_while_a_session_is_made_are_paged_out_and_read_back_the_same
             time.sleep(PAGEOUT_INTERVAL_S)
         assert resident_kb(path.resolve()) <= 1024
     assert np.array_equal(view, data)
-    del view
-    mapped.close()
 
 
 @linux_only

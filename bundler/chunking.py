@@ -1,7 +1,8 @@
 """Cutting parsed documents into retrieval chunks: by structure first, then to a token budget.
 
 A chunk never crosses a section (heading) or page boundary, so its source span names one
-heading and one page. Paragraphs are packed whole while they fit; consecutive chunks of one
+heading and one page. A heading always shares its chunk with the section's first paragraph, even
+over the budget; a section holding only its heading makes no chunk. Paragraphs are packed whole while they fit; consecutive chunks of one
 section share trailing paragraphs up to the overlap; a paragraph longer than the budget is cut
 into overlapping word windows.
 """
@@ -37,7 +38,13 @@ def token_cost(text: str) -> int:
 
 def chunk_blocks(relative: str, blocks: list[Block], config: ChunkingConfig = ChunkingConfig()) -> list[ChunkDraft]:
     drafts: list[ChunkDraft] = []
-    for _, section in groupby(blocks, key=lambda b: (b.page, b.heading)):
+    sections = [list(section) for _, section in groupby(blocks, key=lambda b: (b.page, b.heading))]
+    has_body = any(not b.is_heading for b in blocks)
+    for section in sections:
+        # A title straight above its first subsection (whose heading path carries it) or with
+        # nothing under it: a chunk of it would be retrieved and cited with nothing in it.
+        if has_body and all(b.is_heading for b in section):
+            continue
         pieces = [p for block in section for p in _fit(block, config)]
         for group in _pack(pieces, config):
             drafts.append(_draft(relative, group))
@@ -79,6 +86,7 @@ def _slice(block: Block, start: int, end: int) -> Block:
         char_end=min(block.char_start + end, block.char_end),
         heading=block.heading,
         page=block.page,
+        is_heading=block.is_heading,
     )
 
 
@@ -88,7 +96,8 @@ def _pack(pieces: list[Block], config: ChunkingConfig) -> list[list[Block]]:
     used = 0
     for piece in pieces:
         cost = token_cost(piece.text)
-        if current and used + cost > config.max_tokens:
+        # A heading never ends a chunk: alone it holds nothing to retrieve or to cite.
+        if current and used + cost > config.max_tokens and not all(b.is_heading for b in current):
             groups.append(current)
             carried: list[Block] = []
             kept = 0

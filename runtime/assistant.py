@@ -11,7 +11,7 @@ from runtime.bundle import Bundle
 from runtime.decoder import Decoder, load_decoder
 from runtime.generation import GenerationConfig, generate
 from runtime.memory import bundle_threads
-from runtime.prompt import (GroundingOptions, Prompt, cited_sources, fit_prompt, ground_hits, question_coverage,
+from runtime.prompt import (GroundingOptions, Prompt, answer_sources, fit_prompt, ground_hits, question_coverage,
                             unknown_citations)
 from runtime.repetition import RepetitionGuard
 from runtime.retrieval import Hit, Retriever
@@ -82,8 +82,8 @@ class Answer:
 
     @property
     def cited(self) -> list[Hit]:
-        """Sources the answer cites; all sources given to the model when it cites none."""
-        return cited_sources(self.text, self.sources) or list(self.sources)
+        """Sources the answer cites by number or quotes; all sources given to the model when none."""
+        return answer_sources(self.text, self.question, self.sources)
 
     @property
     def support(self) -> Optional[Support]:

@@ -52,6 +52,10 @@ MIN_PASSAGE_TOKENS = 32
 SHORTENED_MARK = " …"
 
 _CITATION = re.compile(r"\[(\d+)\]")
+# A run of this many words of the answer found word for word in a passage (and not in the
+# question) is a quote of it: the passage is a source whatever number the answer writes.
+QUOTE_WORDS = 8
+_WORD = re.compile(r"\w+")
 
 
 class ContextOverflow(UserError):
@@ -277,3 +281,28 @@ def cited_sources(answer: str, sources: Sequence[Hit]) -> list[Hit]:
         if 1 <= number <= len(sources) and sources[number - 1] not in seen:
             seen.append(sources[number - 1])
     return seen
+
+
+def _word_runs(text: str, n: int) -> set[tuple[str, ...]]:
+    words = [w.lower() for w in _WORD.findall(_CITATION.sub(" ", text))]
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def quoted_sources(answer: str, question: str, sources: Sequence[Hit], words: int = QUOTE_WORDS) -> list[Hit]:
+    """The sources an answer copies a run of `words` words from, in the order given.
+
+    A small model often quotes passage [1] and writes [2] after it; the quote, not the number,
+    says where the text came from. Runs the question holds too are no quote (a passage's heading
+    often repeats the question, and so does the answer)."""
+    runs = _word_runs(answer, words) - _word_runs(question, words)
+    return [hit for hit in sources if runs & _word_runs(hit.chunk.text, words)] if runs else []
+
+
+def answer_sources(answer: str, question: str, sources: Sequence[Hit]) -> list[Hit]:
+    """The sources an answer rests on: those it cites by number (in order of first mention), then
+    those it quotes; all sources given when it cites no number (the model was told to answer from
+    all of them, and a person should see all of them)."""
+    named = cited_sources(answer, sources)
+    if not named:
+        return list(sources)
+    return named + [hit for hit in quoted_sources(answer, question, sources) if hit not in named]

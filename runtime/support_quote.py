@@ -1,7 +1,7 @@
 """The sentences of the cited passages that best back an answer, so a person can check it at a glance.
 
 A small model can answer beside its sources. Next to the answer we show the one or two sentences
-of the passages it cites (all passages given, when it cites none) that share the most index terms
+of the passages it cites or quotes (all passages given, when it does neither) that share the most index terms
 (runtime.text_terms: stopwords out, stemmed) with the answer and the question; a second sentence
 only when it backs answer terms the first does not. An answer that shares no term at all with
 those passages is marked unsupported.
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from runtime.prompt import cited_sources
+from runtime.prompt import answer_sources
 from runtime.retrieval import Hit
 from runtime.text_terms import terms
 
@@ -74,7 +74,7 @@ def find_support(question: str, answer: str, sources: Sequence[Hit]) -> Optional
     answer_terms = set(terms(_CITATION.sub(" ", answer)))
     question_terms = set(terms(question))
     candidates = []     # (source number, hit, start, end, terms)
-    for hit in cited_sources(answer, sources) or sources:
+    for hit in answer_sources(answer, question, sources):
         number = sources.index(hit) + 1
         for start, end in sentence_spans(hit.chunk.text):
             candidates.append((number, hit, start, end, set(terms(hit.chunk.text[start:end]))))

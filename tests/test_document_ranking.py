@@ -15,7 +15,7 @@ MANUAL = "# Coolant manual\n\n" + "\n\n".join(
     f"## Step {n}\n\nStep {n} of the coolant pump service: check the coolant pump seal number {n} and its gasket." for n in range(1, 7))
 LIBRARY = {
     "manual.md": MANUAL,
-    "spares.txt": "Spare parts\n\nThe coolant pump spare seal kit is in locker 4.\n",
+    "spares.txt": "Spare parts\n\nThe coolant pump spare seal kit is in locker B.\n",
     "radio.md": "# Antenna\n\nPoint the high-gain antenna at azimuth 212 degrees.\n",
 }
 

@@ -66,11 +66,11 @@ def test_markdown_chunk_keeps_heading_path_lines_and_exact_text(sample_formats):
 
 def test_markdown_setext_titles_and_fenced_code(tmp_path):
     path = tmp_path / "readme.md"
-    path.write_text("Station\n=======\n\nIntro.\n\nSetup\n-----\n\n```\n# not a heading\n```\n\nText\n---\n")
+    path.write_text("Station\n=======\n\nIntro.\n\nSetup\n-----\n\n```\n# not a heading\n```\n\nText\n---\n\nBody.\n")
     drafts = chunks_of(path, tmp_path)
     code = find(drafts, "# not a heading")
     assert code.span.heading == "Station > Setup" and (code.span.line_start, code.span.line_end) == (6, 11)
-    assert find(drafts, "Text").span.heading == "Station > Text"
+    assert find(drafts, "Body.").span.heading == "Station > Text"
 
 
 def test_plain_text_paragraphs_of_one_section_share_a_chunk_with_their_lines(sample_formats):
@@ -137,6 +137,33 @@ def test_long_paragraph_becomes_overlapping_windows_within_budget(tmp_path):
     joined = " ".join(d.text for d in drafts).split()
     assert set(joined) == set(words)
 
+
+def test_a_long_underlined_heading_shares_its_chunk_with_the_first_paragraph(tmp_path):
+    # The FAQ's question headings: the title plus its underline leave no room for the paragraph
+    # under them, and a chunk holding only the heading answers nothing when it is retrieved.
+    title = "How do I check if an object is an instance of a given class or of a subclass of it?"
+    answer = "Use the built-in function isinstance(obj, cls). " + " ".join(f"w{i}" for i in range(140))
+    path = tmp_path / "faq.rst"
+    path.write_text(f"{title}\n{'-' * len(title)}\n\n{answer}\n\nA second paragraph about subclasses.\n")
+    drafts = chunks_of(path, tmp_path)
+    first = drafts[0]
+    assert first.text.startswith(title) and "isinstance(obj, cls)" in first.text
+    assert first.span.line_start == 1 and first.span.line_end == 4
+    assert path.read_text()[first.span.char_start : first.span.char_end] == first.text
+    assert not any(d.text.strip() == f"{title}\n{'-' * len(title)}" for d in drafts)
+    assert "A second paragraph about subclasses." in drafts[-1].text
+
+
+def test_a_section_holding_only_its_title_makes_no_chunk(tmp_path):
+    path = tmp_path / "faq.rst"
+    path.write_text("Python in the real world\n========================\n\n"
+                    "How stable is Python?\n---------------------\n\nVery stable.\n\nSee also\n--------\n")
+    drafts = chunks_of(path, tmp_path)
+    assert [d.text for d in drafts] == ["How stable is Python?\n---------------------\n\nVery stable."]
+    assert drafts[0].span.heading == "Python in the real world > How stable is Python?"
+    # A document of nothing but titles keeps them: they are all it has to find.
+    path.write_text("Contents\n========\n")
+    assert [d.text for d in chunks_of(path, tmp_path)] == ["Contents\n========"]
 
 # --- building and searching -------------------------------------------------------------
 

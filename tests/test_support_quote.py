@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runtime.prompt import answer_sources
 from runtime.retrieval import Chunk, Hit, SourceSpan
 from runtime.support_quote import find_support, sentence_spans
 from runtime.text_terms import terms
@@ -70,6 +71,20 @@ def test_only_the_cited_passages_are_quoted_and_all_when_none_is_cited():
     assert cited.quotes[0].text == "Clean the panels with deionised water every month."
     uncited = find_support("What is replaced every 500 hours?", "The intake filter F-2.", SOURCES)
     assert uncited.quotes[0].source == 3
+
+
+def test_a_passage_the_answer_quotes_is_its_source_whatever_number_it_writes():
+    # The model copies passage [1] word for word and cites [2] after it.
+    answer = "Open the bleed valve V12 and fill the casing with water [2]."
+    assert answer_sources(answer, "How is the pump primed?", SOURCES) == [SOURCES[1], SOURCES[0]]
+    support = find_support("How is the pump primed?", answer, SOURCES)
+    assert support.quotes[0].source == 1 and support.quotes[0].text.startswith("Open the bleed valve V12")
+    # Seven words in common are not a quote; nor is a run the question holds too.
+    assert answer_sources("Open the bleed valve V12 and fill [2].", "How?", SOURCES) == [SOURCES[1]]
+    question = "Why open the bleed valve V12 and fill the casing with water?"
+    assert answer_sources(answer, question, SOURCES) == [SOURCES[1]]
+    # Without a number every passage given stays a source, quoted or not.
+    assert answer_sources("Clean the panels with deionised water every month.", "How?", SOURCES) == SOURCES
 
 
 def test_an_answer_sharing_nothing_with_its_sources_is_unsupported():

@@ -20,6 +20,7 @@ class Block:
     char_end: int
     heading: str = ""
     page: Optional[int] = None
+    is_heading: bool = False  # the heading's own text (markup included), the first block of its section
 
 
 class BlockWriter:
@@ -49,7 +50,7 @@ class BlockWriter:
         self._headings.extend([""] * (level - 1 - len(self._headings)))
         self._headings.append(title.strip())
         self.text(source_text or title, line_start, char_start, char_end, line_end)
-        self.end_paragraph()
+        self.end_paragraph(is_heading=True)
 
     def text(self, text: str, line: int, char_start: int, char_end: int, line_end: Optional[int] = None) -> None:
         if not text.strip():
@@ -61,11 +62,11 @@ class BlockWriter:
             self._span[3] = max(self._span[3], char_end)
         self._parts.append(text)
 
-    def end_paragraph(self) -> None:
+    def end_paragraph(self, is_heading: bool = False) -> None:
         if self._parts:
             # Parts are joined as they came, so for line-based formats the block text is exactly
             # the source text between char_start and char_end.
             text = "\n".join(self._parts)
             start, end, cstart, cend = self._span
-            self.blocks.append(Block(text, start, end, cstart, cend, self.heading_path, self.page))
+            self.blocks.append(Block(text, start, end, cstart, cend, self.heading_path, self.page, is_heading))
         self._parts = []

@@ -220,7 +220,8 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
     stops = stops or StopStringFilter(())
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
-    guard = RepetitionGuard.from_config(config, copy_sources, focus_sources, tokenizer.number_token_ids)
+    guard = RepetitionGuard.from_config(config, copy_sources, focus_sources, tokenizer.number_token_ids,
+                                        tokenizer.word_ids)
     shown, produced, sentences = prefix, 0, 0
     try:
         if prefix:

@@ -9,7 +9,10 @@ gets costlier with every token. Only the answer is scanned, not the prompt: quot
 sources is what a grounded answer should do.
 
 The hard stop ends the answer before a token that would make one n-gram of `loop_ngram`
-tokens occur `loop_repeats` times, so no stopped answer ever holds that many copies.
+words occur `loop_repeats` times, so no stopped answer ever holds that many copies. Its words are
+tokens as the tokenizer's `word_ids` folds them: "guide", " guide" and " Guide" are one word and a
+token of spaces or line breaks is none, so a loop that wraps its lines at different places
+("a comprehensive\nguide to the Python GUI" three times over) is still the same n-gram.
 
 Counting ("[1, 2, 3, … 50," as a made-up example's output) repeats no n-gram, and DRY even
 favours it (each next number is the one continuation not seen yet), so it runs to the token
@@ -33,6 +36,8 @@ from runtime.copy_bias import CopyBias
 
 # What every number token counts as for the counting stop (no token id is negative).
 NUMBER = -1
+# What a token of whitespace alone counts as for the loop stop: no word, it is skipped.
+SPACING = -2
 # Penalties grow exponentially with the repeated length; past this exponent the logit is gone
 # anyway, and a larger one would overflow a float on long loops.
 MAX_PENALTY_EXPONENT = 40
@@ -92,7 +97,8 @@ class RepetitionGuard:
 
     def __init__(self, multiplier: float = 0.0, base: float = 1.75, allowed_length: int = 2,
                  loop_ngram: int = 0, loop_repeats: int = 0, copy_bias: Optional[CopyBias] = None,
-                 number_tokens: frozenset = frozenset(), number_repeats: int = 0):
+                 number_tokens: frozenset = frozenset(), number_repeats: int = 0,
+                 word_ids: Optional[np.ndarray] = None):
         self.copy_bias = copy_bias if copy_bias is not None and copy_bias.active else None
         self.multiplier = multiplier
         self.base = base
@@ -101,7 +107,9 @@ class RepetitionGuard:
         self.loop_repeats = loop_repeats
         self.number_tokens = number_tokens
         self.number_repeats = number_repeats
+        self.word_ids = word_ids            # token id -> word id (SPACING: none); None: each token a word
         self.tokens: list[int] = []
+        self._words: list[int] = []         # the answer's words, for the loop stop
         self.stopped = False
         self._ngrams: Counter = Counter()
         self._folded: Counter = Counter()    # n-grams holding a number, numbers folded into NUMBER
@@ -109,14 +117,17 @@ class RepetitionGuard:
     @classmethod
     def from_config(cls, config, copy_sources: Sequence[Sequence[int]] = (),
                     focus_sources: Sequence[Sequence[int]] = (),
-                    number_tokens: frozenset = frozenset()) -> "RepetitionGuard":
+                    number_tokens: frozenset = frozenset(),
+                    word_ids: Optional[np.ndarray] = None) -> "RepetitionGuard":
         """copy_sources: token ids of the passages the copy bias favours continuing (none: no bias);
         focus_sources: token ids of the sentences it favours more (config.copy_focus_bonus);
-        number_tokens: the tokenizer's digit tokens, for the counting stop (config.loop_number_repeats)."""
+        number_tokens: the tokenizer's digit tokens, for the counting stop (config.loop_number_repeats);
+        word_ids: the tokenizer's word of each token, for the loop stop (ChatTokenizer.word_ids)."""
         bias = CopyBias(copy_sources, config.copy_bonus, config.copy_min_match, focus_sources,
                         config.copy_focus_bonus) if copy_sources else None
         return cls(config.dry_multiplier, config.dry_base, config.dry_allowed_length,
-                   config.loop_ngram, config.loop_repeats, bias, number_tokens, config.loop_number_repeats)
+                   config.loop_ngram, config.loop_repeats, bias, number_tokens, config.loop_number_repeats,
+                   word_ids)
 
     @property
     def active(self) -> bool:
@@ -144,19 +155,34 @@ class RepetitionGuard:
     def admit(self, token: int) -> bool:
         """Record `token` as the answer's next one; False (and nothing recorded) if it would loop."""
         token = int(token)
-        if (self._stops_loops or self._stops_counting) and len(self.tokens) >= self.loop_ngram - 1:
-            gram = tuple(self.tokens[len(self.tokens) - self.loop_ngram + 1:]) + (token,)
-            folded = None
-            numbers = sum(t in self.number_tokens for t in gram)
+        word = self._word(token)
+        gram = folded = None
+        if self._stops_loops and word != SPACING and len(self._words) >= self.loop_ngram - 1:
+            gram = tuple(self._words[len(self._words) - self.loop_ngram + 1:]) + (word,)
+            if self._ngrams[gram] + 1 >= self.loop_repeats:
+                return self._stop()
+        if self._stops_counting and len(self.tokens) >= self.loop_ngram - 1:
+            tokens = tuple(self.tokens[len(self.tokens) - self.loop_ngram + 1:]) + (token,)
+            numbers = sum(t in self.number_tokens for t in tokens)
             # a list holds numbers and separators; a long number alone (a hash quoted) is no list
-            if self._stops_counting and 0 < numbers < len(gram):
-                folded = tuple(NUMBER if t in self.number_tokens else t for t in gram)
-            if (self._stops_loops and self._ngrams[gram] + 1 >= self.loop_repeats) or \
-                    (folded is not None and self._folded[folded] + 1 >= self.number_repeats):
-                self.stopped = True
-                return False
+            if 0 < numbers < len(tokens):
+                folded = tuple(NUMBER if t in self.number_tokens else t for t in tokens)
+                if self._folded[folded] + 1 >= self.number_repeats:
+                    return self._stop()
+        if gram is not None:
             self._ngrams[gram] += 1
-            if folded is not None:
-                self._folded[folded] += 1
+        if folded is not None:
+            self._folded[folded] += 1
+        if word != SPACING:
+            self._words.append(word)
         self.tokens.append(token)
         return True
+
+    def _word(self, token: int) -> int:
+        if self.word_ids is None or not 0 <= token < len(self.word_ids):
+            return token
+        return int(self.word_ids[token])
+
+    def _stop(self) -> bool:
+        self.stopped = True
+        return False

@@ -16,9 +16,11 @@ from typing import Optional
 import jinja2
 import jinja2.ext
 import jinja2.sandbox
+import numpy as np
 from tokenizers import Tokenizer
 
 from runtime.layout import GENERATION_CONFIG_FILE, MODEL_FOLDER, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from runtime.repetition import SPACING
 
 # Unicode private-use characters stand in for control strings inside message content while the
 # template renders, so that the template's own control tokens can be told apart afterwards.
@@ -53,6 +55,9 @@ def compile_chat_template(template: str) -> jinja2.Template:
 # ("Ġ") or SentencePiece ("▁") if any.
 _NUMBER_ENTRY = re.compile("[\u0120\u2581 ]?[0-9]+")
 _DIGITS = frozenset("0123456789")
+# How vocabulary entries spell leading whitespace: byte-level BPE's space, line feed, tab and
+# carriage return (U+0120, U+010A, U+0109, U+010D), SentencePiece's U+2581, or plain.
+_LEADING_SPACE = " \t\n\r\u0120\u010a\u0109\u010d\u2581"
 
 
 def _token_text(value) -> Optional[str]:
@@ -135,6 +140,21 @@ class ChatTokenizer:
         repetition guard's counting stop (runtime/repetition.py)."""
         return frozenset(i for entry, i in self._vocabulary.items()
                          if entry[-1:] in _DIGITS and _NUMBER_ENTRY.fullmatch(entry))
+
+    @functools.cached_property
+    def word_ids(self) -> np.ndarray:
+        """token id -> the id of its word, for the repetition guard's loop stop: entries that spell
+        the same text but for leading whitespace and case share one (the lowest id), and entries of
+        whitespace alone get runtime.repetition.SPACING."""
+        first: dict[str, int] = {}
+        spelled = [(entry.lstrip(_LEADING_SPACE).lower(), i) for entry, i in self._vocabulary.items()]
+        for word, i in spelled:
+            if i < first.get(word, i + 1):
+                first[word] = i
+        words = np.arange(max(i for _, i in spelled) + 1, dtype=np.int64)
+        for word, i in spelled:
+            words[i] = first[word] if word else SPACING
+        return words
 
     def token_id(self, token: str) -> Optional[int]:
         return self._special.token_to_id(token)

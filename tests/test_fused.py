@@ -19,7 +19,7 @@ from runtime.bundle import Bundle
 from runtime.decoder import load_decoder
 from runtime.fused_decoder import FusedDecoder
 from runtime.generation import GenerationConfig, generate, prefill
-from runtime.repetition import RepetitionGuard
+from runtime.repetition import SPACING, RepetitionGuard
 from runtime.speculative import SpeculationStats, reference_greedy, speculative_greedy
 from tests.fixtures_model import write_model_info
 from tests.onnx_weights import graph_weights
@@ -288,6 +288,29 @@ def test_speculative_greedy_with_the_counting_stop_is_identical_to_step_by_step(
         runs = []
         for run in (reference_greedy, speculative_greedy):
             guard = RepetitionGuard.from_config(config, [prompt], number_tokens=numbers)
+            first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
+            if run is reference_greedy:
+                runs.append(list(run(decoder, first, 60, guard=guard)))
+                stopped += guard.stopped
+            else:
+                runs.append(list(run(decoder, prompt, first, 60, guard=guard)))
+        assert runs[0] == runs[1]
+    assert stopped > 0
+
+
+def test_speculative_greedy_with_the_loop_stop_on_words_is_identical_to_step_by_step(fused_models):
+    """Words folded hard (every token id to one of 50 words, every 11th a line break) make the
+    loop stop fire on text whose tokens never repeat: at the same token on both paths."""
+    decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
+    word_ids = np.arange(49152) % 50
+    word_ids[::11] = SPACING
+    config = GenerationConfig(loop_ngram=3, loop_repeats=2, loop_number_repeats=0, dry_multiplier=0.0,
+                              copy_bonus=3.0, copy_focus_bonus=0.0)
+    stopped = 0
+    for prompt in _quoting_prompts():
+        runs = []
+        for run in (reference_greedy, speculative_greedy):
+            guard = RepetitionGuard.from_config(config, [prompt], word_ids=word_ids)
             first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
             if run is reference_greedy:
                 runs.append(list(run(decoder, first, 60, guard=guard)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.repetition import RepetitionGuard, dry_penalties, z_array
+from runtime.repetition import SPACING, RepetitionGuard, dry_penalties, z_array
 
 
 def _penalised(history, multiplier=0.8, base=1.75, allowed_length=2, vocab=12) -> np.ndarray:
@@ -126,3 +126,31 @@ def test_number_tokens_are_the_vocabulary_entries_that_spell_only_digits():
     vocab = {"[UNK]": 0, "1": 1, "\u012023": 2, "\u2581907": 3, "x1": 4, "1.5": 5, "\u0120": 6, "\u00b2": 7}
     tokenizer = ChatTokenizer(Tokenizer(WordLevel(vocab, unk_token="[UNK]")).to_str(), {})
     assert tokenizer.number_token_ids == frozenset({1, 2, 3})   # "1", " 23", "▁907"; not "x1", "1.5", " ", "²"
+
+
+def test_loop_stop_sees_one_loop_whatever_its_line_breaks_and_capitals():
+    # "guide to the Python" three times, wrapped at different places: the tokens differ
+    # (" guide" / "guide", a line-break token between), the words do not.
+    guide, space_guide, to, the, the_capital, python, newline = 1, 2, 3, 4, 5, 6, 7
+    word_ids = np.array([0, 1, 1, 3, 4, 4, 6, SPACING])
+    loop = [space_guide, to, the, python, newline, guide, to, the_capital, python, newline, space_guide, to, the,
+            python]
+    plain = RepetitionGuard(loop_ngram=4, loop_repeats=3)
+    assert admitted(plain, loop) == loop and not plain.stopped
+    guard = RepetitionGuard(loop_ngram=4, loop_repeats=3, word_ids=word_ids)
+    assert admitted(guard, loop) == loop[:-1] and guard.stopped
+    # Line breaks alone never complete an n-gram, however many there are.
+    breaks = RepetitionGuard(loop_ngram=2, loop_repeats=2, word_ids=word_ids)
+    assert admitted(breaks, [newline] * 6 + [to]) == [newline] * 6 + [to] and not breaks.stopped
+
+
+def test_word_ids_fold_leading_whitespace_and_case_and_mark_whitespace_alone():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from runtime.tokenizer import ChatTokenizer
+
+    vocab = {"[UNK]": 0, "guide": 1, "\u0120guide": 2, "\u010aGuide": 3, "\u2581guide": 4, "\u0120": 5, "\u010a\u010a": 6,
+             "guides": 7, " x": 8}
+    words = ChatTokenizer(Tokenizer(WordLevel(vocab, unk_token="[UNK]")).to_str(), {}).word_ids
+    assert list(words) == [0, 1, 1, 1, 1, SPACING, SPACING, 7, 8]

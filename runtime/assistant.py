@@ -210,13 +210,15 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
                 stats, started: float, stops: Optional[StopStringFilter] = None,
                 stop_after_paragraph: bool = False, stop_after_sentences: int = 0,
                 prefix: str = "", copy_sources: Sequence[Sequence[int]] = (),
-                focus_sources: Sequence[Sequence[int]] = ()) -> Iterator[str]:
+                focus_sources: Sequence[Sequence[int]] = (), wrap_up_after: int = 0) -> Iterator[str]:
     """The text generated after `prompt_ids`, as it decodes (whole characters only), for answers and
     summaries alike. Keeps the bookkeeping in `stats`: new_tokens (added to), first_token_s (this
     stream's first token, from `started`), finish_reason, loop_stopped and total_s.
     prefix: the answer's opening, already at the end of `prompt_ids`; it comes first in the text.
     copy_sources: token ids of the passages, for the copy bias (config.copy_bonus); focus_sources: of
-    the sentences it favours more (config.copy_focus_bonus)."""
+    the sentences it favours more (config.copy_focus_bonus).
+    wrap_up_after: past this many tokens the text ends with its next finished sentence (0: never), so
+    that a long text tends to end on a sentence rather than in the middle of one at the limit."""
     stops = stops or StopStringFilter(())
     stream = tokenizer.StreamDecoder(tokenizer)
     stats.finish_reason = "length"
@@ -235,9 +237,10 @@ def stream_text(decoder: Decoder, tokenizer: ChatTokenizer, prompt_ids: list[int
             if produced == 1:
                 stats.first_token_s = time.perf_counter() - started
             text = stops.push(stream.push(token))
-            if stop_after_sentences > 0 and text and ends_sentence(shown, text):
+            wrapping_up = 0 < wrap_up_after < produced
+            if text and (stop_after_sentences > 0 or wrapping_up) and ends_sentence(shown, text):
                 sentences += 1
-                if sentences >= stop_after_sentences:
+                if wrapping_up or sentences >= stop_after_sentences > 0:
                     stats.finish_reason = "stop"
                     break
             if text:

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from runtime.bundle import Bundle, BundleError, FileBundle
 from runtime.arguments import (non_negative_float, non_negative_int, port_number, positive_float, positive_int,
-                               probability)
+                               probability, share)
 from runtime.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 from runtime.network_guard import install_network_guard
 from runtime.signature import SignatureError, pinned_key
@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--mode", choices=MODES, default=None, help="retrieval mode: bm25, dense or hybrid (default: best available)")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    from runtime.summarize import DEFAULT_WRAP_UP
+
     summarize = commands.add_parser(
         "summarize", parents=[model], help="summarise a document, part of one, or what the documents say about a topic",
         description="Summarise FILE (or its lines FILE:FIRST-LAST, or its pages FILE:pFIRST-LAST), or with --query "
@@ -117,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--mode", choices=MODES, default=None, help="retrieval mode for --query (default: best available)")
     summarize.add_argument("--max-tokens", type=positive_int, default=200,
                            help="longest summary (and each partial summary) in tokens (default 200)")
+    summarize.add_argument("--wrap-up", type=share, default=DEFAULT_WRAP_UP, metavar="SHARE",
+                           help="past this share of --max-tokens, end with the next finished sentence instead of "
+                                f"running to the limit; 0 never (default {DEFAULT_WRAP_UP})")
     summarize.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     info = commands.add_parser("info", help="describe the model, documents and build of this bundle")
@@ -386,7 +391,8 @@ def run_summarize(bundle: Bundle, args: argparse.Namespace) -> int:
             print(f"(summarised part {done} of {total - 1})", file=sys.stderr, flush=True)
 
     summary = Summarizer(assistant.tokenizer, assistant.decoder).summarize(
-        passages, GenerationConfig(max_new_tokens=args.max_tokens), topic=args.query, on_pass=on_pass)
+        passages, GenerationConfig(max_new_tokens=args.max_tokens), topic=args.query, on_pass=on_pass,
+        wrap_up=args.wrap_up)
     if args.json:
         print(json.dumps(summary_record(summary.finish()), indent=1))
         return 0

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from runtime.summarize import DEFAULT_WRAP_UP
+
 MAX_STOP_STRINGS = 16
 # More turns than any context window holds: the budget keeps only the newest few anyway.
 MAX_MESSAGES = 256
@@ -153,6 +155,7 @@ class SummarizeRequest:
     k: int
     mode: str
     max_tokens: int
+    wrap_up: float              # runtime.summarize.Summarizer.summarize's wrap_up
 
 
 def parse_summarize_request(body: Any, default_k: int, default_mode: str, modes: list[str],
@@ -170,7 +173,9 @@ def parse_summarize_request(body: Any, default_k: int, default_mode: str, modes:
     if mode not in modes:
         raise RequestError(f"mode must be one of {', '.join(modes)}", "mode")
     max_tokens = _number(body, "max_tokens", int, 1, max_tokens_cap) if body.get("max_tokens") is not None else 200
-    return SummarizeRequest(document=document, query=query, k=k, mode=mode, max_tokens=min(max_tokens, max_tokens_cap))
+    wrap_up = _number(body, "wrap_up", float, 0, 1) if body.get("wrap_up") is not None else DEFAULT_WRAP_UP
+    return SummarizeRequest(document=document, query=query, k=k, mode=mode, max_tokens=min(max_tokens, max_tokens_cap),
+                            wrap_up=wrap_up)
 
 
 def parse_search_request(body: Any, default_k: int, default_mode: str, modes: list[str]) -> SearchRequest:

@@ -361,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
                         passages = reading_order(assistant.search(request.query, k=request.k, mode=request.mode))
                 config = GenerationConfig(**{**vars(server.defaults.generation), "max_new_tokens": request.max_tokens})
                 summary = Summarizer(assistant.tokenizer, assistant.decoder).summarize(
-                    passages, config, topic=request.query).finish()
+                    passages, config, topic=request.query, wrap_up=request.wrap_up).finish()
         except QueueFull as exc:
             self._send_error(429, f"server busy: {exc}", "rate_limit_exceeded", headers={"Retry-After": "1"})
             return

@@ -33,6 +33,9 @@ REDUCE_PROMPT = (
 )
 # Tokens kept for each pass's output when the caller does not say.
 DEFAULT_SUMMARY_TOKENS = 200
+# Past this share of its tokens a summary ends with its next finished sentence (--wrap-up), so it
+# ends on a sentence instead of being cut at the limit (docs/QUERY_APP.md#summaries).
+DEFAULT_WRAP_UP = 0.75
 # A passage longer than a whole batch is cut to the batch, keeping at least this many tokens.
 MIN_PASSAGE_TOKENS = 32
 
@@ -182,9 +185,10 @@ class Summarizer:
         self.decoder = decoder
 
     def summarize(self, passages: Sequence[Chunk], config: Optional[GenerationConfig] = None,
-                  topic: Optional[str] = None, on_pass: Callable[[int, int], None] = lambda done, total: None
-                  ) -> Summary:
-        """Map passes run here (on_pass reports them); the last pass streams from the returned Summary."""
+                  topic: Optional[str] = None, on_pass: Callable[[int, int], None] = lambda done, total: None,
+                  wrap_up: float = DEFAULT_WRAP_UP) -> Summary:
+        """Map passes run here (on_pass reports them); the last pass streams from the returned Summary.
+        wrap_up: share of the tokens after which each pass ends with its next finished sentence (0: never)."""
         if not passages:
             raise SummaryError("nothing to summarise: no passages")
         config = config or GenerationConfig(max_new_tokens=DEFAULT_SUMMARY_TOKENS)
@@ -193,19 +197,21 @@ class Summarizer:
         budget = self.decoder.max_length - room
         config = GenerationConfig(**{**vars(config), "max_new_tokens": room,
                                      "stop_token_ids": frozenset(config.stop_token_ids) | self.tokenizer.eos_token_ids})
+        wrap_up_after = int(room * wrap_up) if wrap_up > 0 else 0
         started = time.perf_counter()
         summary = Summary(passages=list(passages))
         summary.stats.passages = len(passages)
         batches = self._batches(summary.passages, budget, topic)
         summary.stats.batches = len(batches)
         if len(batches) == 1:
-            summary._deltas = self._stream(batches[0], config, summary.stats, started)
+            summary._deltas = self._stream(batches[0], config, summary.stats, started, wrap_up_after)
             return summary
         partials = []
         for done, messages in enumerate(batches, 1):
-            partials.append("".join(self._stream(messages, config, summary.stats, started)).strip())
+            partials.append("".join(self._stream(messages, config, summary.stats, started, wrap_up_after)).strip())
             on_pass(done, len(batches) + 1)
-        summary._deltas = self._stream(self._reduce_messages(partials, budget, topic), config, summary.stats, started)
+        summary._deltas = self._stream(self._reduce_messages(partials, budget, topic), config, summary.stats,
+                                        started, wrap_up_after)
         return summary
 
     def _messages(self, system: str, body: str, topic: Optional[str]) -> list[dict]:
@@ -255,8 +261,8 @@ class Summarizer:
         raise SummaryError(f"the context window ({self.decoder.max_length} tokens) is too small to summarise anything")
 
     def _stream(self, messages: list[dict], config: GenerationConfig, stats: SummaryStats,
-                started: float) -> Iterator[str]:
+                started: float, wrap_up_after: int) -> Iterator[str]:
         ids = self.tokenizer.encode_chat(messages)
         stats.passes += 1
         stats.prompt_tokens += len(ids)
-        return stream_text(self.decoder, self.tokenizer, ids, config, stats, started)
+        return stream_text(self.decoder, self.tokenizer, ids, config, stats, started, wrap_up_after=wrap_up_after)

@@ -79,6 +79,33 @@ def test_a_selection_longer_than_the_window_is_summarised_in_parts_then_combined
     assert summary.text and all(1 <= n <= 10 for s in summary.sentences for n in s.sources)
 
 
+def _scripted_summary(query_assistant, wrap_up: float):
+    from tests.test_answer_sentence_stop import ScriptedDecoder
+
+    tokenizer = query_assistant.tokenizer
+    script = ("The pump starts first. Then valve A opens slowly. Water fills the red tank. "
+              "A gauge shows the pressure. Operators check every seal twice. Alarms sound below two bar. "
+              "Filters are changed each month. Spare parts sit in locker nine. The log records each run. "
+              "Night shifts watch the heaters. Nobody vents gas indoors. Reports go to the chief engineer.")
+    end_id = min(tokenizer.eos_token_ids)
+    ids = tokenizer.encode(script)
+    decoder = ScriptedDecoder(ids, end_id, vocab=max(end_id, *ids) + 1)
+    summary = Summarizer(tokenizer, decoder).summarize(
+        [chunk(1, "The coolant loop has twelve valves.")], GenerationConfig(max_new_tokens=40, speculative=False),
+        wrap_up=wrap_up).finish()
+    return summary, script
+
+
+def test_a_summary_past_its_wrap_up_share_ends_with_its_next_sentence(query_assistant):
+    summary, script = _scripted_summary(query_assistant, wrap_up=0.75)
+    assert summary.stats.finish_reason == "stop"
+    assert summary.text.endswith(".") and script.startswith(summary.text) and not summary.stats.loop_stopped
+    assert 30 < summary.stats.new_tokens <= 40
+    cut, _ = _scripted_summary(query_assistant, wrap_up=0)
+    assert cut.stats.finish_reason == "length" and cut.stats.new_tokens == 40
+    assert not cut.text.endswith(".") and len(cut.text) > len(summary.text)
+
+
 def test_summarize_command_prints_json_with_sentences_citing_the_documents_passages(query_staging, capsys):
     code = cli.main(["--bundle", str(query_staging), "summarize", "radio/antenna.md", "--max-tokens", "12", "--json"])
     assert code == 0
@@ -104,6 +131,9 @@ def test_server_summarizes_a_topic_and_refuses_an_unknown_document(query_server)
     status, _, body = raw(query_server, "POST", "/v1/summarize", json.dumps({"document": "nope.md"}).encode(),
                           {"Content-Type": "application/json"})
     assert status == 400 and "nope.md" in json.loads(body)["error"]["message"]
+    status, _, body = raw(query_server, "POST", "/v1/summarize", json.dumps({"query": "solar", "wrap_up": 2}).encode(),
+                          {"Content-Type": "application/json"})
+    assert status == 400 and "wrap_up must be between 0 and 1" in json.loads(body)["error"]["message"]
 
 
 def test_web_page_summarises_a_document_and_lists_its_passages(query_server):

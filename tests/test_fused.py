@@ -275,19 +275,14 @@ def test_speculative_greedy_with_copy_bias_is_identical_to_step_by_step(fused_mo
     assert stats.accepted > 10  # drafts verified past their first row, where the bias sees pending tokens
 
 
-def test_speculative_greedy_with_the_counting_stop_is_identical_to_step_by_step(fused_models):
-    """Every even token id is taken as a "number" and the copy bias makes the tiny model quote its
-    random passage: folded, the quote's n-grams of numbers and other tokens come back, so the
-    counting stop fires, at the same token on both paths."""
-    decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
-    numbers = frozenset(range(0, 49152, 2))
-    config = GenerationConfig(loop_ngram=4, loop_repeats=0, loop_number_repeats=2, dry_multiplier=0.0,
-                              copy_bonus=3.0, copy_focus_bonus=0.0)
+def _stops_alike_on_both_paths(decoder, config: GenerationConfig, **guard_tables) -> int:
+    """Greedy step by step and speculative, each with a fresh guard, give the same tokens for every
+    quoting prompt; returns how many of the step-by-step runs the guard stopped."""
     stopped = 0
     for prompt in _quoting_prompts():
         runs = []
         for run in (reference_greedy, speculative_greedy):
-            guard = RepetitionGuard.from_config(config, [prompt], number_tokens=numbers)
+            guard = RepetitionGuard.from_config(config, [prompt], **guard_tables)
             first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
             if run is reference_greedy:
                 runs.append(list(run(decoder, first, 60, guard=guard)))
@@ -295,7 +290,17 @@ def test_speculative_greedy_with_the_counting_stop_is_identical_to_step_by_step(
             else:
                 runs.append(list(run(decoder, prompt, first, 60, guard=guard)))
         assert runs[0] == runs[1]
-    assert stopped > 0
+    return stopped
+
+
+def test_speculative_greedy_with_the_counting_stop_is_identical_to_step_by_step(fused_models):
+    """Every even token id is taken as a "number" and the copy bias makes the tiny model quote its
+    random passage: folded, the quote's n-grams of numbers and other tokens come back, so the
+    counting stop fires, at the same token on both paths."""
+    decoder = FusedDecoder.from_model_dir(fused_models("gguf", QuantizationPlan("gguf-exact")), 2, 256)
+    config = GenerationConfig(loop_ngram=4, loop_repeats=0, loop_number_repeats=2, dry_multiplier=0.0,
+                              copy_bonus=3.0, copy_focus_bonus=0.0)
+    assert _stops_alike_on_both_paths(decoder, config, number_tokens=frozenset(range(0, 49152, 2))) > 0
 
 
 def test_speculative_greedy_with_the_loop_stop_on_words_is_identical_to_step_by_step(fused_models):
@@ -306,19 +311,7 @@ def test_speculative_greedy_with_the_loop_stop_on_words_is_identical_to_step_by_
     word_ids[::11] = SPACING
     config = GenerationConfig(loop_ngram=3, loop_repeats=2, loop_number_repeats=0, dry_multiplier=0.0,
                               copy_bonus=3.0, copy_focus_bonus=0.0)
-    stopped = 0
-    for prompt in _quoting_prompts():
-        runs = []
-        for run in (reference_greedy, speculative_greedy):
-            guard = RepetitionGuard.from_config(config, [prompt], word_ids=word_ids)
-            first = int(np.argmax(guard.adjust(prefill(decoder, prompt))))
-            if run is reference_greedy:
-                runs.append(list(run(decoder, first, 60, guard=guard)))
-                stopped += guard.stopped
-            else:
-                runs.append(list(run(decoder, prompt, first, 60, guard=guard)))
-        assert runs[0] == runs[1]
-    assert stopped > 0
+    assert _stops_alike_on_both_paths(decoder, config, word_ids=word_ids) > 0
 
 
 def test_generate_takes_the_speculative_path_and_stops_at_stop_tokens(fused_models):

@@ -2,9 +2,9 @@
 
 A chunk never crosses a section (heading) or page boundary, so its source span names one
 heading and one page. A heading always shares its chunk with the section's first paragraph, even
-over the budget; a section holding only its heading makes no chunk. Paragraphs are packed whole while they fit; consecutive chunks of one
-section share trailing paragraphs up to the overlap; a paragraph longer than the budget is cut
-into overlapping word windows.
+over the budget; a section holding only its heading makes no chunk. Paragraphs are packed whole
+while they fit; consecutive chunks of one section share trailing paragraphs up to the overlap; a
+paragraph longer than the budget is cut into overlapping word windows.
 """
 from __future__ import annotations
 

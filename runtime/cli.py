@@ -296,8 +296,9 @@ def run_ask(bundle: Bundle, args: argparse.Namespace) -> int:
         print("\n(stopped)")
     if answer.sources:
         print("\n\nSources:")
+        cited = answer.cited
         for number, hit in enumerate(answer.sources, 1):
-            if hit in answer.cited:
+            if hit in cited:
                 print(f"  [{number}] {visible(hit.chunk.source.cite_with_copies())}")
     else:
         print()

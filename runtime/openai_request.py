@@ -10,8 +10,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from runtime.summarize import DEFAULT_WRAP_UP
-
 MAX_STOP_STRINGS = 16
 # More turns than any context window holds: the budget keeps only the newest few anyway.
 MAX_MESSAGES = 256
@@ -159,7 +157,7 @@ class SummarizeRequest:
 
 
 def parse_summarize_request(body: Any, default_k: int, default_mode: str, modes: list[str],
-                            max_tokens_cap: int) -> SummarizeRequest:
+                            max_tokens_cap: int, default_wrap_up: float) -> SummarizeRequest:
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     document, query = body.get("document"), body.get("query")
@@ -173,7 +171,7 @@ def parse_summarize_request(body: Any, default_k: int, default_mode: str, modes:
     if mode not in modes:
         raise RequestError(f"mode must be one of {', '.join(modes)}", "mode")
     max_tokens = _number(body, "max_tokens", int, 1, max_tokens_cap) if body.get("max_tokens") is not None else 200
-    wrap_up = _number(body, "wrap_up", float, 0, 1) if body.get("wrap_up") is not None else DEFAULT_WRAP_UP
+    wrap_up = _number(body, "wrap_up", float, 0, 1) if body.get("wrap_up") is not None else default_wrap_up
     return SummarizeRequest(document=document, query=query, k=k, mode=mode, max_tokens=min(max_tokens, max_tokens_cap),
                             wrap_up=wrap_up)
 

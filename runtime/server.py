@@ -33,7 +33,7 @@ from runtime.openai_request import RequestError, parse_chat_request, parse_searc
 from runtime.prompt import ContextOverflow
 from runtime.request_queue import ModelQueue, QueueFull, QueueTimeout
 from runtime.source_json import source_record, summary_record, support_record
-from runtime.summarize import Scope, Summarizer, SummaryError, passages_in_scope, reading_order
+from runtime.summarize import DEFAULT_WRAP_UP, Scope, Summarizer, SummaryError, passages_in_scope, reading_order
 
 
 # What _read_json returns once it has answered an unreadable body (JSON null is a body, not an error).
@@ -350,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _summarize(self, body: Any) -> None:
         server = self.server
         request = parse_summarize_request(body, server.config.k, server.mode, server.assistant.retriever.modes,
-                                          server.config.max_tokens_cap)
+                                          server.config.max_tokens_cap, DEFAULT_WRAP_UP)
         assistant = server.assistant
         try:
             with server.queue.turn():

@@ -17,36 +17,53 @@ touched; an anonymous page, should the addresses have been reused, is swapped or
 alone), so a stale range costs at most a re-read. The pages onnxruntime has already packed or keeps
 only as a reference (MatMulNBits' scales and zero points on x86, the tied embedding's codes) then
 leave the resident set during the start, not after it (docs/MEASUREMENTS.md#runtime-memory).
+
+Paging out also drops those pages from the page cache, so what the session still reads in place (the
+embedding lookup's rows, from codes, scales and zero points) would come back from the disk, a few
+milliseconds per new token. `prefetch_file_pages` asks the kernel to read the files' mapped ranges
+back into the page cache (MADV_WILLNEED), without mapping them into the resident set.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import contextlib
+import os
 import re
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
+MADV_WILLNEED = 3
 MADV_DONTNEED = 4
 MADV_PAGEOUT = 21  # Linux 5.4+; older kernels answer EINVAL and nothing happens
+# Linux reads at most one readahead window (read_ahead_kb, often 128 kB) per MADV_WILLNEED call
+# and drops the rest of the range: a mapping is asked for in steps of this many bytes.
+PREFETCH_STEP = 128 << 10
 PAGEOUT_INTERVAL_S = 0.25
 SMAPS = Path("/proc/self/smaps")
-_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$")
+_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) \S+ \d+\s*(.*)$")
 
 
-def _mappings(paths: set[str]) -> Iterator[tuple[int, int, int]]:
-    """(start, end, anonymous kB) of each mapping of one of `paths`."""
+class Mapping(NamedTuple):
+    start: int
+    end: int
+    offset: int  # in the file
+    path: str
+    anonymous_kb: int  # pages copied on write: they live only here
+
+
+def _mappings(paths: set[str]) -> Iterator[Mapping]:
+    """Each mapping of one of `paths`."""
     current = None
     with open(SMAPS, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             header = _HEADER.match(line)
             if header:
-                current = [int(header[1], 16), int(header[2], 16), -1] if header[4] in paths else None
+                current = header if header[4] in paths else None
             elif current is not None and line.startswith("Anonymous:"):
-                current[2] = int(line.split()[1])
-                yield tuple(current)
+                yield Mapping(int(current[1], 16), int(current[2], 16), int(current[3], 16), current[4], int(line.split()[1]))
                 current = None
 
 
@@ -64,14 +81,18 @@ def _madvise():
     return libc.madvise
 
 
-def _advise(paths: set[str], advice: int) -> int:
+def _advise(paths: set[str], advice: int, wanted: Callable[[Mapping], bool] = lambda mapping: True,
+            step: int = 0) -> int:
+    """madvise every mapping of `paths` that `wanted` accepts, `step` bytes at a time (0: at once)."""
     madvise = _madvise()
     covered = 0
-    for start, end, anonymous in list(_mappings(paths)):
-        if anonymous != 0:  # a page copied on write lives only here: dropping it would lose it
+    for mapping in list(_mappings(paths)):
+        if mapping.anonymous_kb != 0 or not wanted(mapping):  # a page copied on write lives only here
             continue
-        if madvise(start, end - start, advice) == 0:
-            covered += end - start
+        size = mapping.end - mapping.start
+        for first in range(mapping.start, mapping.end, step or size):
+            if madvise(first, min(step or size, mapping.end - first), advice) == 0:
+                covered += min(step or size, mapping.end - first)
     return covered
 
 
@@ -86,6 +107,23 @@ def release_file_pages(*targets: Path) -> int:
     if not _supported():
         return 0
     return _advise(_paths(targets), MADV_DONTNEED)
+
+
+def prefetch_file_pages(*targets: Path) -> int:
+    """Start reading this process's mappings of parts of `targets` into the page cache (asynchronously;
+    the resident set does not grow until a page is touched); bytes of address space covered. A mapping
+    of a whole file is a reader's view of all of it (a bundle's own), not a tensor onnxruntime maps,
+    and is left alone. 0 where Linux's smaps and madvise are not available."""
+    if not _supported():
+        return 0
+
+    def part_of_a_file(mapping: Mapping) -> bool:
+        try:
+            return mapping.offset > 0 or mapping.end - mapping.start < os.path.getsize(mapping.path)
+        except OSError:  # removed since it was listed
+            return False
+
+    return _advise(_paths(targets), MADV_WILLNEED, part_of_a_file, PREFETCH_STEP)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ prompt prefilled in chunks with one row of logits, and the decoder's output unch
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from bundler.fused_graph import QuantizationPlan
 from runtime.fused_decoder import PREFILL_CHUNK, FusedDecoder
 from runtime.generation import prefill
-from runtime.page_release import PAGEOUT_INTERVAL_S, paging_out, release_file_pages
+from runtime.page_release import PAGEOUT_INTERVAL_S, paging_out, prefetch_file_pages, release_file_pages
 from tests.test_fused import PROMPT, fused_models  # noqa: F401  (the session fixture)
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
@@ -76,6 +77,46 @@ def test_pages_read_while_a_session_is_made_are_paged_out_and_read_back_the_same
             time.sleep(PAGEOUT_INTERVAL_S)
         assert resident_kb(path.resolve()) <= 1024
     assert np.array_equal(view, data)
+
+
+def cached_fraction(view: np.ndarray) -> float:
+    """The share of a page-aligned mapping's pages that are in the page cache (mincore)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    pages = -(-view.nbytes // mmap.PAGESIZE)
+    flags = np.zeros(pages, dtype=np.uint8)
+    assert libc.mincore(view.ctypes.data, view.nbytes, flags.ctypes.data) == 0, ctypes.get_errno()
+    return float((flags & 1).mean())
+
+
+@linux_only
+def test_paged_out_tensor_pages_are_read_back_into_the_page_cache_without_growing_the_resident_set(tmp_path):
+    import time
+
+    if on_tmpfs(tmp_path.resolve()):
+        pytest.skip("the temporary folder is a tmpfs")
+    path, data, whole = mapped_random_file(tmp_path, 2)
+    with open(path, "rb") as handle:  # a tensor's mapping: the file's second half, as onnxruntime maps one
+        half = np.frombuffer(mmap.mmap(handle.fileno(), 4 << 20, access=mmap.ACCESS_READ, offset=4 << 20), dtype=np.uint8)
+        os.fsync(handle.fileno())  # written back, then out of the page cache: the file as on a station's disk
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    with paging_out(tmp_path):
+        assert int(half.sum(dtype=np.int64)) == int(data[4 << 20:].sum(dtype=np.int64))
+        deadline = time.monotonic() + 40 * PAGEOUT_INTERVAL_S
+        while cached_fraction(half) > 0.1 and time.monotonic() < deadline:
+            time.sleep(PAGEOUT_INTERVAL_S)
+    assert cached_fraction(half) <= 0.1
+
+    assert prefetch_file_pages(tmp_path) == 4 << 20  # the part only; the whole-file view is a reader's
+    deadline = time.monotonic() + 10
+    while cached_fraction(half) < 0.9 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cached_fraction(half) >= 0.9
+    assert resident_kb(path.resolve()) <= 1024
+    assert np.array_equal(half, data[4 << 20:])
 
 
 @linux_only

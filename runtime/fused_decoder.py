@@ -6,6 +6,7 @@ valid length: stale slots beyond it are overwritten by the next step.
 """
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +53,20 @@ def _open_session(bundle, name: str, options: ort.SessionOptions, **derive) -> o
     return session
 
 
+def cache_buffer(shape: tuple, dtype) -> np.ndarray:
+    """A zeroed array in ordinary pages, for one layer's keys or values.
+
+    numpy asks for transparent huge pages on large arrays (madvise MADV_HUGEPAGE), so the first token
+    written into each head's stretch of the cache made 2 MB resident: +192 MB at the first call of a 1B
+    model with a 4,096-token context, where anonymous memory in small pages grows with the tokens
+    cached (+5 MB; docs/MEASUREMENTS.md#runtime-memory)."""
+    count = int(np.prod(shape))
+    pages = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))  # anonymous: zeroed by the kernel
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # also where the system gives huge pages unasked
+        pages.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
+
+
 class FusedDecoder(Decoder):
     """See runtime.decoder.Decoder; computes only the logits rows asked for."""
 
@@ -74,7 +89,7 @@ class FusedDecoder(Decoder):
         self._binding.bind_output("logits", "cpu")
         for layer in range(num_layers):
             for part in ("key", "value"):
-                buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype))
+                buffer = ort.OrtValue.ortvalue_from_numpy(cache_buffer(shape, dtype))
                 self._cache.append(buffer)
                 self._binding.bind_ortvalue_input(f"past_key_values.{layer}.{part}", buffer)
                 self._binding.bind_ortvalue_output(f"present.{layer}.{part}", buffer)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bundler.fused_graph import QuantizationPlan
-from runtime.fused_decoder import PREFILL_CHUNK, FusedDecoder
+from runtime.fused_decoder import PREFILL_CHUNK, FusedDecoder, cache_buffer
 from runtime.generation import prefill
 from runtime.page_release import PAGEOUT_INTERVAL_S, paging_out, prefetch_file_pages, release_file_pages
 from tests.test_fused import PROMPT, fused_models  # noqa: F401  (the session fixture)
@@ -129,6 +129,22 @@ def test_a_page_written_in_a_private_mapping_is_never_dropped(tmp_path):
     assert release_file_pages(path) == 0
     assert mapped[0:5] == b"hello"
     mapped.close()
+
+
+def anonymous_kb() -> int:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("RssAnon:"))
+
+
+@linux_only
+def test_a_cache_buffer_becomes_resident_only_where_tokens_are_written():
+    # 8 heads of 8 MB, one token written at the start of each, as a first call writes them
+    buffer = cache_buffer((1, 8, 32768, 64), np.float32)
+    assert buffer.shape == (1, 8, 32768, 64) and not buffer.any()
+    before = anonymous_kb()
+    buffer[0, :, 0, :] = 1.0
+    assert anonymous_kb() - before <= 1024  # 8 pages of 4 kB, not 8 huge pages of 2 MB
+    assert float(buffer.sum()) == 8 * 64
 
 
 def test_prefill_in_chunks_returns_one_row_equal_to_the_whole_prompt_fed_at_once(fused_models):

@@ -89,10 +89,11 @@ def _advise(paths: set[str], advice: int, wanted: Callable[[Mapping], bool] = la
     for mapping in list(_mappings(paths)):
         if mapping.anonymous_kb != 0 or not wanted(mapping):  # a page copied on write lives only here
             continue
-        size = mapping.end - mapping.start
-        for first in range(mapping.start, mapping.end, step or size):
-            if madvise(first, min(step or size, mapping.end - first), advice) == 0:
-                covered += min(step or size, mapping.end - first)
+        chunk = step or mapping.end - mapping.start
+        for first in range(mapping.start, mapping.end, chunk):
+            length = min(chunk, mapping.end - first)
+            if madvise(first, length, advice) == 0:
+                covered += length
     return covered
 
 
@@ -116,14 +117,15 @@ def prefetch_file_pages(*targets: Path) -> int:
     and is left alone. 0 where Linux's smaps and madvise are not available."""
     if not _supported():
         return 0
+    sizes = {}
+    for path in _paths(targets):
+        with contextlib.suppress(OSError):  # removed since it was listed
+            sizes[path] = os.path.getsize(path)
 
     def part_of_a_file(mapping: Mapping) -> bool:
-        try:
-            return mapping.offset > 0 or mapping.end - mapping.start < os.path.getsize(mapping.path)
-        except OSError:  # removed since it was listed
-            return False
+        return mapping.path in sizes and (mapping.offset > 0 or mapping.end - mapping.start < sizes[mapping.path])
 
-    return _advise(_paths(targets), MADV_WILLNEED, part_of_a_file, PREFETCH_STEP)
+    return _advise(set(sizes), MADV_WILLNEED, part_of_a_file, PREFETCH_STEP)
 
 
 @contextlib.contextmanager
